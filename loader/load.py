@@ -1,0 +1,120 @@
+"""Write a checkpoint into the database: one transaction, binary COPY, pgvector types.
+
+A failed or killed load rolls back and leaves the previously loaded model of that name intact.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+from ..errors import UserError
+from .sources import Checkpoint
+from .vocab import unicode_class_ranges
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def linear_rows(name: str, block: int, weight: np.ndarray, bias: np.ndarray, n_embd: int,
+                group_size: int) -> Iterator[tuple]:
+    """Rows of gptsql.linear for y = x @ weight + bias: one row per (input part, output unit).
+    Output units come in groups of `group_size` (a head, or an n_embd slice)."""
+    n_in, n_out = weight.shape
+    columns = np.ascontiguousarray(weight.T)          # columns[j] = weights of output unit j
+    for part in range(n_in // n_embd):
+        block_of_inputs = columns[:, part * n_embd:(part + 1) * n_embd]
+        for unit in range(n_out):
+            yield (name, block, part, unit // group_size, unit % group_size,
+                   block_of_inputs[unit], float(bias[unit]) if part == 0 else 0.0)
+
+
+def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "float32",
+         progress: Progress | None = None) -> int:
+    """Load `ck` as model `name`, replacing a model of that name; returns the new model id."""
+    if dtype != "float32":
+        raise UserError(f"dtype {dtype!r} is not supported yet; use --dtype float32")
+    progress = progress or (lambda stage, done, total: None)
+    register_vector(conn)
+    c, t = ck.config, ck.tensors
+    n = c.n_embd
+    total_rows = c.n_vocab + c.n_ctx + c.n_layer * (3 * n + n + 4 * n + 4 * n) + len(ck.vocab) * 2
+    done = 0
+
+    def tick(stage: str, rows: int) -> None:
+        nonlocal done
+        done += rows
+        progress(stage, done, total_rows)
+
+    with conn.transaction():
+        ensure_unicode_classes(conn)
+        conn.execute("delete from gptsql.model where name = %s", [name])
+        model_id = conn.execute(
+            """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer,
+                                         layer_norm_epsilon, dtype, n_params)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
+            [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer,
+             c.layer_norm_epsilon, dtype, ck.n_params()],
+        ).fetchone()[0]
+
+        with conn.cursor() as cur:
+            with cur.copy("copy gptsql.token (model_id, token, bytes, piece) from stdin (format binary)") as cp:
+                cp.set_types(["int4", "int4", "bytea", "text"])
+                for token, raw in enumerate(ck.vocab.tokens):
+                    cp.write_row((model_id, token, raw, raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")))
+            with cur.copy("copy gptsql.merge (model_id, first, second, rank, token) from stdin (format binary)") as cp:
+                cp.set_types(["int4", "int4", "int4", "int4", "int4"])
+                for rank, (first, second, merged) in enumerate(ck.vocab.merges):
+                    cp.write_row((model_id, first, second, rank, merged))
+            tick("vocabulary", 2 * len(ck.vocab))
+
+            with cur.copy("copy gptsql.wte (model_id, token, w) from stdin (format binary)") as cp:
+                cp.set_types(["int4", "int4", "vector"])
+                for token, row in enumerate(t["wte.weight"]):
+                    cp.write_row((model_id, token, row))
+                    if token % 5000 == 4999:
+                        tick("token embeddings", 5000)
+            tick("token embeddings", c.n_vocab % 5000)
+            with cur.copy("copy gptsql.wpe (model_id, place, w) from stdin (format binary)") as cp:
+                cp.set_types(["int4", "int4", "vector"])
+                for place, row in enumerate(t["wpe.weight"]):
+                    cp.write_row((model_id, place, row))
+            tick("position embeddings", c.n_ctx)
+
+            with cur.copy("copy gptsql.norm (model_id, name, block, gamma, beta) from stdin (format binary)") as cp:
+                cp.set_types(["int4", "text", "int4", "vector", "vector"])
+                for i in range(c.n_layer):
+                    for ln in ("ln_1", "ln_2"):
+                        cp.write_row((model_id, ln, i, t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"]))
+                cp.write_row((model_id, "ln_f", c.n_layer, t["ln_f.weight"], t["ln_f.bias"]))
+
+            copy_sql = ("copy gptsql.linear (model_id, name, block, part, grp, idx, w, bias) "
+                        "from stdin (format binary)")
+            for i in range(c.n_layer):
+                with cur.copy(copy_sql) as cp:
+                    cp.set_types(["int4", "text", "int4", "int4", "int4", "int4", "vector", "float4"])
+                    layers = [
+                        ("c_attn", t[f"h.{i}.attn.c_attn.weight"], t[f"h.{i}.attn.c_attn.bias"], c.head_dim),
+                        ("attn_proj", t[f"h.{i}.attn.c_proj.weight"], t[f"h.{i}.attn.c_proj.bias"], n),
+                        ("c_fc", t[f"h.{i}.mlp.c_fc.weight"], t[f"h.{i}.mlp.c_fc.bias"], n),
+                        ("mlp_proj", t[f"h.{i}.mlp.c_proj.weight"], t[f"h.{i}.mlp.c_proj.bias"], n),
+                    ]
+                    for lname, weight, bias, group in layers:
+                        for row in linear_rows(lname, i, weight, bias, n, group):
+                            cp.write_row((model_id, *row))
+                tick(f"block {i + 1}/{c.n_layer}", 12 * n)
+        progress("analyze", total_rows, total_rows)
+    for table in ("token", "merge", "wte", "wpe", "norm", "linear"):
+        conn.execute(f"analyze gptsql.{table}")
+    return model_id
+
+
+def ensure_unicode_classes(conn: psycopg.Connection) -> None:
+    """Fill gptsql.unicode_class once: the tokenizer's letter / number / space classes."""
+    if conn.execute("select exists (select from gptsql.unicode_class)").fetchone()[0]:
+        return
+    with conn.cursor() as cur:
+        with cur.copy("copy gptsql.unicode_class (class, lo, hi) from stdin") as cp:
+            for row in unicode_class_ranges():
+                cp.write_row(row)

@@ -1,0 +1,212 @@
+"""Where a model comes from: the Hugging Face hub, a local directory in the HF layout, or a seeded
+random GPT-2 of a named shape. Every source ends as a Checkpoint: config + float32 tensors +
+vocabulary, checked before anything touches the database."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from . import vocab as vocab_mod
+
+HUB_ALIASES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "distilgpt2": "distilbert/distilgpt2",
+}
+HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+
+# Named shapes for random:NAME (n_layer, n_embd, n_head, n_ctx); vocabulary is always GPT-2's.
+RANDOM_SHAPES = {
+    "tiny": (2, 64, 4, 128),
+    "small": (4, 128, 4, 256),
+    "gpt2": (12, 768, 12, 1024),
+    "gpt2-medium": (24, 1024, 16, 1024),
+}
+
+
+@dataclass
+class Config:
+    n_vocab: int
+    n_ctx: int
+    n_embd: int
+    n_head: int
+    n_layer: int
+    layer_norm_epsilon: float = 1e-5
+
+    @classmethod
+    def from_hf(cls, raw: dict, where: str) -> "Config":
+        model_type = raw.get("model_type")
+        archs = raw.get("architectures") or []
+        if model_type not in (None, "gpt2") or any(a not in ("GPT2LMHeadModel", "GPT2Model") for a in archs):
+            raise UserError(
+                f"{where}: architecture {model_type or archs} is not GPT-2 "
+                "(gptsql runs GPT2LMHeadModel checkpoints only)"
+            )
+        act = raw.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise UserError(f"{where}: activation {act!r} is not GPT-2's tanh GELU (gelu_new)")
+        try:
+            config = cls(
+                n_vocab=int(raw["vocab_size"]),
+                n_ctx=int(raw.get("n_positions") or raw["n_ctx"]),
+                n_embd=int(raw["n_embd"]),
+                n_head=int(raw["n_head"]),
+                n_layer=int(raw["n_layer"]),
+                layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+            )
+        except KeyError as exc:
+            raise UserError(f"{where}: config.json has no {exc.args[0]!r}") from exc
+        if config.n_embd % config.n_head:
+            raise UserError(f"{where}: n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
+        return config
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass
+class Checkpoint:
+    config: Config
+    tensors: dict[str, np.ndarray]
+    vocab: vocab_mod.Vocabulary
+    source: str
+    default_name: str
+    extra: dict = field(default_factory=dict)
+
+    def n_params(self) -> int:
+        return int(sum(t.size for k, t in self.tensors.items()))
+
+
+def expected_shapes(c: Config) -> dict[str, tuple[int, ...]]:
+    n, shapes = c.n_embd, {
+        "wte.weight": (c.n_vocab, c.n_embd),
+        "wpe.weight": (c.n_ctx, c.n_embd),
+        "ln_f.weight": (c.n_embd,),
+        "ln_f.bias": (c.n_embd,),
+    }
+    for i in range(c.n_layer):
+        shapes.update({
+            f"h.{i}.ln_1.weight": (n,), f"h.{i}.ln_1.bias": (n,),
+            f"h.{i}.attn.c_attn.weight": (n, 3 * n), f"h.{i}.attn.c_attn.bias": (3 * n,),
+            f"h.{i}.attn.c_proj.weight": (n, n), f"h.{i}.attn.c_proj.bias": (n,),
+            f"h.{i}.ln_2.weight": (n,), f"h.{i}.ln_2.bias": (n,),
+            f"h.{i}.mlp.c_fc.weight": (n, 4 * n), f"h.{i}.mlp.c_fc.bias": (4 * n,),
+            f"h.{i}.mlp.c_proj.weight": (4 * n, n), f"h.{i}.mlp.c_proj.bias": (n,),
+        })
+    return shapes
+
+
+def check_tensors(config: Config, tensors: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+    """Keep GPT-2's tensors (without the `transformer.` prefix), float32; name what is missing or
+    misshapen."""
+    clean = {}
+    for key, value in tensors.items():
+        key = key.removeprefix("transformer.")
+        clean[key] = value
+    wanted = expected_shapes(config)
+    missing = [k for k in wanted if k not in clean]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UserError(f"{where}: missing tensors {', '.join(missing[:3])}{more}")
+    for key, shape in wanted.items():
+        if tuple(clean[key].shape) != shape:
+            raise UserError(
+                f"{where}: tensor {key} has shape {tuple(clean[key].shape)}, config.json implies {shape}"
+            )
+    return {k: np.ascontiguousarray(clean[k], dtype=np.float32) for k in wanted}
+
+
+def from_directory(directory: Path, name: str | None = None, source: str | None = None) -> Checkpoint:
+    where = str(directory)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise UserError(f"{where}: no config.json (a model directory holds config.json and model.safetensors)")
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{config_path}: not valid JSON ({exc})") from exc
+    config = Config.from_hf(raw, where)
+    weights = directory / "model.safetensors"
+    if not weights.exists():
+        raise UserError(f"{where}: no model.safetensors (export with save_pretrained(..., safe_serialization=True))")
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{weights}: cannot read safetensors ({str(exc).splitlines()[0]}); the file may be truncated") from exc
+    except Exception as exc:  # safetensors raises plain exceptions for some corruptions
+        raise UserError(f"{weights}: cannot read safetensors ({type(exc).__name__}: {exc}); the file may be truncated") from exc
+    tensors = {k: (v.astype(np.float32) if v.dtype != np.float32 else v) for k, v in tensors.items()}
+    tensors = check_tensors(config, tensors, where)
+    vocabulary = vocab_mod.from_directory(directory) or vocab_mod.gpt2_vocabulary()
+    if len(vocabulary) != config.n_vocab:
+        raise UserError(f"{where}: the vocabulary has {len(vocabulary)} tokens but config.json says {config.n_vocab}")
+    return Checkpoint(config, tensors, vocabulary, source or f"dir:{directory.resolve()}",
+                      name or directory.resolve().name)
+
+
+def random_model(shape_name: str, seed: int = 0, scale: float = 5.0) -> Checkpoint:
+    """A seeded random GPT-2 of a named shape with the real GPT-2 vocabulary. Weights follow GPT-2's
+    initialisation (normal, std 0.02) times `scale`, so next-token distributions are peaked."""
+    if shape_name not in RANDOM_SHAPES:
+        raise UserError(f"unknown random shape {shape_name!r}; choose one of: {', '.join(RANDOM_SHAPES)}")
+    n_layer, n_embd, n_head, n_ctx = RANDOM_SHAPES[shape_name]
+    config = Config(n_vocab=50257, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for key, shape in expected_shapes(config).items():
+        if key.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            tensors[key] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            tensors[key] = (0.02 * scale * rng.standard_normal(shape)).astype(np.float32)
+    return Checkpoint(config, tensors, vocab_mod.gpt2_vocabulary(), f"random:{shape_name}", f"random-{shape_name}")
+
+
+def from_hub(repo_id: str, name: str | None = None, revision: str | None = None) -> Checkpoint:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError
+
+    repo = HUB_ALIASES.get(repo_id, repo_id)
+    try:
+        path = snapshot_download(repo, allow_patterns=HUB_FILES, revision=revision)
+    except RepositoryNotFoundError as exc:
+        raise UserError(f"{repo}: no such model on the Hugging Face hub (or it is private)") from exc
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise UserError(
+            f"cannot download {repo} from the Hugging Face hub ({first_line(exc)}); offline, load a local "
+            "directory (gptsql load ./my-gpt2) or a random model (gptsql load random:tiny)"
+        ) from exc
+    checkpoint = from_directory(Path(path), name=name or repo.rsplit("/", 1)[-1], source=f"hub:{repo}")
+    return checkpoint
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def resolve(source: str, name: str | None = None) -> Checkpoint:
+    """SOURCE of `gptsql load`: random:NAME, a directory, or a hub id."""
+    if source.startswith("random:"):
+        checkpoint = random_model(source.split(":", 1)[1])
+        if name:
+            checkpoint.default_name = name
+        return checkpoint
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return from_directory(path, name=name)
+    if path.exists():
+        raise UserError(f"{source}: is a file; give the directory that holds config.json and model.safetensors")
+    if source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1:
+        raise UserError(f"{source}: no such directory")
+    return from_hub(source, name=name)

@@ -1,0 +1,198 @@
+-- 00_schema.sql — the tables every later stage reads and writes.
+--
+-- A model is a row of gptsql.model; its shapes (n_embd, n_head, n_layer, n_ctx, n_vocab) are read
+-- from that row by every function, never written as literals. Weights are pgvector rows, one row
+-- per output unit of a linear layer, stored inline (STORAGE PLAIN) so scans never detoast.
+-- Tables are created once and kept when the engine's functions are upgraded.
+
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE SCHEMA IF NOT EXISTS gptsql;
+
+CREATE TABLE IF NOT EXISTS gptsql.meta (
+    key   text PRIMARY KEY,
+    value text
+);
+
+CREATE TABLE IF NOT EXISTS gptsql.model (
+    id                 serial PRIMARY KEY,
+    name               text NOT NULL UNIQUE,
+    source             text NOT NULL,
+    n_vocab            int NOT NULL,
+    n_ctx              int NOT NULL,
+    n_embd             int NOT NULL,
+    n_head             int NOT NULL,
+    n_layer            int NOT NULL,
+    layer_norm_epsilon float8 NOT NULL DEFAULT 1e-5,
+    dtype              text NOT NULL DEFAULT 'float32' CHECK (dtype IN ('float32', 'float16')),
+    n_params           bigint,
+    loaded_at          timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE gptsql.model IS 'One row per loaded model; its shapes drive every query of the engine.';
+
+-- The byte-level BPE vocabulary: each token is a byte string; merges are ranked pairs of tokens.
+CREATE TABLE IF NOT EXISTS gptsql.token (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    token    int NOT NULL,
+    bytes    bytea NOT NULL,
+    piece    text NOT NULL,          -- the bytes as text (U+FFFD where a token ends mid-character)
+    PRIMARY KEY (model_id, token)
+);
+CREATE INDEX IF NOT EXISTS token_bytes ON gptsql.token (model_id, bytes);
+
+CREATE TABLE IF NOT EXISTS gptsql.merge (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    first    int NOT NULL,           -- left token of the pair
+    second   int NOT NULL,           -- right token of the pair
+    rank     int NOT NULL,           -- lower merges first
+    token    int NOT NULL,           -- the token the pair becomes
+    PRIMARY KEY (model_id, first, second)
+);
+
+-- Unicode general categories used by GPT-2's pre-tokenizer (\p{L}, \p{N}, \s), as code point
+-- ranges derived from the `regex` package when a model is loaded.
+CREATE TABLE IF NOT EXISTS gptsql.unicode_class (
+    class text NOT NULL CHECK (class IN ('L', 'N', 'S')),
+    lo    int NOT NULL,
+    hi    int NOT NULL,
+    PRIMARY KEY (class, lo)
+);
+
+-- Token and position embeddings.
+CREATE TABLE IF NOT EXISTS gptsql.wte (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    token    int NOT NULL,
+    w        vector NOT NULL,
+    PRIMARY KEY (model_id, token)
+);
+CREATE TABLE IF NOT EXISTS gptsql.wpe (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    place    int NOT NULL,
+    w        vector NOT NULL,
+    PRIMARY KEY (model_id, place)
+);
+
+-- Layer norms: ln_1 and ln_2 of each block, ln_f after the last (block = n_layer).
+CREATE TABLE IF NOT EXISTS gptsql.norm (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    name     text NOT NULL CHECK (name IN ('ln_1', 'ln_2', 'ln_f')),
+    block    int NOT NULL,
+    gamma    vector NOT NULL,
+    beta     vector NOT NULL,
+    PRIMARY KEY (model_id, name, block)
+);
+
+-- Linear layers y = x W + b, one row per output unit (a column of W). An input wider than n_embd
+-- (the MLP's projection reads 4 * n_embd) is cut into parts of n_embd so every row stays inline.
+-- Output units are grouped (grp) into the vectors the next stage wants: c_attn's units come back
+-- as one vector per head of q, k and v; c_fc's as parts of n_embd.
+CREATE TABLE IF NOT EXISTS gptsql.linear (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    name     text NOT NULL CHECK (name IN ('c_attn', 'attn_proj', 'c_fc', 'mlp_proj')),
+    block    int NOT NULL,
+    part     int NOT NULL,           -- which n_embd-wide slice of the input this row reads
+    grp      int NOT NULL,           -- which output vector the unit belongs to
+    idx      int NOT NULL,           -- position of the unit inside that vector
+    w        vector NOT NULL,
+    bias     real NOT NULL,          -- counted once, on part 0
+    PRIMARY KEY (model_id, name, block, part, grp, idx)
+);
+
+ALTER TABLE gptsql.wte    ALTER COLUMN w SET STORAGE PLAIN;
+ALTER TABLE gptsql.wpe    ALTER COLUMN w SET STORAGE PLAIN;
+ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN;
+
+-- Runs: every generation and prediction is recorded (see 08_runs.sql for the views).
+CREATE TABLE IF NOT EXISTS gptsql.run (
+    id           bigserial PRIMARY KEY,
+    model_id     int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    kind         text NOT NULL DEFAULT 'generate' CHECK (kind IN ('generate', 'predict')),
+    prompt       text NOT NULL,
+    max_tokens   int NOT NULL DEFAULT 0,
+    temperature  float8 NOT NULL DEFAULT 0,
+    top_k        int NOT NULL DEFAULT 0,
+    top_p        float8 NOT NULL DEFAULT 1,
+    seed         float8,
+    record       boolean NOT NULL DEFAULT true,
+    status       text NOT NULL DEFAULT 'running'
+                 CHECK (status IN ('running', 'done', 'failed', 'interrupted')),
+    error        text,
+    backend_pid  int DEFAULT pg_backend_pid(),
+    started_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at  timestamptz,
+    prefill_ms   float8,
+    decode_ms    float8
+);
+
+CREATE TABLE IF NOT EXISTS gptsql.run_token (
+    run_id      bigint NOT NULL REFERENCES gptsql.run ON DELETE CASCADE,
+    place       int NOT NULL,
+    token       int NOT NULL,
+    is_prompt   boolean NOT NULL,
+    probability float8,              -- the model's probability of this token when it was chosen
+    logit       float8,
+    elapsed_ms  float8,
+    PRIMARY KEY (run_id, place)
+);
+
+-- The KV cache: keys and values of every computed place, per block and head. Unlogged: it is
+-- scratch that a crash may lose, and writing it must cost as little as possible.
+CREATE UNLOGGED TABLE IF NOT EXISTS gptsql.kv_cache (
+    run_id bigint NOT NULL,
+    block  int NOT NULL,
+    head   int NOT NULL,
+    place  int NOT NULL,
+    k      vector NOT NULL,
+    v      vector NOT NULL,
+    PRIMARY KEY (run_id, block, head, place)
+);
+
+-- Activations kept for exploring a run (when run.record): residual stream, attention, top logits.
+CREATE TABLE IF NOT EXISTS gptsql.residual (
+    run_id          bigint NOT NULL REFERENCES gptsql.run ON DELETE CASCADE,
+    block           int NOT NULL,
+    place           int NOT NULL,
+    after_attention vector NOT NULL,
+    after_mlp       vector NOT NULL,
+    PRIMARY KEY (run_id, block, place)
+);
+CREATE TABLE IF NOT EXISTS gptsql.attention_row (
+    run_id  bigint NOT NULL REFERENCES gptsql.run ON DELETE CASCADE,
+    block   int NOT NULL,
+    head    int NOT NULL,
+    place   int NOT NULL,
+    weights float8[] NOT NULL,       -- weights[k + 1]: attention of `place` to key place k
+    PRIMARY KEY (run_id, block, head, place)
+);
+CREATE TABLE IF NOT EXISTS gptsql.step_logit (
+    run_id      bigint NOT NULL REFERENCES gptsql.run ON DELETE CASCADE,
+    place       int NOT NULL,        -- the place whose next token these logits predict
+    rank        int NOT NULL,
+    token       int NOT NULL,
+    logit       float8 NOT NULL,
+    probability float8 NOT NULL,
+    PRIMARY KEY (run_id, place, rank)
+);
+
+-- Which model a function works on: by name, or the most recently loaded one when NULL.
+CREATE OR REPLACE FUNCTION gptsql.model_id(model text DEFAULT NULL) RETURNS int
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    found int;
+BEGIN
+    IF model IS NULL THEN
+        SELECT id INTO found FROM gptsql.model ORDER BY loaded_at DESC, id DESC LIMIT 1;
+        IF found IS NULL THEN
+            RAISE EXCEPTION 'no model is loaded'
+                USING HINT = 'load one: gptsql load gpt2 (Hugging Face hub) or gptsql load random:tiny (offline)';
+        END IF;
+    ELSE
+        SELECT id INTO found FROM gptsql.model WHERE name = model;
+        IF found IS NULL THEN
+            RAISE EXCEPTION 'unknown model "%"; loaded models: %', model,
+                coalesce((SELECT string_agg(name, ', ' ORDER BY name) FROM gptsql.model), 'none')
+                USING HINT = 'list them with: gptsql models';
+        END IF;
+    END IF;
+    RETURN found;
+END
+$$;

@@ -1,0 +1,90 @@
+-- 07_logits.sql — from the last hidden state to the next token.
+--
+-- Logits are inner products with the token embeddings (GPT-2 ties the output layer to wte);
+-- softmax over the whole vocabulary turns them into probabilities.
+
+CREATE OR REPLACE FUNCTION gptsql.logits(model int, hidden vector)
+RETURNS TABLE (token int, logit float8)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT  token, inner_product(hidden, w)
+    FROM    gptsql.wte
+    WHERE   model_id = model
+$$;
+
+-- The top_n most probable next tokens (all of them when top_n is NULL) with their probability
+-- under the softmax over the whole vocabulary.
+CREATE OR REPLACE FUNCTION gptsql.distribution(model int, hidden vector, top_n int DEFAULT NULL)
+RETURNS TABLE (rank int, token int, probability float8, logit float8)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    WITH logits AS MATERIALIZED (
+            SELECT  * FROM gptsql.logits(model, hidden)
+    ), peak AS (
+            SELECT  max(logit) AS top FROM logits
+    ), total AS (                       -- softmax denominator, shifted by the peak to stay finite
+            SELECT  sum(gptsql.safe_exp(logit - top)) AS z FROM logits, peak
+    ), best AS (
+            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT top_n
+    )
+    SELECT  (row_number() OVER (ORDER BY logit DESC, token))::int, token,
+            gptsql.safe_exp(logit - top) / z, logit
+    FROM    best, peak, total
+    ORDER BY logit DESC, token
+$$;
+
+-- A uniform number in [0, 1) for a seed and a place: the same seed draws the same text, whatever
+-- else runs at the same time.
+CREATE OR REPLACE FUNCTION gptsql.uniform(seed float8, place int)
+RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ('x' || substr(md5(seed::text || ':' || place::text), 1, 13))::bit(52)::bigint / 4503599627370496.0
+$$;
+
+-- Choose the next token. Temperature 0 is greedy (ties go to the lower id, as argmax does);
+-- otherwise logits / temperature are cut to the top_k (0: all) and to the smallest set whose
+-- probability reaches top_p, and u picks from what is left. Also returns the ten most probable
+-- tokens, for the run's record. One read-only statement, so the vocabulary scan may run in parallel.
+CREATE OR REPLACE FUNCTION gptsql.choose(model int, hidden vector, temperature float8, top_k int,
+                                         top_p float8, u float8)
+RETURNS TABLE (token int, probability float8, logit float8,
+               top_tokens int[], top_probabilities float8[], top_logits float8[])
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    WITH logits AS MATERIALIZED (
+            SELECT  * FROM gptsql.logits(model, hidden)
+    ), peak AS (
+            SELECT  max(logit) AS top FROM logits
+    ), total AS (
+            SELECT  sum(gptsql.safe_exp(logit - top)) AS z FROM logits, peak
+    ), candidates AS (
+            SELECT  token, logit
+            FROM    logits
+            ORDER BY logit DESC, token
+            LIMIT   CASE WHEN temperature = 0 THEN 1 WHEN top_k > 0 THEN top_k END
+    ), tempered AS (
+            SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)) AS e
+            FROM    candidates, peak
+    ), nucleus AS (                     -- cumulative probability, most probable first
+            SELECT  token, logit, e / sum(e) OVER () AS p,
+                    sum(e) OVER (ORDER BY e DESC, token ROWS UNBOUNDED PRECEDING) / sum(e) OVER () AS cum
+            FROM    tempered
+    ), kept AS (                        -- top-p: keep tokens until the mass before them reaches top_p
+            SELECT  token, logit, p
+            FROM    nucleus
+            WHERE   cum - p < top_p
+    ), drawn AS (
+            SELECT  token, logit,
+                    sum(p) OVER (ORDER BY p DESC, token ROWS UNBOUNDED PRECEDING) / sum(p) OVER () AS cum
+            FROM    kept
+    ), chosen AS (                      -- the first token whose cumulative probability passes u
+            SELECT  token, logit
+            FROM    drawn
+            ORDER BY CASE WHEN cum >= u THEN cum ELSE 2 - cum END
+            LIMIT   1
+    ), best AS (
+            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT 10
+    )
+    SELECT  chosen.token, gptsql.safe_exp(chosen.logit - top) / z, chosen.logit,
+            (SELECT array_agg(token ORDER BY logit DESC, token) FROM best),
+            (SELECT array_agg(gptsql.safe_exp(logit - top) / z ORDER BY logit DESC, token) FROM best),
+            (SELECT array_agg(logit ORDER BY logit DESC, token) FROM best)
+    FROM    chosen, peak, total
+$$;

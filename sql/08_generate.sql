@@ -1,0 +1,166 @@
+-- 08_generate.sql — runs: start one, step it token by token, finish it; generate() and predict().
+--
+-- Every prediction and generation is a row of gptsql.run. A step feeds the new tokens through
+-- forward() (earlier places come from the KV cache) and chooses one more token.
+
+DROP FUNCTION IF EXISTS gptsql.start_run(text, text, int, float8, int, float8, float8, boolean, text, boolean, boolean);
+CREATE OR REPLACE FUNCTION gptsql.start_run(model text, prompt text, max_tokens int DEFAULT 10,
+                                            temperature float8 DEFAULT 0, top_k int DEFAULT 0,
+                                            top_p float8 DEFAULT 1, seed float8 DEFAULT NULL,
+                                            record boolean DEFAULT true, kind text DEFAULT 'generate',
+                                            truncate_left boolean DEFAULT false,
+                                            allow_special boolean DEFAULT false,
+                                            OUT run_id bigint, OUT model_id int, OUT tokens int[],
+                                            OUT eot int)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    m gptsql.model;
+    room int;
+BEGIN
+    SELECT * INTO m FROM gptsql.model WHERE id = gptsql.model_id(model);
+    IF prompt IS NULL THEN
+        RAISE EXCEPTION 'prompt is NULL' USING HINT = 'give a text; an empty text starts from <|endoftext|>';
+    END IF;
+    IF max_tokens IS NULL OR max_tokens < 0 THEN
+        RAISE EXCEPTION 'max_tokens must be 0 or more, got %', max_tokens;
+    END IF;
+    IF temperature IS NULL OR temperature < 0 OR temperature = 'NaN' OR temperature = 'Infinity' THEN
+        RAISE EXCEPTION 'temperature must be a number >= 0 (0 is greedy), got %', temperature;
+    END IF;
+    IF top_k IS NULL OR top_k < 0 OR top_k > m.n_vocab THEN
+        RAISE EXCEPTION 'top_k must be between 0 (no limit) and the vocabulary size %, got %', m.n_vocab, top_k;
+    END IF;
+    IF top_p IS NULL OR NOT (top_p > 0 AND top_p <= 1) THEN
+        RAISE EXCEPTION 'top_p must be in (0, 1], got %', top_p;
+    END IF;
+    SELECT t.token INTO eot FROM gptsql.token t WHERE t.model_id = m.id AND t.bytes = '<|endoftext|>'::bytea;
+    tokens := CASE WHEN prompt = '' THEN ARRAY[eot] ELSE gptsql.tokenize(prompt, m.name, allow_special) END;
+    room := m.n_ctx - max_tokens;
+    IF cardinality(tokens) > room THEN
+        IF truncate_left AND room > 0 THEN
+            tokens := tokens[cardinality(tokens) - room + 1:];
+        ELSIF max_tokens = 0 OR cardinality(tokens) > m.n_ctx THEN
+            RAISE EXCEPTION 'the prompt is % tokens but model "%" has a context window of % tokens',
+                cardinality(tokens), m.name, m.n_ctx
+                USING HINT = 'shorten the prompt, or keep its end with --truncate left';
+        ELSE
+            RAISE EXCEPTION 'the prompt (% tokens) plus max_tokens (%) passes the context window of % tokens',
+                cardinality(tokens), max_tokens, m.n_ctx
+                USING HINT = format('ask for at most %s new tokens, or keep the end of the prompt with --truncate left',
+                                    greatest(m.n_ctx - cardinality(tokens), 0));
+        END IF;
+    END IF;
+    INSERT INTO gptsql.run (model_id, kind, prompt, max_tokens, temperature, top_k, top_p, seed, record)
+    VALUES (m.id, kind, prompt, max_tokens, temperature, top_k, top_p, seed, record)
+    RETURNING id INTO run_id;
+    INSERT INTO gptsql.run_token (run_id, place, token, is_prompt)
+    SELECT  start_run.run_id, n::int - 1, t, true
+    FROM    unnest(tokens) WITH ORDINALITY AS p(t, n);
+    model_id := m.id;
+END
+$$;
+
+-- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
+CREATE OR REPLACE FUNCTION gptsql.step(run bigint, tokens int[], start int)
+RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    r        gptsql.run;
+    hidden   vector;
+    c        record;
+    place    int := start + cardinality(tokens);
+    began    timestamptz := clock_timestamp();
+BEGIN
+    SELECT * INTO r FROM gptsql.run WHERE id = step.run;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no run %', run USING HINT = 'start one with gptsql.start_run(...)';
+    END IF;
+    IF r.status <> 'running' THEN
+        RAISE EXCEPTION 'run % is %, it cannot take more steps', run, r.status;
+    END IF;
+    IF place > (SELECT n_ctx FROM gptsql.model WHERE id = r.model_id) THEN
+        RAISE EXCEPTION 'run % is full: the context window of the model ends at % tokens', run, place - 1;
+    END IF;
+    hidden := gptsql.forward(run, tokens, start);
+    SELECT * INTO c
+    FROM   gptsql.choose(r.model_id, hidden, r.temperature, r.top_k, r.top_p,
+                         CASE WHEN r.seed IS NULL THEN random() ELSE gptsql.uniform(r.seed, place) END);
+    INSERT INTO gptsql.run_token (run_id, place, token, is_prompt, probability, logit, elapsed_ms)
+    VALUES (run, place, c.token, false, c.probability, c.logit,
+            extract(epoch FROM clock_timestamp() - began) * 1000);
+    IF r.record THEN
+        INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
+        SELECT  run, place - 1, n, t, l, p
+        FROM    unnest(c.top_tokens, c.top_logits, c.top_probabilities) WITH ORDINALITY AS b(t, l, p, n);
+    END IF;
+    RETURN QUERY
+        SELECT c.token, t.bytes, c.probability, c.logit
+        FROM   gptsql.token t
+        WHERE  t.model_id = r.model_id AND t.token = c.token;
+END
+$$;
+
+-- Close a run: its status, and the KV cache it no longer needs.
+CREATE OR REPLACE FUNCTION gptsql.finish_run(run bigint, status text DEFAULT 'done', error text DEFAULT NULL)
+RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    UPDATE  gptsql.run
+    SET     status = finish_run.status, error = finish_run.error, finished_at = clock_timestamp()
+    WHERE   id = finish_run.run AND run.status = 'running';
+    DELETE FROM gptsql.kv_cache WHERE run_id = run;
+$$;
+
+-- The article's generation loop as one recursive query: each row of `generation` is one step,
+-- which feeds the token chosen by the row before. Returns the generated text (without the prompt).
+CREATE OR REPLACE FUNCTION gptsql.generate(prompt text, max_tokens int DEFAULT 10,
+                                           temperature float8 DEFAULT 0, top_k int DEFAULT 0,
+                                           top_p float8 DEFAULT 1, seed float8 DEFAULT NULL,
+                                           model text DEFAULT NULL, record boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    s         record;
+    generated int[];
+BEGIN
+    SELECT * INTO s FROM gptsql.start_run(model, prompt, max_tokens, temperature, top_k, top_p, seed, record);
+    WITH RECURSIVE generation AS (
+            SELECT  0 AS step, s.tokens AS context, s.tokens AS fresh, NULL::int AS token
+            UNION ALL
+            SELECT  g.step + 1, g.context || n.token, ARRAY[n.token], n.token
+            FROM    generation g
+            CROSS JOIN LATERAL gptsql.step(s.run_id, g.fresh, cardinality(g.context) - cardinality(g.fresh)) n
+            WHERE   g.step < max_tokens AND g.token IS DISTINCT FROM s.eot
+    )
+    SELECT  array_agg(token ORDER BY step) FILTER (WHERE step > 0 AND token IS DISTINCT FROM s.eot)
+    INTO    generated
+    FROM    generation;
+    PERFORM gptsql.finish_run(s.run_id, 'done');
+    RETURN gptsql.detokenize(coalesce(generated, '{}'), model);
+END
+$$;
+
+-- The article's llm(prompt): the distribution of the token after the prompt.
+CREATE OR REPLACE FUNCTION gptsql.predict(prompt text, top_n int DEFAULT 10, model text DEFAULT NULL)
+RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    s      record;
+    hidden vector;
+BEGIN
+    IF top_n IS NULL OR top_n < 1 THEN
+        RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
+    END IF;
+    SELECT * INTO s FROM gptsql.start_run(model, prompt, 0, kind => 'predict');
+    hidden := gptsql.forward(s.run_id, s.tokens, 0);
+    INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
+    SELECT  s.run_id, cardinality(s.tokens) - 1, d.rank, d.token, d.logit, d.probability
+    FROM    gptsql.distribution(s.model_id, hidden, top_n) d;
+    PERFORM gptsql.finish_run(s.run_id, 'done');
+    RETURN QUERY
+        SELECT  l.rank, l.token, t.piece, l.probability, l.logit
+        FROM    gptsql.step_logit l
+        JOIN    gptsql.token t ON t.model_id = s.model_id AND t.token = l.token
+        WHERE   l.run_id = s.run_id
+        ORDER BY l.rank;
+END
+$$;
