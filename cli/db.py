@@ -246,7 +246,18 @@ class Database:
                     "(check --dsn / GPTSQL_DSN and that the server is running)"
                 ) from exc
         install(conn)
+        mark_orphaned_runs(conn)
         return conn
+
+
+def mark_orphaned_runs(conn: psycopg.Connection) -> None:
+    """A run still 'running' whose connection is gone was cut off (the server or the client died)."""
+    conn.execute(
+        """update gptsql.run set status = 'failed', finished_at = clock_timestamp(),
+                  error = coalesce(error, 'cut off: its connection ended before the run finished')
+           where status = 'running'
+             and backend_pid not in (select pid from pg_stat_activity where pid is not null)"""
+    )
 
 
 def first_line(exc: BaseException) -> str:

@@ -180,13 +180,13 @@ DECLARE
     found int;
 BEGIN
     IF model IS NULL THEN
-        SELECT id INTO found FROM gptsql.model ORDER BY loaded_at DESC, id DESC LIMIT 1;
+        SELECT m.id INTO found FROM gptsql.model m ORDER BY m.loaded_at DESC, m.id DESC LIMIT 1;
         IF found IS NULL THEN
             RAISE EXCEPTION 'no model is loaded'
                 USING HINT = 'load one: gptsql load gpt2 (Hugging Face hub) or gptsql load random:tiny (offline)';
         END IF;
     ELSE
-        SELECT id INTO found FROM gptsql.model WHERE name = model;
+        SELECT m.id INTO found FROM gptsql.model m WHERE m.name = model_id.model;
         IF found IS NULL THEN
             RAISE EXCEPTION 'unknown model "%"; loaded models: %', model,
                 coalesce((SELECT string_agg(name, ', ' ORDER BY name) FROM gptsql.model), 'none')

@@ -52,12 +52,15 @@ LANGUAGE sql STABLE AS $$
     WITH input AS (
             SELECT  (n::int - 1) / n_parts AS place, (n::int - 1) % n_parts AS part, xv
             FROM    unnest(x) WITH ORDINALITY AS t(xv, n)
-    ), units AS (
-            SELECT  input.place, w.grp, w.idx, sum(inner_product(input.xv, w.w) + w.bias) AS y
+    ), products AS MATERIALIZED (       -- one inner product per (place, part, unit), before any sort
+            SELECT  input.place, w.grp, w.idx, inner_product(input.xv, w.w) + w.bias AS y
             FROM    input
             JOIN    gptsql.linear w
               ON    w.model_id = model AND w.name = layer AND w.block = matmul.block AND w.part = input.part
-            GROUP BY input.place, w.grp, w.idx
+    ), units AS (                       -- a unit reading several parts adds them up
+            SELECT  place, grp, idx, sum(y) AS y
+            FROM    products
+            GROUP BY place, grp, idx
     )
     SELECT  place, grp,
             array_agg((CASE activation WHEN 'gelu' THEN gptsql.gelu(y) ELSE y END)::real ORDER BY idx)::vector

@@ -17,7 +17,7 @@ DECLARE
     m gptsql.model;
     room int;
 BEGIN
-    SELECT * INTO m FROM gptsql.model WHERE id = gptsql.model_id(model);
+    SELECT * INTO m FROM gptsql.model WHERE id = gptsql.model_id(start_run.model);
     IF prompt IS NULL THEN
         RAISE EXCEPTION 'prompt is NULL' USING HINT = 'give a text; an empty text starts from <|endoftext|>';
     END IF;
@@ -34,7 +34,11 @@ BEGIN
         RAISE EXCEPTION 'top_p must be in (0, 1], got %', top_p;
     END IF;
     SELECT t.token INTO eot FROM gptsql.token t WHERE t.model_id = m.id AND t.bytes = '<|endoftext|>'::bytea;
-    tokens := CASE WHEN prompt = '' THEN ARRAY[eot] ELSE gptsql.tokenize(prompt, m.name, allow_special) END;
+    IF prompt = '' THEN
+        tokens := ARRAY[eot];           -- GPT-2 starts a text after <|endoftext|>
+    ELSE
+        tokens := gptsql.tokenize(prompt, m.name, allow_special);
+    END IF;
     room := m.n_ctx - max_tokens;
     IF cardinality(tokens) > room THEN
         IF truncate_left AND room > 0 THEN

@@ -1,0 +1,73 @@
+"""`gptsql check`: the SQL engine against the numpy reference, on weights read back from the database."""
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+
+from .reference import GPT2
+
+
+def vec(value) -> np.ndarray:
+    return value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value, dtype=np.float32)
+
+
+def read_tensors(conn: psycopg.Connection, model_id: int) -> tuple[dict[str, np.ndarray], dict]:
+    """Rebuild the HF tensors of a loaded model from its tables."""
+    register_vector(conn)
+    cfg = conn.execute("select n_vocab, n_ctx, n_embd, n_head, n_layer, layer_norm_epsilon, name "
+                       "from gptsql.model where id = %s", [model_id]).fetchone()
+    n_vocab, n_ctx, n, n_head, n_layer, eps, name = cfg
+    t = {
+        "wte.weight": np.stack([vec(r[0]) for r in conn.execute(
+            "select w from gptsql.wte where model_id = %s order by token", [model_id])]),
+        "wpe.weight": np.stack([vec(r[0]) for r in conn.execute(
+            "select w from gptsql.wpe where model_id = %s order by place", [model_id])]),
+    }
+    for lname, block, gamma, beta in conn.execute(
+            "select name, block, gamma, beta from gptsql.norm where model_id = %s", [model_id]):
+        prefix = "ln_f" if lname == "ln_f" else f"h.{block}.{lname}"
+        t[f"{prefix}.weight"], t[f"{prefix}.bias"] = vec(gamma), vec(beta)
+    hf_name = {"c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "c_fc": "mlp.c_fc", "mlp_proj": "mlp.c_proj"}
+    for lname, key in hf_name.items():
+        for block in range(n_layer):
+            rows = conn.execute(
+                """select part, w, bias from gptsql.linear where model_id = %s and name = %s and block = %s
+                   order by grp, idx, part""", [model_id, lname, block]).fetchall()
+            parts = max(r[0] for r in rows) + 1
+            columns = np.stack([np.concatenate([vec(rows[u * parts + p][1]) for p in range(parts)])
+                                for u in range(len(rows) // parts)])
+            t[f"h.{block}.{key}.weight"] = columns.T.copy()
+            t[f"h.{block}.{key}.bias"] = np.array([rows[u * parts][2] for u in range(len(rows) // parts)],
+                                                   dtype=np.float32)
+    return t, {"n_head": n_head, "n_layer": n_layer, "eps": eps, "name": name}
+
+
+def sql_logits(conn: psycopg.Connection, run_id: int, model_id: int, tokens: list[int], start: int) -> np.ndarray:
+    register_vector(conn)
+    hidden = conn.execute("select gptsql.forward(%s, %s, %s)", [run_id, tokens, start]).fetchone()[0]
+    return np.array(conn.execute("select array_agg(logit order by token) from gptsql.logits(%s, %s)",
+                                 [model_id, hidden]).fetchone()[0])
+
+
+def check_model(conn: psycopg.Connection, model: str | None, prompt: str, n_tokens: int) -> dict:
+    model_id = conn.execute("select gptsql.model_id(%s)", [model]).fetchone()[0]
+    tensors, cfg = read_tensors(conn, model_id)
+    ref = GPT2(tensors, cfg["n_head"], cfg["n_layer"], cfg["eps"])
+    run_id, _, tokens, _ = conn.execute(
+        "select run_id, model_id, tokens, eot from gptsql.start_run(%s, %s, %s, record => false)",
+        [cfg["name"], prompt, n_tokens]).fetchone()
+    try:
+        expected = ref.forward(tokens)
+        got = sql_logits(conn, run_id, model_id, tokens, 0)
+        diff = float(np.abs(got - expected[-1]).max())
+        sql_tokens = [int(np.argmax(got))]
+        for _ in range(n_tokens - 1):
+            got = sql_logits(conn, run_id, model_id, [sql_tokens[-1]], len(tokens) + len(sql_tokens) - 1)
+            sql_tokens.append(int(np.argmax(got)))
+        numpy_tokens = ref.generate(tokens, n_tokens)
+    finally:
+        conn.execute("select gptsql.finish_run(%s, 'done')", [run_id])
+    return {"model": cfg["name"], "max_abs_diff": diff, "positions": len(tokens), "sql_tokens": sql_tokens,
+            "numpy_tokens": numpy_tokens, "same_tokens": sql_tokens == numpy_tokens,
+            "ok": diff < 1e-3 and sql_tokens == numpy_tokens}

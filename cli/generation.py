@@ -1,0 +1,80 @@
+"""The token-by-token loop: one SQL statement per token, streamed as text."""
+from __future__ import annotations
+
+import codecs
+from typing import Iterator
+
+import psycopg
+
+from .errors import UserError
+
+
+def ensure_model(ctx, model: str | None) -> None:
+    """With no model loaded, load the default (gpt2 from the hub), or say how to load one offline."""
+    if ctx.conn.execute("select exists (select from gptsql.model)").fetchone()[0] or model:
+        return
+    import click
+
+    click.echo("no model loaded yet: loading gpt2 from the Hugging Face hub...", err=True)
+    from .loader import load as loader
+    from .loader.sources import from_hub
+
+    try:
+        checkpoint = from_hub("gpt2")
+    except UserError as exc:
+        raise UserError(f"no model is loaded and {exc}") from exc
+    loader.load(ctx.conn, checkpoint, checkpoint.default_name)
+
+
+class Generation:
+    """A run of gptsql: started in SQL (tokenized, validated, recorded), then stepped one token at a
+    time. Text is decoded incrementally, so a token that ends mid-character waits for the next."""
+
+    def __init__(self, conn: psycopg.Connection, model, prompt, max_tokens, temperature=0.0, top_k=0,
+                 top_p=1.0, seed=None, record=True, truncate_left=False, allow_special=False):
+        self.conn = conn
+        self.max_tokens = max_tokens
+        row = conn.execute(
+            """select run_id, model_id, tokens, eot from gptsql.start_run(%s, %s, %s, %s, %s, %s, %s, %s,
+                      truncate_left => %s, allow_special => %s)""",
+            [model, prompt, max_tokens, temperature, top_k, top_p, seed, record, truncate_left, allow_special],
+        ).fetchone()
+        self.run_id, self.model_id, self.prompt_tokens, self.eot = row
+        self.tokens: list[int] = []
+        self.generated = 0
+        self.finished = False
+
+    def steps(self) -> Iterator[tuple[int, bytes, float]]:
+        fresh, start = list(self.prompt_tokens), 0
+        for _ in range(self.max_tokens):
+            token, raw, probability, _logit = self.conn.execute(
+                "select token, bytes, probability, logit from gptsql.step(%s, %s, %s)",
+                [self.run_id, fresh, start], prepare=True,
+            ).fetchone()
+            start += len(fresh)
+            fresh = [token]
+            self.tokens.append(token)
+            self.generated += 1
+            if token == self.eot:
+                break
+            yield token, raw, probability
+        self.stop("done")
+
+    def stream(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for _token, raw, _p in self.steps():
+            text = decoder.decode(raw)
+            if text:
+                yield text
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def stop(self, status: str, error: str | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.conn.execute("select gptsql.finish_run(%s, %s, %s)", [self.run_id, status, error])
+        except psycopg.Error:
+            pass  # the server is gone: the run is marked failed when it is back (Database.connect)

