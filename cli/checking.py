@@ -8,6 +8,10 @@ from pgvector.psycopg import register_vector
 from .reference import GPT2
 
 
+# float16 storage also rounds the activations fed to halfvec inner products.
+TOLERANCE = {"float32": 1e-3, "float16": 0.1}
+
+
 def vec(value) -> np.ndarray:
     return value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value, dtype=np.float32)
 
@@ -15,12 +19,12 @@ def vec(value) -> np.ndarray:
 def read_tensors(conn: psycopg.Connection, model_id: int) -> tuple[dict[str, np.ndarray], dict]:
     """Rebuild the HF tensors of a loaded model from its tables."""
     register_vector(conn)
-    cfg = conn.execute("select n_vocab, n_ctx, n_embd, n_head, n_layer, layer_norm_epsilon, name "
+    cfg = conn.execute("select n_vocab, n_ctx, n_embd, n_head, n_layer, layer_norm_epsilon, name, dtype "
                        "from gptsql.model where id = %s", [model_id]).fetchone()
-    n_vocab, n_ctx, n, n_head, n_layer, eps, name = cfg
+    n_vocab, n_ctx, n, n_head, n_layer, eps, name, dtype = cfg
     t = {
         "wte.weight": np.stack([vec(r[0]) for r in conn.execute(
-            "select w from gptsql.wte where model_id = %s order by token", [model_id])]),
+            "select coalesce(w, h::vector) from gptsql.wte where model_id = %s order by token", [model_id])]),
         "wpe.weight": np.stack([vec(r[0]) for r in conn.execute(
             "select w from gptsql.wpe where model_id = %s order by place", [model_id])]),
     }
@@ -32,7 +36,7 @@ def read_tensors(conn: psycopg.Connection, model_id: int) -> tuple[dict[str, np.
     for lname, key in hf_name.items():
         for block in range(n_layer):
             rows = conn.execute(
-                """select part, w, bias from gptsql.linear where model_id = %s and name = %s and block = %s
+                """select part, coalesce(w, h::vector), bias from gptsql.linear where model_id = %s and name = %s and block = %s
                    order by grp, idx, part""", [model_id, lname, block]).fetchall()
             parts = max(r[0] for r in rows) + 1
             columns = np.stack([np.concatenate([vec(rows[u * parts + p][1]) for p in range(parts)])
@@ -40,7 +44,7 @@ def read_tensors(conn: psycopg.Connection, model_id: int) -> tuple[dict[str, np.
             t[f"h.{block}.{key}.weight"] = columns.T.copy()
             t[f"h.{block}.{key}.bias"] = np.array([rows[u * parts][2] for u in range(len(rows) // parts)],
                                                    dtype=np.float32)
-    return t, {"n_head": n_head, "n_layer": n_layer, "eps": eps, "name": name}
+    return t, {"n_head": n_head, "n_layer": n_layer, "eps": eps, "name": name, "dtype": dtype}
 
 
 def sql_logits(conn: psycopg.Connection, run_id: int, model_id: int, tokens: list[int], start: int) -> np.ndarray:
@@ -70,4 +74,5 @@ def check_model(conn: psycopg.Connection, model: str | None, prompt: str, n_toke
         conn.execute("select gptsql.finish_run(%s, 'done')", [run_id])
     return {"model": cfg["name"], "max_abs_diff": diff, "positions": len(tokens), "sql_tokens": sql_tokens,
             "numpy_tokens": numpy_tokens, "same_tokens": sql_tokens == numpy_tokens,
-            "ok": diff < 1e-3 and sql_tokens == numpy_tokens}
+            "dtype": cfg["dtype"], "tolerance": TOLERANCE[cfg["dtype"]],
+            "ok": diff <= TOLERANCE[cfg["dtype"]] and sql_tokens == numpy_tokens}

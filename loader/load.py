@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
 from ..errors import UserError
@@ -30,11 +31,15 @@ def linear_rows(name: str, block: int, weight: np.ndarray, bias: np.ndarray, n_e
                    block_of_inputs[unit], float(bias[unit]) if part == 0 else 0.0)
 
 
-def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "float32",
+def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "float16",
          progress: Progress | None = None) -> int:
     """Load `ck` as model `name`, replacing a model of that name; returns the new model id."""
-    if dtype != "float32":
-        raise UserError(f"dtype {dtype!r} is not supported yet; use --dtype float32")
+    if dtype not in ("float32", "float16"):
+        raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
+    # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
+    # vector column w for float32; position embeddings and norms are small and stay float32.
+    big_column, big_type = ("h", "halfvec") if dtype == "float16" else ("w", "vector")
+    as_big = (lambda a: HalfVector(a.astype(np.float16))) if dtype == "float16" else (lambda a: a)
     progress = progress or (lambda stage, done, total: None)
     register_vector(conn)
     c, t = ck.config, ck.tensors
@@ -49,7 +54,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
 
     with conn.transaction():
         ensure_unicode_classes(conn)
-        conn.execute("delete from gptsql.model where name = %s", [name])
+        conn.execute("select gptsql.drop_model(%s)", [name])
         model_id = conn.execute(
             """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer,
                                          layer_norm_epsilon, dtype, n_params)
@@ -57,6 +62,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
             [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer,
              c.layer_norm_epsilon, dtype, ck.n_params()],
         ).fetchone()[0]
+        conn.execute("select gptsql.create_partitions(%s)", [model_id])
 
         with conn.cursor() as cur:
             with cur.copy("copy gptsql.token (model_id, token, bytes, piece) from stdin (format binary)") as cp:
@@ -69,10 +75,10 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                     cp.write_row((model_id, first, second, rank, merged))
             tick("vocabulary", 2 * len(ck.vocab))
 
-            with cur.copy("copy gptsql.wte (model_id, token, w) from stdin (format binary)") as cp:
-                cp.set_types(["int4", "int4", "vector"])
+            with cur.copy(f"copy gptsql.wte (model_id, token, {big_column}) from stdin (format binary)") as cp:
+                cp.set_types(["int4", "int4", big_type])
                 for token, row in enumerate(t["wte.weight"]):
-                    cp.write_row((model_id, token, row))
+                    cp.write_row((model_id, token, as_big(row)))
                     if token % 5000 == 4999:
                         tick("token embeddings", 5000)
             tick("token embeddings", c.n_vocab % 5000)
@@ -89,11 +95,11 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                         cp.write_row((model_id, ln, i, t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"]))
                 cp.write_row((model_id, "ln_f", c.n_layer, t["ln_f.weight"], t["ln_f.bias"]))
 
-            copy_sql = ("copy gptsql.linear (model_id, name, block, part, grp, idx, w, bias) "
+            copy_sql = (f"copy gptsql.linear (model_id, name, block, part, grp, idx, {big_column}, bias) "
                         "from stdin (format binary)")
             for i in range(c.n_layer):
                 with cur.copy(copy_sql) as cp:
-                    cp.set_types(["int4", "text", "int4", "int4", "int4", "int4", "vector", "float4"])
+                    cp.set_types(["int4", "text", "int4", "int4", "int4", "int4", big_type, "float4"])
                     layers = [
                         ("c_attn", t[f"h.{i}.attn.c_attn.weight"], t[f"h.{i}.attn.c_attn.bias"], c.head_dim),
                         ("attn_proj", t[f"h.{i}.attn.c_proj.weight"], t[f"h.{i}.attn.c_proj.bias"], n),
@@ -101,11 +107,11 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                         ("mlp_proj", t[f"h.{i}.mlp.c_proj.weight"], t[f"h.{i}.mlp.c_proj.bias"], n),
                     ]
                     for lname, weight, bias, group in layers:
-                        for row in linear_rows(lname, i, weight, bias, n, group):
-                            cp.write_row((model_id, *row))
+                        for lname_, block_, part, grp, idx, w, b in linear_rows(lname, i, weight, bias, n, group):
+                            cp.write_row((model_id, lname_, block_, part, grp, idx, as_big(w), b))
                 tick(f"block {i + 1}/{c.n_layer}", 12 * n)
         progress("analyze", total_rows, total_rows)
-    for table in ("token", "merge", "wte", "wpe", "norm", "linear"):
+    for table in ("token", "merge", f"wte_{model_id}", "wpe", "norm", f"linear_{model_id}"):
         conn.execute(f"analyze gptsql.{table}")
     return model_id
 

@@ -57,13 +57,15 @@ CREATE TABLE IF NOT EXISTS gptsql.unicode_class (
     PRIMARY KEY (class, lo)
 );
 
--- Token and position embeddings.
+-- Token and position embeddings. The big tables (wte, linear) are partitioned by model: a scan
+-- of the vocabulary reads only its own model's rows, and replacing a model drops a partition.
 CREATE TABLE IF NOT EXISTS gptsql.wte (
     model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
     token    int NOT NULL,
-    w        vector NOT NULL,
+    w        vector,                 -- float32 models
+    h        halfvec,                -- float16 models
     PRIMARY KEY (model_id, token)
-);
+) PARTITION BY LIST (model_id);
 CREATE TABLE IF NOT EXISTS gptsql.wpe (
     model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
     place    int NOT NULL,
@@ -92,14 +94,49 @@ CREATE TABLE IF NOT EXISTS gptsql.linear (
     part     int NOT NULL,           -- which n_embd-wide slice of the input this row reads
     grp      int NOT NULL,           -- which output vector the unit belongs to
     idx      int NOT NULL,           -- position of the unit inside that vector
-    w        vector NOT NULL,
+    w        vector,                 -- float32 models
+    h        halfvec,                -- float16 models
     bias     real NOT NULL,          -- counted once, on part 0
     PRIMARY KEY (model_id, name, block, part, grp, idx)
-);
+) PARTITION BY LIST (model_id);
 
-ALTER TABLE gptsql.wte    ALTER COLUMN w SET STORAGE PLAIN;
+-- float16 models keep the big matrices as halfvec in column h (w stays NULL): half the bytes,
+-- and pgvector's halfvec inner product is faster. Weights stay inline (PLAIN): no detoasting.
+ALTER TABLE gptsql.wte    ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
 ALTER TABLE gptsql.wpe    ALTER COLUMN w SET STORAGE PLAIN;
-ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN;
+ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
+
+-- A model's own partitions of the big tables (called by the loader inside its transaction).
+CREATE OR REPLACE FUNCTION gptsql.create_partitions(model int)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['wte', 'linear'] LOOP
+        EXECUTE format('CREATE TABLE gptsql.%I PARTITION OF gptsql.%I FOR VALUES IN (%s)', t || '_' || model, t, model);
+        EXECUTE format('ALTER TABLE gptsql.%I ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN',
+                       t || '_' || model);
+    END LOOP;
+END
+$$;
+
+-- Remove a model: its partitions go at once, the rest by cascade.
+CREATE OR REPLACE FUNCTION gptsql.drop_model(model_name text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    old int;
+BEGIN
+    SELECT m.id INTO old FROM gptsql.model m WHERE m.name = model_name;
+    IF old IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('DROP TABLE IF EXISTS gptsql.%I, gptsql.%I', 'wte_' || old, 'linear_' || old);
+    DELETE FROM gptsql.model m WHERE m.id = old;
+    RETURN true;
+END
+$$;
 
 -- Runs: every generation and prediction is recorded (see 08_runs.sql for the views).
 CREATE TABLE IF NOT EXISTS gptsql.run (

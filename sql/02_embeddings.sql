@@ -10,7 +10,7 @@ LANGUAGE sql STABLE AS $$
             SELECT  token, start + n::int - 1 AS place
             FROM    unnest(tokens) WITH ORDINALITY AS t(token, n)
     )
-    SELECT  array_agg(wte.w + wpe.w ORDER BY input.place)
+    SELECT  array_agg(coalesce(wte.w, wte.h::vector) + wpe.w ORDER BY input.place)
     FROM    input
     JOIN    gptsql.wte ON wte.model_id = model AND wte.token = input.token
     JOIN    gptsql.wpe ON wpe.model_id = model AND wpe.place = input.place

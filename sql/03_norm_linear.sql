@@ -42,28 +42,36 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- y = x W + b for a layer of a block. x holds `n_parts` vectors per place (place-major) when the
--- input is wider than n_embd. Each output unit is one inner product per part; the units of a group
--- (a head of q/k/v, an n_embd slice of the MLP) come back together as one vector, optionally
--- through GELU.
+-- input is wider than n_embd. Each output unit is one inner product per part, taken in the index's
+-- (grp, idx) order so the aggregate needs no sort; the units of a group (a head of q, k or v, an
+-- n_embd slice of the MLP) come back together as one vector, and parts add up as vectors.
+-- float16 models keep their weights in the halfvec column h (x is cast once per place), float32
+-- models in w; the other column is NULL and its inner product costs nothing.
+-- `activation` ('gelu') applies to single-part layers (c_fc).
 CREATE OR REPLACE FUNCTION gptsql.matmul(model int, block int, layer text, x vector[],
                                          n_parts int DEFAULT 1, activation text DEFAULT NULL)
 RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE sql STABLE AS $$
     WITH input AS (
-            SELECT  (n::int - 1) / n_parts AS place, (n::int - 1) % n_parts AS part, xv
+            SELECT  (n::int - 1) / n_parts AS place, (n::int - 1) % n_parts AS part, xv, xv::halfvec AS xh
             FROM    unnest(x) WITH ORDINALITY AS t(xv, n)
-    ), products AS MATERIALIZED (       -- one inner product per (place, part, unit), before any sort
-            SELECT  input.place, w.grp, w.idx, inner_product(input.xv, w.w) + w.bias AS y
+            ORDER BY n
+    ), partials AS (                    -- per place and part: a lateral index scan in (grp, idx) order
+            SELECT  input.place, input.part, unit.grp, unit.y
             FROM    input
-            JOIN    gptsql.linear w
-              ON    w.model_id = model AND w.name = layer AND w.block = matmul.block AND w.part = input.part
-    ), units AS (                       -- a unit reading several parts adds them up
-            SELECT  place, grp, idx, sum(y) AS y
-            FROM    products
-            GROUP BY place, grp, idx
+            CROSS JOIN LATERAL (
+                    SELECT  w.grp,
+                            array_agg((CASE activation
+                                        WHEN 'gelu' THEN gptsql.gelu(coalesce(inner_product(input.xv, w.w),
+                                                                              inner_product(input.xh, w.h)) + w.bias)
+                                        ELSE coalesce(inner_product(input.xv, w.w), inner_product(input.xh, w.h)) + w.bias
+                                       END)::real ORDER BY w.idx)::vector AS y
+                    FROM    gptsql.linear w
+                    WHERE   w.model_id = model AND w.name = layer AND w.block = matmul.block AND w.part = input.part
+                    GROUP BY w.grp
+            ) unit
     )
-    SELECT  place, grp,
-            array_agg((CASE activation WHEN 'gelu' THEN gptsql.gelu(y) ELSE y END)::real ORDER BY idx)::vector
-    FROM    units
+    SELECT  place, grp, sum(y)
+    FROM    partials
     GROUP BY place, grp
 $$;

@@ -6,9 +6,12 @@
 CREATE OR REPLACE FUNCTION gptsql.logits(model int, hidden vector)
 RETURNS TABLE (token int, logit float8)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT  token, inner_product(hidden, w)
-    FROM    gptsql.wte
-    WHERE   model_id = model
+    WITH query AS (                     -- cast once for float16 models (halfvec column h)
+            SELECT  hidden AS hv, hidden::halfvec AS hh
+    )
+    SELECT  wte.token, coalesce(inner_product(query.hv, wte.w), inner_product(query.hh, wte.h))
+    FROM    query, gptsql.wte
+    WHERE   wte.model_id = model
 $$;
 
 -- The top_n most probable next tokens (all of them when top_n is NULL) with their probability
@@ -50,15 +53,20 @@ RETURNS TABLE (token int, probability float8, logit float8,
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WITH logits AS MATERIALIZED (
             SELECT  * FROM gptsql.logits(model, hidden)
+    ), best AS MATERIALIZED (           -- the ten most probable: recorded, and greedy's choice
+            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT 10
     ), peak AS (
-            SELECT  max(logit) AS top FROM logits
-    ), total AS (
+            SELECT  max(logit) AS top FROM best
+    ), total AS (                       -- softmax denominator over the whole vocabulary
             SELECT  sum(gptsql.safe_exp(logit - top)) AS z FROM logits, peak
-    ), candidates AS (
-            SELECT  token, logit
-            FROM    logits
-            ORDER BY logit DESC, token
-            LIMIT   CASE WHEN temperature = 0 THEN 1 WHEN top_k > 0 THEN top_k END
+    ), candidates AS (                  -- greedy: the best one; sampling: the top_k (0: all)
+            (SELECT token, logit FROM best WHERE temperature = 0 ORDER BY logit DESC, token LIMIT 1)
+            UNION ALL
+            (SELECT  token, logit
+             FROM    logits
+             WHERE   temperature > 0
+             ORDER BY logit DESC, token
+             LIMIT   CASE WHEN top_k > 0 THEN top_k END)
     ), tempered AS (
             SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)) AS e
             FROM    candidates, peak
@@ -79,8 +87,6 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
             FROM    drawn
             ORDER BY CASE WHEN cum >= u THEN cum ELSE 2 - cum END
             LIMIT   1
-    ), best AS (
-            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT 10
     )
     SELECT  chosen.token, gptsql.safe_exp(chosen.logit - top) / z, chosen.logit,
             (SELECT array_agg(token ORDER BY logit DESC, token) FROM best),

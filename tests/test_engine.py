@@ -18,7 +18,7 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def hf_model(hf_tiny, run_cli, db):
     directory, model = hf_tiny
-    run_cli("load", str(directory), "--name", "hf-tiny")
+    run_cli("load", str(directory), "--name", "hf-tiny", "--dtype", "float32")
     return model
 
 
@@ -107,8 +107,21 @@ def test_shapes_come_from_config(db, tmp_path, run_cli):
     from conftest import make_hf_model
 
     model = make_hf_model(tmp_path, n_layer=3, n_embd=48, n_head=6, n_ctx=32, seed=3)
-    run_cli("load", str(tmp_path), "--name", "odd-shape")
+    run_cli("load", str(tmp_path), "--name", "odd-shape", "--dtype", "float32")
     tokens = PROMPTS[0]
     run_id, model_id = new_run(db, "odd-shape")
     got = sql_logits(db, run_id, model_id, tokens, 0)
     assert np.abs(got - torch_logits(model, tokens)[-1]).max() <= 1e-3
+
+
+def test_float16_storage_keeps_greedy_tokens(db, hf_tiny, hf_model, run_cli):
+    # The default storage (halfvec) is not exact, but close: same greedy tokens, small logit error.
+    directory, model = hf_tiny
+    run_cli("load", str(directory), "--name", "hf-tiny-16")
+    assert db.execute("select dtype from gptsql.model where name = 'hf-tiny-16'").fetchone()[0] == "float16"
+    tokens = PROMPTS[1]
+    run_id, model_id = new_run(db, "hf-tiny-16")
+    got = sql_logits(db, run_id, model_id, tokens, 0)
+    expected = torch_logits(model, tokens)[-1]
+    assert np.abs(got - expected).max() <= 0.1
+    assert int(np.argmax(got)) == int(np.argmax(expected))
