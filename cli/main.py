@@ -362,6 +362,40 @@ def check(ctx: Context, model, prompt, tokens):
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage of the benchmarked model.")
+@click.option("--shape", default="gpt2", show_default=True, help="random:SHAPE to build (gpt2 is the 124M shape).")
+@click.option("--decode-tokens", default=32, show_default=True, help="Greedy tokens for the decode median.")
+@click.option("--contexts", default="16,128,512,1000", show_default=True,
+              help="Context lengths for the time-per-token curve.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
+@pass_ctx
+@friendly
+def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
+    """Measure SQL against numpy and PyTorch on the same random GPT-2 (124M shape by default).
+
+    Builds random:SHAPE, loads it, and prints load time, size on disk, prefill of 64 tokens,
+    decode time per token (median), time per token by context length, the same for numpy and
+    PyTorch, their ratios, the logit error of the storage, and tokenizer throughput.
+    """
+    from rich.console import Console
+
+    from . import bench as benchmark
+    from .bench_report import render
+
+    console = Console(stderr=True)
+    with console.status("benchmark") as status:
+        results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
+                                contexts=[int(c) for c in contexts.split(",") if c],
+                                progress=lambda s: (status.update(s), console.log(s)))
+    render(results)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        click.echo(f"wrote {json_out}", err=True)
+
+
 def main():  # pragma: no cover
     cli()
 

@@ -1,0 +1,194 @@
+"""`gptsql bench`: GPT-2 124M-shaped decode and prefill in SQL against numpy and PyTorch, in one run,
+on the very same weights. Ratios matter, not absolute times (these machines are shared)."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+import psycopg
+
+from .reference import GPT2
+
+Progress = Callable[[str], None]
+PROMPT_LEN, DECODE_TOKENS, CONTEXTS = 64, 32, (16, 128, 512, 1000)
+
+
+def prompt_tokens(n: int, vocab: int = 50257, seed: int = 7) -> list[int]:
+    return np.random.default_rng(seed).integers(0, vocab - 1, n).tolist()
+
+
+def timed(fn):
+    began = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - began, value
+
+
+def sql_decode(conn, model: str, tokens: list[int], n_new: int, record: bool = False):
+    """Prefill time, per-token decode times and greedy tokens through gptsql.step (the CLI's path)."""
+    run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => %s)",
+                          [model, n_new, record]).fetchone()[0]
+    conn.execute("delete from gptsql.run_token where run_id = %s", [run_id])  # the '' prompt's token
+    fresh, start, out, times = list(tokens), 0, [], []
+    prefill = None
+    for i in range(n_new):
+        elapsed, token = timed(lambda: conn.execute("select token from gptsql.step(%s, %s, %s)",
+                                                    [run_id, fresh, start], prepare=True).fetchone()[0])
+        if i == 0:
+            prefill = elapsed
+        else:
+            times.append(elapsed)
+        start += len(fresh)
+        fresh = [token]
+        out.append(token)
+    conn.execute("select gptsql.finish_run(%s)", [run_id])
+    return prefill, times, out
+
+
+def sql_decode_at_context(conn, model: str, model_id: int, n_ctx: int, n_steps: int = 3) -> float:
+    """Median time of one decode step with the KV cache already holding n_ctx places. The cache is
+    filled with random keys and values (a step's cost does not depend on their values)."""
+    cfg = conn.execute("select n_head, n_embd / n_head, n_layer from gptsql.model where id = %s",
+                       [model_id]).fetchone()
+    n_head, head_dim, n_layer = cfg
+    run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => false)",
+                          [model, n_steps]).fetchone()[0]
+    conn.execute(
+        """insert into gptsql.kv_cache (run_id, block, head, place, k, v)
+           select %s, b, h, p, r.k, r.v
+           from generate_series(0, %s - 1) b, generate_series(0, %s - 1) h, generate_series(0, %s - 1) p,
+                lateral (select array_agg(random()::real - 0.5)::vector as k,
+                                array_agg(random()::real - 0.5)::vector as v
+                         from generate_series(1, %s) where p >= 0) r""",
+        [run_id, n_layer, n_head, n_ctx, head_dim])
+    times = []
+    for i in range(n_steps):
+        elapsed, _ = timed(lambda: conn.execute("select token from gptsql.step(%s, %s, %s)",
+                                                [run_id, [11], n_ctx + i], prepare=True).fetchone())
+        times.append(elapsed)
+    conn.execute("select gptsql.finish_run(%s)", [run_id])
+    return statistics.median(times)
+
+
+def numpy_decode(ref: GPT2, tokens, n_new):
+    prefill, logits = timed(lambda: ref.forward(tokens))
+    out, times = [int(np.argmax(logits[-1]))], []
+    for _ in range(n_new - 1):
+        elapsed, logits = timed(lambda: ref.forward([out[-1]], start=len(tokens) + len(out) - 1))
+        times.append(elapsed)
+        out.append(int(np.argmax(logits[-1])))
+    return prefill, times, out
+
+
+def torch_model(checkpoint):
+    try:
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    c = checkpoint.config
+    config = GPT2Config(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, n_positions=c.n_ctx,
+                        vocab_size=c.n_vocab, layer_norm_epsilon=c.layer_norm_epsilon)
+    model = GPT2LMHeadModel(config)
+    state = {f"transformer.{k}": torch.from_numpy(v) for k, v in checkpoint.tensors.items()}
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    torch.set_num_threads(2)
+    return model
+
+
+def torch_decode(model, tokens, n_new):
+    import torch
+
+    with torch.no_grad():
+        prefill, out = timed(lambda: model(torch.tensor([tokens]), use_cache=True))
+        past, logits = out.past_key_values, out.logits[0]
+        first_logits = logits[-1].numpy().astype(np.float64)
+        generated, times = [int(torch.argmax(logits[-1]))], []
+        for _ in range(n_new - 1):
+            elapsed, out = timed(lambda: model(torch.tensor([[generated[-1]]]), past_key_values=past, use_cache=True))
+            past = out.past_key_values
+            times.append(elapsed)
+            generated.append(int(torch.argmax(out.logits[0, -1])))
+    return prefill, times, generated, first_logits
+
+
+def run(conn: psycopg.Connection, dtype: str = "float16", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
+        shape: str = "gpt2", progress: Progress = lambda s: None) -> dict:
+    from .checking import sql_logits
+    from .loader.load import load
+    from .loader.sources import random_model
+
+    results: dict = {"shape": shape, "dtype": dtype}
+    progress(f"building random:{shape}")
+    checkpoint = random_model(shape)
+    name = f"bench-{shape}-{dtype}"
+    progress(f"loading {name} ({checkpoint.n_params() / 1e6:.0f}M parameters)")
+    results["load_s"], model_id = timed(lambda: load(conn, checkpoint, name, dtype=dtype))
+    results["size_bytes"] = conn.execute("select bytes from gptsql.model_size where name = %s", [name]).fetchone()[0]
+    results["n_params"] = checkpoint.n_params()
+
+    tokens = prompt_tokens(PROMPT_LEN)
+    progress(f"SQL: prefill {PROMPT_LEN} tokens, then {decode_tokens} greedy tokens")
+    prefill, times, sql_tokens = sql_decode(conn, name, tokens, decode_tokens + 1)
+    results["sql"] = {"prefill_s": prefill, "decode_s": statistics.median(times), "tokens": sql_tokens}
+
+    progress("SQL: logits of the prompt's last place")
+    run_id = conn.execute("select run_id from gptsql.start_run(%s, '', 0, record => false)", [name]).fetchone()[0]
+    sql_first = sql_logits(conn, run_id, model_id, tokens, 0)
+    conn.execute("select gptsql.finish_run(%s)", [run_id])
+
+    results["sql"]["by_context"] = {}
+    for n_ctx in contexts:
+        if n_ctx + 4 > checkpoint.config.n_ctx:
+            continue
+        progress(f"SQL: decode step with {n_ctx} places in the KV cache")
+        results["sql"]["by_context"][n_ctx] = sql_decode_at_context(conn, name, model_id, n_ctx)
+
+    progress("numpy reference: same weights")
+    ref = GPT2(checkpoint.tensors, checkpoint.config.n_head, checkpoint.config.n_layer)
+    prefill, times, np_tokens = numpy_decode(ref, tokens, decode_tokens + 1)
+    results["numpy"] = {"prefill_s": prefill, "decode_s": statistics.median(times), "tokens": np_tokens}
+
+    model = torch_model(checkpoint)
+    if model is not None:
+        progress("PyTorch (transformers, 2 threads): same weights")
+        prefill, times, pt_tokens, pt_first = torch_decode(model, tokens, decode_tokens + 1)
+        results["torch"] = {"prefill_s": prefill, "decode_s": statistics.median(times), "tokens": pt_tokens}
+        results["fidelity"] = {
+            "max_abs_logit_error": float(np.abs(sql_first - pt_first).max()),
+            "top1_same": int(np.argmax(sql_first)) == int(np.argmax(pt_first)),
+            "greedy_tokens_same": sql_tokens == pt_tokens,
+            "greedy_tokens_agreeing": int(sum(a == b for a, b in zip(sql_tokens, pt_tokens))),
+        }
+        results["ratios"] = {
+            "decode_sql_over_torch": results["sql"]["decode_s"] / results["torch"]["decode_s"],
+            "prefill_sql_over_torch": results["sql"]["prefill_s"] / results["torch"]["prefill_s"],
+        }
+    results.setdefault("ratios", {})
+    results["ratios"]["decode_sql_over_numpy"] = results["sql"]["decode_s"] / results["numpy"]["decode_s"]
+    results["ratios"]["prefill_sql_over_numpy"] = results["sql"]["prefill_s"] / results["numpy"]["prefill_s"]
+
+    tokenizer = tokenizer_speed(conn, name, progress)
+    if tokenizer:
+        results["tokenizer"] = tokenizer
+    progress(f"dropping {name}")
+    conn.execute("select gptsql.drop_model(%s)", [name])
+    return results
+
+
+def tokenizer_speed(conn, model: str, progress: Progress) -> dict | None:
+    """Tokens per second of the SQL tokenizer on English prose and mixed scripts."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "tokenizer_speed.py"
+    if not script.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("tokenizer_speed", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    progress("SQL tokenizer throughput")
+    return module.measure(conn, model)

@@ -1,0 +1,44 @@
+"""The benchmark's table."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1000:,.1f} ms"
+
+
+def render(r: dict, console: Console | None = None) -> None:
+    console = console or Console(width=110)
+    table = Table(title=f"gptsql bench — random:{r['shape']} ({r['n_params'] / 1e6:.0f}M parameters), "
+                        f"storage {r['dtype']}")
+    table.add_column("measure")
+    table.add_column("SQL", justify="right")
+    table.add_column("numpy", justify="right")
+    table.add_column("PyTorch", justify="right")
+    table.add_column("SQL / PyTorch", justify="right")
+    table.add_column("SQL / numpy", justify="right")
+    torch = r.get("torch", {})
+    ratios = r.get("ratios", {})
+    table.add_row("load", f"{r['load_s']:.1f} s", "", "", "", "")
+    table.add_row("size on disk", f"{r['size_bytes'] / 2**20:,.0f} MB", "", "", "", "")
+    table.add_row("prefill 64 tokens", ms(r["sql"]["prefill_s"]), ms(r["numpy"]["prefill_s"]),
+                  ms(torch.get("prefill_s")), f"{ratios.get('prefill_sql_over_torch', 0):.1f}×",
+                  f"{ratios['prefill_sql_over_numpy']:.1f}×")
+    table.add_row("decode per token (median)", ms(r["sql"]["decode_s"]), ms(r["numpy"]["decode_s"]),
+                  ms(torch.get("decode_s")), f"{ratios.get('decode_sql_over_torch', 0):.1f}×",
+                  f"{ratios['decode_sql_over_numpy']:.1f}×")
+    for n_ctx, seconds in r["sql"].get("by_context", {}).items():
+        table.add_row(f"decode per token at context {n_ctx}", ms(seconds), "", "", "", "")
+    fidelity = r.get("fidelity")
+    if fidelity:
+        table.add_row("max |Δlogit| vs float32 PyTorch", f"{fidelity['max_abs_logit_error']:.2e}", "", "", "", "")
+        table.add_row("greedy tokens same as PyTorch",
+                      f"{fidelity['greedy_tokens_agreeing']}/{len(r['sql']['tokens'])}", "", "", "", "")
+    tok = r.get("tokenizer")
+    if tok:
+        for key, value in tok.items():
+            if isinstance(value, (int, float)):
+                table.add_row(f"tokenizer: {key}", f"{value:,.0f}", "", "", "", "")
+    console.print(table)
