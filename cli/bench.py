@@ -115,7 +115,7 @@ def torch_decode(model, tokens, n_new):
     return prefill, times, generated, first_logits
 
 
-def run(conn: psycopg.Connection, dtype: str = "float16", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
+def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
         shape: str = "gpt2", progress: Progress = lambda s: None) -> dict:
     from .checking import sql_logits
     from .loader.load import load

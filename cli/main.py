@@ -159,9 +159,9 @@ def psql(ctx: Context, psql_args):
 @click.argument("source")
 @click.option("--name", help="Name to load it under (default: the hub id's last part, the directory's "
                              "name, or random-NAME).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Storage of the big matrices: float16 (pgvector halfvec: half the size, about twice as "
-                   "fast) or float32 (exact to transformers within 1e-3).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage of the big matrices: float32 (exact: within 1e-3 of transformers) or float16 "
+                   "(pgvector halfvec: half the size, a faster vocabulary scan, approximate logits).")
 @pass_ctx
 @friendly
 def load(ctx: Context, source, name, dtype):
@@ -363,7 +363,7 @@ def check(ctx: Context, model, prompt, tokens):
 
 
 @cli.command()
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage of the benchmarked model.")
 @click.option("--shape", default="gpt2", show_default=True, help="random:SHAPE to build (gpt2 is the 124M shape).")
 @click.option("--decode-tokens", default=32, show_default=True, help="Greedy tokens for the decode median.")

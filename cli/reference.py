@@ -1,15 +1,18 @@
 """GPT-2's forward pass in numpy, for checking the SQL engine (`gptsql check`) and the benchmark.
 
 Reads like picoGPT: every name is the paper's term. Weights are the checkpoint's tensors
-(HF names without the `transformer.` prefix), float32.
+(HF names without the `transformer.` prefix), float32; scalars are Python floats so that nothing
+silently promotes the activations to float64.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 
 def gelu(x):
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def softmax(x):
@@ -28,7 +31,7 @@ def linear(x, w, b):
 
 
 def attention(q, k, v, mask):
-    return softmax(q @ k.T / np.sqrt(q.shape[-1]) + mask) @ v
+    return softmax(q @ k.T / math.sqrt(q.shape[-1]) + mask) @ v
 
 
 class GPT2:
@@ -65,7 +68,8 @@ class GPT2:
         x = t["wte.weight"][tokens] + t["wpe.weight"][range(start, start + len(tokens))]
         for i in range(self.n_layer):
             x = self.block(x, i, start)
-        return layer_norm(x, t["ln_f.weight"], t["ln_f.bias"], self.eps) @ t["wte.weight"].T
+        h = layer_norm(x, t["ln_f.weight"], t["ln_f.bias"], self.eps)
+        return (t["wte.weight"] @ h.T).T       # logits against the tied token embeddings
 
     def generate(self, tokens, n_new):
         """Greedy continuation with the KV cache."""

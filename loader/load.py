@@ -31,7 +31,7 @@ def linear_rows(name: str, block: int, weight: np.ndarray, bias: np.ndarray, n_e
                    block_of_inputs[unit], float(bias[unit]) if part == 0 else 0.0)
 
 
-def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "float16",
+def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "float32",
          progress: Progress | None = None) -> int:
     """Load `ck` as model `name`, replacing a model of that name; returns the new model id."""
     if dtype not in ("float32", "float16"):
