@@ -241,8 +241,8 @@ def read_prompt(prompt: str) -> str:
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("-n", "--max-tokens", default=20, show_default=True, type=click.IntRange(min=0),
               help="How many tokens to generate.")
-@click.option("-t", "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="0 is greedy; higher is more random.")
+@click.option("-t", "--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0),
+              help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
 @click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
               help="Sample only among the k most probable tokens (0: all).")
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),

@@ -168,6 +168,8 @@ def random_model(shape_name: str, seed: int = 0, scale: float = 5.0) -> Checkpoi
         if key.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
             tensors[key] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         elif key == "wte.weight":  # logits are inner products with wte: spread them out
+            tensors[key] = (0.5 * rng.standard_normal(shape)).astype(np.float32)
+        elif key == "wpe.weight":  # strong positions keep a random model from echoing its input
             tensors[key] = rng.standard_normal(shape).astype(np.float32)
         else:
             tensors[key] = (0.02 * scale * rng.standard_normal(shape)).astype(np.float32)

@@ -123,6 +123,8 @@ def make_hf_model(directory: Path, n_layer=2, n_embd=64, n_head=4, n_ctx=128, se
             if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
                 p.copy_(1 + 0.1 * torch.randn_like(p))
             elif name.endswith("wte.weight"):   # logits are inner products with wte: make them spread
+                p.copy_(0.5 * torch.randn_like(p))
+            elif name.endswith("wpe.weight"):   # strong positions keep the model from echoing its input
                 p.copy_(torch.randn_like(p))
             elif p.dim() > 1 or name.endswith("bias"):
                 p.copy_(0.02 * scale * torch.randn_like(p))
