@@ -1,0 +1,151 @@
+"""Pictures of a recorded run: attention heatmaps and the logit lens (matplotlib, Agg backend).
+
+The functions take plain arrays (the queries are in runs.py) and return a Picture: where the PNG
+went, its size in pixels, and what each panel shows (title, tick labels), so tests and callers can
+check a picture without looking at it.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DPI = 100
+
+
+@dataclass
+class Panel:
+    title: str
+    xlabels: list[str]
+    ylabels: list[str]
+    values: np.ndarray | None = None    # what the colours show (rows top to bottom as drawn by imshow)
+
+
+@dataclass
+class Picture:
+    path: Path
+    width: int                          # pixels
+    height: int
+    title: str
+    panels: list[Panel] = field(default_factory=list)
+
+
+def shown(piece: str | None) -> str:
+    """A token's text as a tick label: spaces, newlines and tabs made visible."""
+    if piece is None:
+        return "?"
+    return piece.replace(" ", "␣").replace("\n", "↵").replace("\r", "⏎").replace("\t", "⇥") or "∅"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, title: str, panels: list[Panel]) -> Picture:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():     # tokens in scripts DejaVu Sans lacks (CJK...) draw as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        fig.savefig(out, dpi=DPI, format="png")
+    width, height = (int(round(v)) for v in fig.get_size_inches() * DPI)
+    _pyplot().close(fig)
+    return Picture(out, width, height, title, panels)
+
+
+def _heading(fig, title: str, subtitle: str, fontsize: float) -> None:
+    """The title, and under it the subtitle cut to the figure's width (about 0.6 em per character)."""
+    room = int(fig.get_size_inches()[0] * 72 / (0.6 * (fontsize - 1)))
+    if len(subtitle) > room:
+        subtitle = subtitle[: room - 1] + "…"
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=fontsize, parse_math=False)
+
+
+def _label_font(n: int) -> float:
+    return max(5.0, min(10.0, 200.0 / max(n, 1)))
+
+
+def attention(labels: list[str], weights: dict[int, np.ndarray], block: int, out: Path,
+              title: str, subtitle: str = "") -> Picture:
+    """Heatmaps of attention weights: rows are query places (who looks), columns key places (who is
+    looked at); one panel per head in `weights` (head -> n × n matrix, NaN above the diagonal)."""
+    plt = _pyplot()
+    n = len(labels)
+    heads = sorted(weights)
+    cols = 1 if len(heads) == 1 else math.ceil(math.sqrt(len(heads)))
+    rows = math.ceil(len(heads) / cols)
+    side = max(3.5, 0.3 * n + 1.8)      # inches per panel: room for one label per token
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + (1.2 if len(heads) == 1 else 0.4), side * rows + 0.8),
+                             squeeze=False, layout="constrained")
+    ticks = [shown(p) for p in labels]
+    font = _label_font(n)
+    panels = []
+    image = None
+    for i, ax in enumerate(axes.flat):
+        if i >= len(heads):
+            ax.axis("off")
+            continue
+        head = heads[i]
+        image = ax.imshow(np.ma.masked_invalid(weights[head]), cmap="viridis", vmin=0, vmax=1,
+                          interpolation="nearest")
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        ax.set_xticklabels(ticks, rotation=90, fontsize=font, parse_math=False)
+        ax.set_yticklabels(ticks, fontsize=font, parse_math=False)
+        panel_title = f"block {block}, head {head}"
+        ax.set_title(panel_title, fontsize=10)
+        if len(heads) == 1 or i % cols == 0:
+            ax.set_ylabel("query: the place that looks")
+        if len(heads) == 1 or i >= len(heads) - cols:
+            ax.set_xlabel("key: the place looked at")
+        panels.append(Panel(panel_title, [t.get_text() for t in ax.get_xticklabels()],
+                            [t.get_text() for t in ax.get_yticklabels()], weights[head]))
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
+    _heading(fig, title, subtitle, 12)
+    return _save(fig, out, title, panels)
+
+
+def lens(labels: list[str], next_labels: list[str | None], top: list[list[str]], probability: np.ndarray,
+         is_next: np.ndarray, out: Path, title: str, subtitle: str = "") -> Picture:
+    """The logit lens as a grid: a row per block (block 0 at the bottom), a column per place; each
+    cell is the token the model would predict after that block, with its probability (the colour).
+    Cells that guessed the run's actual next token are boxed."""
+    plt = _pyplot()
+    n_blocks, n = probability.shape
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.05 * n + 2.5), max(3.0, 0.62 * n_blocks + 2.4)),
+                           layout="constrained")
+    image = ax.imshow(probability, cmap="Blues", vmin=0, vmax=1, origin="lower", aspect="auto",
+                      interpolation="nearest")
+    cell_font = max(5.0, min(8.0, 120.0 / max(n, 1)))
+    for b in range(n_blocks):
+        for p in range(n):
+            dark = probability[b, p] > 0.55
+            ax.text(p, b, f"{shown(top[b][p])}\n{probability[b, p]:.2f}", ha="center", va="center",
+                    fontsize=cell_font, color="white" if dark else "black", parse_math=False,
+                    fontweight="bold" if is_next[b, p] else "normal")
+            if is_next[b, p]:
+                ax.add_patch(plt.Rectangle((p - 0.5, b - 0.5), 1, 1, fill=False, edgecolor="darkorange",
+                                           linewidth=2))
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([shown(t) for t in labels], rotation=90, fontsize=_label_font(n), parse_math=False)
+    ax.set_yticks(range(n_blocks))
+    ax.set_yticklabels([f"block {b}" for b in range(n_blocks)], fontsize=9)
+    ax.set_xlabel("the token read at each place")
+    top_axis = ax.secondary_xaxis("top")
+    top_axis.set_xticks(range(n))
+    top_axis.set_xticklabels(["" if t is None else shown(t) for t in next_labels], rotation=90,
+                             fontsize=_label_font(n), parse_math=False)
+    top_axis.set_xlabel("the run's actual next token (boxed where a block predicted it)")
+    fig.colorbar(image, ax=ax, shrink=0.9, label="probability of the top token")
+    _heading(fig, title, subtitle, 11)
+    panel = Panel(title, [t.get_text() for t in ax.get_xticklabels()], [t.get_text() for t in ax.get_yticklabels()],
+                  probability)
+    return _save(fig, out, title, [panel])

@@ -1,0 +1,471 @@
+"""Recorded runs from the terminal: `gptsql runs list | show | drop`, `gptsql trace`, and the
+pictures `gptsql attention` and `gptsql lens`.
+
+Everything here reads the views of sql/09_runs.sql (gptsql.runs, run_tokens, step_candidates,
+attention_weights, logit_lens); Python only lays out what they return.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import UserError
+
+
+def friendly(fn):
+    """main.friendly (one-line errors, exit status 1), looked up when the command runs: main.py
+    imports this module at its end, so this module cannot import main at its top."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .main import friendly as main_friendly
+
+        return main_friendly(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def console():
+    from rich.console import Console
+
+    return Console()
+
+
+def short(text: str | None, width: int = 40) -> str:
+    text = (text or "").replace("\n", "↵")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fmt_ms(value) -> str:
+    return "—" if value is None else f"{value:,.1f} ms"
+
+
+def fmt_p(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+# ------------------------------------------------------------------------------------- lookups
+def resolve_run(conn, run: str | int) -> int:
+    """A run id from 'latest' (the newest run of any kind) or a number; fails when it is not there."""
+    if str(run).lower() == "latest":
+        found = conn.execute("select gptsql.latest_run(null)").fetchone()[0]
+        if found is None:
+            raise UserError("there are no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
+        return found
+    try:
+        run_id = int(run)
+    except ValueError:
+        raise UserError(f"a run is a number or 'latest', not {run!r}") from None
+    if not conn.execute("select exists (select from gptsql.run where id = %s)", [run_id]).fetchone()[0]:
+        raise UserError(f"there is no run {run_id}; list them with: gptsql runs list")
+    return run_id
+
+
+def run_info(conn, run_id: int) -> dict:
+    cur = conn.execute("select * from gptsql.runs where run = %s", [run_id])
+    names = [c.name for c in cur.description]
+    return dict(zip(names, cur.fetchone()))
+
+
+def recorded_places(conn, run_id: int) -> int:
+    """How many places went through the blocks with their activations kept; fails when none did."""
+    info = run_info(conn, run_id)
+    if not info["recorded"]:
+        raise UserError(f"run {run_id} was generated with --no-record: it kept no activations; "
+                        "run the prompt again without --no-record")
+    n = conn.execute("select max(place) + 1 from gptsql.residual where run_id = %s", [run_id]).fetchone()[0]
+    if not n:
+        raise UserError(f"run {run_id} recorded no activations (nothing went through the blocks: "
+                        f"status {info['status']}, {info['generated_tokens']} tokens generated)")
+    return n
+
+
+def pieces(conn, run_id: int) -> dict[int, str]:
+    return dict(conn.execute("select place, piece from gptsql.run_tokens where run = %s", [run_id]).fetchall())
+
+
+def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed) -> int:
+    """Generate from PROMPT with every activation recorded; returns the new run's id."""
+    from .generation import Generation, ensure_model
+    from .main import read_prompt
+
+    import psycopg
+
+    prompt = read_prompt(prompt)
+    ensure_model(ctx, model)
+    gen = Generation(ctx.conn, model, prompt, max_tokens, temperature, top_k, top_p, seed, record=True)
+    try:
+        for _ in gen.steps():
+            pass
+    except KeyboardInterrupt:
+        gen.stop("interrupted")
+        raise
+    except (psycopg.Error, UserError) as exc:
+        gen.stop("failed", str(exc))
+        raise
+    return gen.run_id
+
+
+def run_source(default_tokens: int):
+    """PROMPT (a new recorded run) or --run ID (an existing one), and the sampling options."""
+
+    def decorate(fn):
+        options = [
+            click.argument("prompt", required=False),
+            click.option("--run", "run", metavar="ID", help="Use a recorded run (an id, or 'latest') instead of a PROMPT."),
+            click.option("-m", "--model", help="Model name (default: the most recently loaded)."),
+            click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=click.IntRange(min=1),
+                         help="Tokens to generate after the prompt."),
+            click.option("-t", "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+                         help="Sampling temperature (0: greedy, the most probable token)."),
+            click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+                         help="Sample among the k most probable tokens (0: all)."),
+            click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+                         help="Sample among the most probable tokens whose mass reaches p."),
+            click.option("--seed", type=float, help="Same seed, same text."),
+        ]
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed) -> int:
+    if (prompt is None) == (run is None):
+        raise UserError("give a PROMPT to run, or --run ID to explore a recorded run (not both)")
+    if run is not None:
+        return resolve_run(ctx.conn, run)
+    return record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed)
+
+
+# ---------------------------------------------------------------------------------------- runs
+@click.group()
+def runs():
+    """Recorded runs: list, show, drop (every generation and prediction is one).
+
+    \b
+      gptsql runs list                 the newest runs
+      gptsql runs show latest          parameters, text, per-token probabilities, timings
+      gptsql runs drop 3 4             remove runs and everything they recorded
+      gptsql runs drop --older-than 7d
+    """
+
+
+@runs.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many runs, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+@click.pass_obj
+@friendly
+def list_runs(ctx, limit, as_json):
+    """The newest runs: model, status, prompt, text, tokens, speed."""
+    cur = ctx.conn.execute("select * from gptsql.runs order by run desc limit %s", [limit])
+    names = [c.name for c in cur.description]
+    rows = [dict(zip(names, r)) for r in cur.fetchall()]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r, default=str, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo("no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
+        return
+    from rich.table import Table
+
+    from rich.text import Text
+
+    from rich import box
+
+    cells = [[str(r["run"]), r["model"], r["status"] + ("" if r["recorded"] else "*"),
+              r["started_at"].astimezone().strftime("%m-%d %H:%M"), f"{r['prompt_tokens']}+{r['generated_tokens']}",
+              "—" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.0f}"] for r in rows]
+    headers = ["run", "model", "status", "started", "tokens", "ms/tok"]
+    widths = [max(len(name), *(len(c[i]) for c in cells)) for i, name in enumerate(headers)]
+    out = console()
+    room = max(16, out.width - sum(widths) - 3 * (len(headers) + 1) - 1)   # the text takes what is left
+    caption = "* not recorded (--no-record)" if any(not r["recorded"] for r in rows) else None
+    table = Table(title="gptsql runs, newest first", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, (name, width) in enumerate(zip(headers, widths)):
+        table.add_column(name, no_wrap=True, width=width, justify="right" if i in (0, 4, 5) else "left")
+    table.add_column("prompt + generated", overflow="ellipsis", no_wrap=True, width=room)
+    for r, c in zip(rows, cells):
+        text = Text("[predict] " if r["kind"] == "predict" else "", style="dim")
+        text.append(short(r["prompt"], 60))
+        text.append(short(r["generated_text"], 60), style="green")
+        table.add_row(*c, text)
+    out.print(table)
+
+
+@runs.command("show")
+@click.argument("run", default="latest")
+@click.pass_obj
+@friendly
+def show_run(ctx, run):
+    """A run's parameters, its text, the probability of each token, and timings (RUN: an id or 'latest')."""
+    from rich.table import Table
+    from rich.text import Text
+
+    conn = ctx.conn
+    run_id = resolve_run(conn, run)
+    r = run_info(conn, run_id)
+    out = console()
+    params = Table.grid(padding=(0, 2))
+    params.add_column(style="bold")
+    params.add_column()
+    sampling = "none: the next-token table" if r["kind"] == "predict" else "greedy" if r["temperature"] == 0 else (
+        f"temperature {r['temperature']:g}, top-k {r['top_k'] or 'all'}, top-p {r['top_p']:g}, "
+        f"seed {'random' if r['seed'] is None else format(r['seed'], 'g')}")
+    recorded = conn.execute(
+        """select (select count(*) from gptsql.residual where run_id = %(r)s),
+                  (select count(*) from gptsql.attention_row where run_id = %(r)s),
+                  (select count(*) from gptsql.step_logit where run_id = %(r)s)""", {"r": run_id}).fetchone()
+    for key, value in [
+        ("run", str(run_id)), ("model", r["model"]), ("kind", r["kind"]),
+        ("status", r["status"] + (f": {r['error']}" if r["error"] else "")),
+        ("sampling", sampling), ("max tokens", str(r["max_tokens"])),
+        ("tokens", f"{r['prompt_tokens']} prompt + {r['generated_tokens']} generated"),
+        ("started", r["started_at"].astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")),
+        ("timings", f"total {fmt_ms(r['total_ms'])}, prefill {fmt_ms(r['prefill_ms'])}, "
+                    f"decode {fmt_ms(r['decode_ms_per_token'])} per token"
+                    + (f", {r['tokens_per_second']:.1f} tokens/s" if r["tokens_per_second"] else "")),
+        ("recorded", (f"{recorded[0]} residual rows, {recorded[1]} attention rows, {recorded[2]} candidates"
+                      if r["recorded"] else "no (--no-record): tokens only")),
+    ]:
+        params.add_row(key, value)
+    out.print(params)
+    text = Text()
+    text.append(r["prompt"])
+    text.append(r["generated_text"] or "", style="bold green")
+    out.print()
+    out.print(text)
+    out.print()
+    tokens = Table("place", "token", "piece", "", "probability", "rank", "step ms",
+                   title="tokens (probability: the model's, when the token was chosen)")
+    for place, token, piece, is_prompt, p, rank, ms in conn.execute(
+            """select place, token, piece, is_prompt, probability, rank, elapsed_ms
+               from gptsql.run_tokens where run = %s order by place""", [run_id]):
+        tokens.add_row(str(place), str(token), repr(piece), "prompt" if is_prompt else "generated",
+                       "" if is_prompt else fmt_p(p), "" if rank is None else str(rank),
+                       "" if ms is None else f"{ms:.1f}")
+    out.print(tokens)
+    if r["kind"] == "predict":
+        table = Table("rank", "token", "piece", "probability", "logit", title="next-token candidates")
+        for rank, token, piece, p, logit in conn.execute(
+                """select rank, token, piece, probability, logit from gptsql.step_candidates
+                   where run = %s order by rank""", [run_id]):
+            table.add_row(str(rank), str(token), repr(piece), fmt_p(p), f"{logit:.4f}")
+        out.print(table)
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$")
+UNITS = {"s": "seconds", "sec": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days",
+         "w": "weeks"}
+
+
+def parse_age(text: str) -> str:
+    """'7d', '12h', '30m', '2w', '45s' -> a PostgreSQL interval literal."""
+    m = DURATION.match(text)
+    if not m:
+        raise UserError(f"--older-than wants an age like 30m, 12h, 7d or 2w, not {text!r}")
+    return f"{m.group(1)} {UNITS[m.group(2)]}"
+
+
+@runs.command("drop")
+@click.argument("run_ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option("--older-than", metavar="AGE", help="Drop every finished run started longer ago than AGE (30m, 12h, 7d, 2w).")
+@click.pass_obj
+@friendly
+def drop_runs(ctx, run_ids, older_than):
+    """Remove runs and everything they recorded (tokens, residual stream, attention, candidates)."""
+    if bool(run_ids) == bool(older_than):
+        raise UserError("give run ids, or --older-than AGE (e.g. gptsql runs drop --older-than 7d)")
+    conn = ctx.conn
+    with conn.transaction():
+        if older_than:
+            ids = [r[0] for r in conn.execute(
+                """select id from gptsql.run
+                   where started_at < now() - %s::interval and status <> 'running' order by id""",
+                [parse_age(older_than)])]
+        else:
+            ids = sorted(set(run_ids))
+            found = {r[0]: r[1] for r in conn.execute("select id, status from gptsql.run where id = any(%s)", [ids])}
+            missing = [i for i in ids if i not in found]
+            if missing:
+                raise UserError(f"there is no run {', '.join(map(str, missing))}; list them with: gptsql runs list")
+            running = [i for i in ids if found[i] == "running"]
+            if running:
+                raise UserError(f"run {', '.join(map(str, running))} is still running; stop it first (Ctrl-C)")
+        conn.execute("delete from gptsql.kv_cache where run_id = any(%s)", [ids])   # no foreign key: scratch
+        conn.execute("delete from gptsql.run where id = any(%s)", [ids])           # the rest cascades
+    if not ids:
+        click.echo(f"no finished runs older than {older_than}")
+    else:
+        click.echo(f"dropped {len(ids)} run{'s' if len(ids) != 1 else ''}: {', '.join(map(str, ids))}")
+
+
+# --------------------------------------------------------------------------------------- trace
+@click.command()
+@run_source(default_tokens=5)
+@click.option("--top", "top_n", default=5, show_default=True, type=click.IntRange(1, 10),
+              help="Candidates per step and per block.")
+@click.option("--place", type=int, help="Place of the logit lens (default: the last one the model read).")
+@click.pass_obj
+@friendly
+def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, top_n, place):
+    """Look inside a run: the logit lens per block, and the top candidates at each step.
+
+    Generates from PROMPT (greedy unless -t; every activation recorded), or reads --run ID, then
+    prints what each block would predict at the last place it read (each block's residual
+    stream through the final layer norm and the token embeddings), and the most probable
+    candidates at every generated step with the one the run took.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    conn = ctx.conn
+    run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
+    n_places = recorded_places(conn, run_id)
+    r = run_info(conn, run_id)
+    names = pieces(conn, run_id)
+    place = n_places - 1 if place is None else place
+    if not 0 <= place < n_places:
+        raise UserError(f"--place must be between 0 and {n_places - 1} (the places run {run_id} recorded)")
+    out = console()
+    text = Text(f"run {run_id} ({r['model']}): ")
+    text.append(r["prompt"])
+    text.append(r["generated_text"] or "", style="bold green")
+    out.print(text)
+
+    title = f"Logit lens at place {place} (after {names.get(place)!r}): what the model would say after each block"
+    if place + 1 in names:
+        title += f"; the run went on with {names[place + 1]!r}"
+    lens = Table("block", *[f"#{i}" for i in range(1, top_n + 1)], title=title)
+    by_block: dict[int, list] = {}
+    for block, rank, piece, p, is_next in conn.execute(
+            """select block, rank, predicted_piece, probability, is_next
+               from gptsql.logit_lens(%s, %s, %s) order by block, rank""", [run_id, top_n, place]):
+        cell = Text(f"{piece!r}\n{p:.3f}", style="bold green" if is_next else "")
+        by_block.setdefault(block, []).append(cell)
+    for block, cells in sorted(by_block.items()):
+        lens.add_row(str(block), *cells)
+    out.print(lens)
+
+    steps = Table("step", "after", "chosen", *[f"#{i}" for i in range(1, top_n + 1)],
+                  title="Top candidates at each step (the chosen one in green)")
+    rows: dict[int, dict] = {}
+    for step, after, rank, piece, p, chosen in conn.execute(
+            """select step, after_piece, rank, piece, probability, chosen from gptsql.step_candidates
+               where run = %s and rank <= %s order by step, rank""", [run_id, top_n]):
+        row = rows.setdefault(step, {"after": after, "cells": []})
+        row["cells"].append(Text(f"{piece!r}\n{p:.3f}", style="bold green" if chosen else ""))
+    chosen_tokens = {place: (piece, p) for place, piece, p in conn.execute(
+        "select place, piece, probability from gptsql.run_tokens where run = %s and not is_prompt", [run_id])}
+    for step, row in sorted(rows.items()):
+        piece, p = chosen_tokens.get(r["prompt_tokens"] - 1 + step, (None, None))
+        steps.add_row(str(step), repr(row["after"]), "—" if piece is None else f"{piece!r}\n{p:.3f}", *row["cells"])
+    out.print(steps)
+
+
+# ------------------------------------------------------------------------------------ pictures
+def subtitle(r: dict) -> str:
+    return f"run {r['run']} ({r['model']}): {(r['prompt'] + (r['generated_text'] or '')).replace(chr(10), '↵')!r}"
+
+
+def check_block_head(conn, model_id: int, block: int | None, head: int | None) -> tuple[int, int]:
+    """(n_layer, n_head) of the model; fails on a block or head it does not have."""
+    n_layer, n_head = conn.execute("select n_layer, n_head from gptsql.model where id = %s", [model_id]).fetchone()
+    if block is not None and not 0 <= block < n_layer:
+        raise UserError(f"--block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks)")
+    if head is not None and not 0 <= head < n_head:
+        raise UserError(f"--head must be between 0 and {n_head - 1}, or 'all' (the model has {n_head} heads)")
+    return n_layer, n_head
+
+
+def run_model(conn, run_id: int) -> int:
+    return conn.execute("select model_id from gptsql.run where id = %s", [run_id]).fetchone()[0]
+
+
+def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path):
+    """The attention heatmap of a recorded run: one head, or every head (head None) as a grid."""
+    from . import plots
+
+    _, n_head = check_block_head(conn, run_model(conn, run_id), block, head)
+    n = recorded_places(conn, run_id)
+    heads = list(range(n_head)) if head is None else [head]
+    matrices = {h: np.full((n, n), np.nan) for h in heads}      # NaN: masked (a key after the query)
+    for h, q, k, w in conn.execute(
+            """select head, query_place, key_place, weight from gptsql.attention_weights
+               where run = %s and block = %s and head = any(%s)""", [run_id, block, heads]):
+        matrices[h][q, k] = w
+    names = pieces(conn, run_id)
+    which = f"head {head}" if head is not None else f"all {n_head} heads"
+    return plots.attention([names[p] for p in range(n)], matrices, block, Path(out),
+                           f"Attention weights of block {block}, {which}", subtitle(run_info(conn, run_id)))
+
+
+def draw_lens(conn, run_id: int, out: Path):
+    """The logit lens of a recorded run: blocks by places, the top token and its probability."""
+    from . import plots
+
+    n = recorded_places(conn, run_id)
+    n_layer, _ = check_block_head(conn, run_model(conn, run_id), None, None)
+    top = [[""] * n for _ in range(n_layer)]
+    probability = np.zeros((n_layer, n))
+    is_next = np.zeros((n_layer, n), dtype=bool)
+    for block, place, piece, p, hit in conn.execute(
+            "select block, place, predicted_piece, probability, is_next from gptsql.logit_lens(%s, 1)", [run_id]):
+        top[block][place], probability[block, place], is_next[block, place] = piece, p, hit
+    names = pieces(conn, run_id)
+    return plots.lens([names[p] for p in range(n)], [names.get(p + 1) for p in range(n)], top, probability,
+                      is_next, Path(out), "Logit lens: the most probable next token after each block, and its probability",
+                      subtitle(run_info(conn, run_id)))
+
+
+@click.command()
+@run_source(default_tokens=1)
+@click.option("--block", "-b", default=0, show_default=True, type=int, help="Which block.")
+@click.option("--head", default="all", show_default=True, help="Which head (a number), or 'all' for a grid.")
+@click.option("--out", "-o", default="attention.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG file to write.")
+@click.pass_obj
+@friendly
+def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, block, head, out):
+    """Heatmap of attention weights: which earlier token each place looked at.
+
+    Runs PROMPT (-n tokens, greedy; activations recorded) or reads --run ID, and draws for BLOCK
+    and HEAD (or every head) a grid of query places (rows) by key places (columns), with the tokens
+    on both axes. The causal mask leaves the upper triangle empty.
+    """
+    if head != "all" and not re.fullmatch(r"\d+", head):
+        raise UserError(f"--head is a head number or 'all', not {head!r}")
+    head = None if head == "all" else int(head)
+    if run is None and prompt is not None:      # a bad block or head fails before the prompt runs
+        check_block_head(ctx.conn, ctx.conn.execute("select gptsql.model_id(%s)", [model]).fetchone()[0], block, head)
+    run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
+    picture = draw_attention(ctx.conn, run_id, block, head, Path(out))
+    click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): {picture.title.lower()}, "
+               f"{len(picture.panels[0].xlabels)} tokens of run {run_id}")
+
+
+@click.command()
+@run_source(default_tokens=1)
+@click.option("--out", "-o", default="lens.png", show_default=True, type=click.Path(dir_okay=False),
+              help="PNG file to write.")
+@click.pass_obj
+@friendly
+def lens(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, out):
+    """Picture of the logit lens: the top token after each block, at each place.
+
+    Runs PROMPT (-n tokens, greedy; activations recorded) or reads --run ID, and draws blocks
+    (rows) by places (columns); each cell holds the token the model would predict if it stopped
+    after that block, and its probability. Cells that guessed the run's next token are boxed.
+    """
+    run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
+    picture = draw_lens(ctx.conn, run_id, Path(out))
+    panel = picture.panels[0]
+    click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): {len(panel.ylabels)} blocks × "
+               f"{len(panel.xlabels)} places of run {run_id}")

@@ -1,0 +1,75 @@
+"""The README's "Exploring a run in psql" cannot rot: right after one `gptsql generate`, every ```sql
+block of that section goes through psql (`gptsql db psql`, as a newcomer would paste it) and must
+answer with rows."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import REPO
+
+SECTION = re.compile(r"<!-- exploring:start -->(.*?)<!-- exploring:end -->", re.S)
+SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.S | re.M)
+PROMPT = "Happy New Year! I wish"
+
+
+def readme_queries() -> list[str]:
+    section = SECTION.search((REPO / "README.md").read_text())
+    assert section, "README.md lost its exploring:start / exploring:end markers"
+    return SQL_BLOCK.findall(section.group(1))
+
+
+QUERIES = readme_queries()
+
+
+def query_id(query: str) -> str:
+    words = re.findall(r"gptsql\.\w+|\\d\+", query)
+    return "-".join(dict.fromkeys(words)) or query.split()[0]
+
+
+@pytest.fixture(scope="module")
+def generated(tiny, run_cli):
+    """What the README says to do first: one generation, from the command line."""
+    result = run_cli("generate", "--model", tiny, "-n", "5", "--seed", "1", PROMPT)
+    assert result.stdout.startswith(PROMPT)
+    return result.stdout.strip()
+
+
+def psql(run_cli, query):
+    return run_cli("db", "psql", "-X", "-v", "ON_ERROR_STOP=1", "-f", "-", input=query, check=False)
+
+
+def test_the_section_has_the_queries_the_issue_asks_for():
+    assert len(QUERIES) >= 8
+    text = "\n".join(QUERIES)
+    for needle in ["gptsql.step_candidates", "rank <= 5", "gptsql.attention_weights", "gptsql.residual_norms",
+                   "gptsql.logit_lens", "gptsql.predict('I wish you a happy New', 5)", "<=>"]:
+        assert needle in text, needle
+
+
+@pytest.mark.parametrize("query", QUERIES, ids=[f"{i}-{query_id(q)}" for i, q in enumerate(QUERIES)])
+def test_readme_query_answers(run_cli, generated, query):
+    result = psql(run_cli, query)
+    assert result.returncode == 0, result.stderr
+    assert "ERROR" not in result.stderr and "WARNING" not in result.stderr, result.stderr
+    out = result.stdout
+    if query.lstrip().startswith("\\"):                 # a psql command: the view with its comments
+        assert "Description" in out and "Which generated token this step chose" in out
+        return
+    counted = re.findall(r"^\((\d+) rows?\)$", out, re.M)
+    assert counted and int(counted[-1]) > 0, out
+    lines = out.splitlines()
+    header = lines[0]
+    assert all(line.strip(" |") for line in lines[2:2 + int(counted[-1])]), f"empty rows:\n{out}"
+    # Sharper checks where a query's answer is known.
+    if "gptsql.predict(" in query:
+        assert int(counted[-1]) == 5 and "probability" in header
+    if "from    gptsql.runs" in query:
+        assert PROMPT in out and generated[len(PROMPT):].strip() in out
+    if "<=>" in query:
+        assert re.search(r"^\s*6280 \|  Year\s+\|\s+1\.000$", lines[2]), out   # ' Year' is nearest to itself
+    if "top_token_at_each_place" in query:
+        assert int(counted[-1]) == 2                     # random-tiny has two blocks
+        for line in lines[2:4]:                          # a token for each place read: 6 + 5 - 1
+            assert line.count(" | ") == 1 + 9, line
