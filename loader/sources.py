@@ -3,8 +3,10 @@ random GPT-2 of a named shape. Every source ends as a Checkpoint: config + float
 vocabulary, checked before anything touches the database."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ HUB_ALIASES = {
     "distilgpt2": "distilbert/distilgpt2",
 }
 HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+HTTP_CLIENTS = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")  # huggingface_hub's, by version
 
 # Named shapes for random:NAME (n_layer, n_embd, n_head, n_ctx); vocabulary is always GPT-2's.
 RANDOM_SHAPES = {
@@ -177,21 +180,78 @@ def random_model(shape_name: str, seed: int = 0, scale: float = 5.0) -> Checkpoi
 
 
 def from_hub(repo_id: str, name: str | None = None, revision: str | None = None) -> Checkpoint:
+    """Download (or find in the Hugging Face cache, HF_HOME) a GPT-2 repo and read it. huggingface_hub
+    resumes a dropped connection with a Range request and checks sizes; every file is also checked
+    against the hash the hub gave for it (sha256 for LFS files, git's sha1 otherwise), in the cache
+    too: a damaged file is removed and fetched once more, and never loaded."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     repo = HUB_ALIASES.get(repo_id, repo_id)
-    try:
-        path = snapshot_download(repo, allow_patterns=HUB_FILES, revision=revision)
-    except RepositoryNotFoundError as exc:
-        raise UserError(f"{repo}: no such model on the Hugging Face hub (or it is private)") from exc
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise UserError(
-            f"cannot download {repo} from the Hugging Face hub ({first_line(exc)}); offline, load a local "
-            "directory (gptsql load ./my-gpt2) or a random model (gptsql load random:tiny)"
-        ) from exc
-    checkpoint = from_directory(Path(path), name=name or repo.rsplit("/", 1)[-1], source=f"hub:{repo}")
-    return checkpoint
+    for attempt in (1, 2):
+        try:
+            path = Path(snapshot_download(repo, allow_patterns=HUB_FILES, revision=revision))
+        except RepositoryNotFoundError as exc:
+            raise UserError(f"{repo}: no such model on the Hugging Face hub (or it is private)") from exc
+        except OSError as exc:
+            size_wrong = "Consistency check failed" in str(exc)  # huggingface_hub's size check
+            if attempt == 1 and size_wrong:
+                print(f"{repo}: {first_line(exc).rstrip('.')}; downloading it again", file=sys.stderr)
+                continue
+            if size_wrong or isinstance(exc, (LocalEntryNotFoundError, HfHubHTTPError)):
+                raise UserError(_download_failed(repo, exc)) from exc
+            raise UserError(f"cannot store {repo} in the Hugging Face cache: {first_line(exc)} "
+                            "(HF_HOME chooses where it lives)") from exc
+        except Exception as exc:  # the HTTP client's own errors (a connection dropped too often, a proxy)
+            if type(exc).__module__.split(".")[0] in HTTP_CLIENTS:
+                raise UserError(_download_failed(repo, exc)) from exc
+            raise
+        damaged = [(f, *why) for f in HUB_FILES if (why := _hash_mismatch(path / f))]
+        for filename, expected, actual in damaged:
+            _evict(path / filename)
+            if attempt == 2:
+                raise UserError(
+                    f"{repo}: {filename} from the Hugging Face hub does not match its hash (expected {expected}, "
+                    f"got {actual}) twice in a row; it was not loaded and was removed from the cache: try again later"
+                )
+            print(f"{repo}: {filename} does not match its hash (expected {expected}, got {actual}); "
+                  "downloading it again", file=sys.stderr)
+        if not damaged:
+            break
+    return from_directory(path, name=name or repo.rsplit("/", 1)[-1], source=f"hub:{repo}")
+
+
+def _download_failed(repo: str, exc: BaseException) -> str:
+    return (f"cannot download {repo} from the Hugging Face hub ({first_line(exc)}); offline, load a local "
+            "directory (gptsql load ./my-gpt2) or a random model (gptsql load random:tiny)")
+
+
+def _hash_mismatch(file: Path) -> tuple[str, str] | None:
+    """(expected, actual) when a file of the HF cache does not match the hash it is stored under.
+
+    The cache keeps each file in blobs/ under the ETag the hub gave: the sha256 of an LFS file, the
+    git blob sha1 of any other. Files without such a name (a cache without symlinks) are not checked."""
+    if not file.is_symlink():
+        return None
+    expected = file.resolve().name.lower()
+    if len(expected) == 64 and all(c in "0123456789abcdef" for c in expected):
+        digest = hashlib.sha256()
+    elif len(expected) == 40 and all(c in "0123456789abcdef" for c in expected):
+        digest = hashlib.sha1(b"blob %d\0" % file.stat().st_size)
+    else:
+        return None
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    return None if actual == expected else (expected, actual)
+
+
+def _evict(file: Path) -> None:
+    """Remove a file of the HF cache: its blob and the snapshot's link to it."""
+    blob = file.resolve()
+    file.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
 
 
 def first_line(exc: BaseException) -> str:
