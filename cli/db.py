@@ -114,8 +114,12 @@ class Embedded:
                 mode = path.stat().st_mode
                 path.chmod(mode | 0o055 if path.is_dir() or mode & 0o100 else mode | 0o044)
             marker.touch()
-        for parent in [self.data_dir, *self.data_dir.parents]:
-            parent.chmod(parent.stat().st_mode | 0o011)
+        # The folders above the wheel (often /root, mode 0700) and above the data directory must be
+        # passable (x only, nothing becomes readable) for the server's user.
+        for parent in {*install_dir.parents, self.data_dir, *self.data_dir.parents}:
+            mode = parent.stat().st_mode
+            if mode & 0o011 != 0o011:
+                parent.chmod(mode | 0o011)
 
     def pid(self) -> int | None:
         """The running postmaster's pid, or None (a stale postmaster.pid counts as not running)."""
@@ -130,6 +134,8 @@ class Embedded:
             return None
         except PermissionError:
             pass
+        if not _is_postgres(pid):
+            return None  # the pid was reused by another program after a crash: the file is stale
         return pid
 
     def is_running(self) -> bool:
@@ -138,15 +144,22 @@ class Embedded:
     def init(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._prepare_binaries()
-        self.pgdata.mkdir(mode=0o700, exist_ok=True)
-        self._chown(self.pgdata)
-        subprocess.run(
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._prepare_binaries()
+            self.pgdata.mkdir(mode=0o700, exist_ok=True)
+            self._chown(self.pgdata)
+        except OSError as exc:
+            raise UserError(f"cannot create the data directory {self.data_dir}: {exc.strerror or exc} "
+                            "(choose another with --data-dir / GPTSQL_DATA_DIR)") from exc
+        result = subprocess.run(
             [str(pg_bin("initdb")), "-D", str(self.pgdata), "--auth=trust", "--auth-local=trust",
              "--encoding=UTF8", "--locale=C", "-U", "postgres"],
-            check=True, capture_output=True, text=True, **self._run_as(),
+            capture_output=True, text=True, **self._run_as(),
         )
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines() or ["no output"]
+            raise UserError(f"initdb failed in {self.pgdata}: {lines[0]}")
         with open(self.pgdata / "postgresql.auto.conf", "a") as conf:
             for key, value in SERVER_SETTINGS.items():
                 conf.write(f"{key} = {value}\n")
@@ -159,6 +172,11 @@ class Embedded:
         if pid is not None:
             # A server whose socket vanished: stop it so it can start clean.
             self.stop()
+        if self.pid() is None:
+            # Left by a killed server: a pid file naming a dead (or reused) pid, a stale socket.
+            for stale in (self.pgdata / "postmaster.pid", self.socket_dir / ".s.PGSQL.5432",
+                          self.socket_dir / ".s.PGSQL.5432.lock"):
+                stale.unlink(missing_ok=True)
         socket_dir = self.socket_dir
         socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._chown(socket_dir)
@@ -197,6 +215,16 @@ class Embedded:
                 conn.execute(f"create database {DB_NAME}")
 
 
+def _is_postgres(pid: int) -> bool:
+    """Whether a live pid is a PostgreSQL process (Linux: its command line); True when unknown."""
+    try:
+        return b"postgres" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True
+
+
 def redact(dsn: str) -> str:
     """A DSN fit for messages: never show a password."""
     try:
@@ -231,6 +259,9 @@ class Database:
         dsn = self.dsn()
         try:
             conn = psycopg.connect(dsn, autocommit=autocommit)
+        except psycopg.ProgrammingError as exc:  # libpq could not parse it; its message may quote a secret
+            raise UserError("--dsn / GPTSQL_DSN is not a valid connection string (use key=value pairs, e.g. "
+                            "host=... dbname=... user=..., or a postgresql://user@host:port/dbname URI)") from exc
         except psycopg.OperationalError as exc:
             if self.is_embedded:
                 # The server may have died since its pid file was written: restart once.
@@ -251,12 +282,16 @@ class Database:
 
 
 def mark_orphaned_runs(conn: psycopg.Connection) -> None:
-    """A run still 'running' whose connection is gone was cut off (the server or the client died)."""
+    """A run still 'running' whose connection is gone was cut off (the server or the client died).
+    Its KV cache goes too: a crash empties the unlogged cache, but a client that died does not."""
     conn.execute(
-        """update gptsql.run set status = 'failed', finished_at = clock_timestamp(),
-                  error = coalesce(error, 'cut off: its connection ended before the run finished')
-           where status = 'running'
-             and backend_pid not in (select pid from pg_stat_activity where pid is not null)"""
+        """with orphan as (
+               update gptsql.run set status = 'failed', finished_at = clock_timestamp(),
+                      error = coalesce(error, 'cut off: its connection ended before the run finished')
+               where status = 'running'
+                 and backend_pid not in (select pid from pg_stat_activity where pid is not null)
+               returning id)
+           delete from gptsql.kv_cache where run_id in (select id from orphan)"""
     )
 
 

@@ -74,7 +74,11 @@ class Generation:
         if self.finished:
             return
         self.finished = True
-        try:
-            self.conn.execute("select gptsql.finish_run(%s, %s, %s)", [self.run_id, status, error])
-        except psycopg.Error:
-            pass  # the server is gone: the run is marked failed when it is back (Database.connect)
+        for _attempt in range(2):
+            try:
+                self.conn.execute("select gptsql.finish_run(%s, %s, %s)", [self.run_id, status, error])
+                return
+            except psycopg.errors.QueryCanceled:
+                continue  # Ctrl-C's cancel request arrived late and hit this statement: once more
+            except psycopg.Error:
+                return  # the server is gone: the run is marked failed when it is back (Database.connect)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import codecs
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,10 @@ import psycopg
 
 from .db import Database, first_line
 from .errors import UserError
+
+# psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
+# CLI prints is the one line that matters.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 def fail(message: str) -> None:
@@ -49,6 +54,29 @@ def friendly(fn):
     return wrapper
 
 
+class OneLineErrors(click.Group):
+    """Usage errors too (a bad option value, a missing argument) are one line on stderr with exit
+    status 1, like every other error; --help still prints the usage."""
+
+    def main(self, *args, standalone_mode=True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+            fail(f"{exc.format_message()}{where}")
+        except click.ClickException as exc:
+            fail(exc.format_message())
+        except click.Abort:  # Ctrl-C outside generate (which handles its own): status 130, like a shell
+            click.echo("Error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 class Context:
     def __init__(self, dsn: str | None, data_dir: str | None):
         self.db = Database(dsn=dsn, data_dir=data_dir)
@@ -64,7 +92,7 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--dsn", envvar="GPTSQL_DSN", metavar="DSN",
               help="Use this PostgreSQL server (>= 15 with pgvector >= 0.7) instead of the embedded one. "
                    "Env: GPTSQL_DSN.")
@@ -281,6 +309,10 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     except (psycopg.Error, UserError) as exc:
         click.echo()
         gen.stop("failed", str(exc))
+        if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
+            raise UserError(f"lost the database after {gen.generated} tokens (run {gen.run_id}): "
+                            f"{db_error_message(exc)}; the text so far is above, and the run is marked "
+                            "failed when the server is back") from exc
         raise
     click.echo()
 
@@ -394,6 +426,15 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
         with open(json_out, "w") as f:
             json.dump(results, f, indent=2, default=str)
         click.echo(f"wrote {json_out}", err=True)
+
+
+# Recorded runs and what is inside them (cli/runs.py).
+from .runs import attention, lens, runs, trace  # noqa: E402
+
+cli.add_command(runs)
+cli.add_command(trace)
+cli.add_command(attention)
+cli.add_command(lens)
 
 
 def main():  # pragma: no cover

@@ -53,6 +53,8 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
         progress(stage, done, total_rows)
 
     with conn.transaction():
+        # The embedded server commits asynchronously (fast steps); a load is durable once it returns.
+        conn.execute("set local synchronous_commit = on")
         ensure_unicode_classes(conn)
         conn.execute("select gptsql.drop_model(%s)", [name])
         model_id = conn.execute(

@@ -22,16 +22,21 @@ BEGIN
         RAISE EXCEPTION 'prompt is NULL' USING HINT = 'give a text; an empty text starts from <|endoftext|>';
     END IF;
     IF max_tokens IS NULL OR max_tokens < 0 THEN
-        RAISE EXCEPTION 'max_tokens must be 0 or more, got %', max_tokens;
+        RAISE EXCEPTION 'max_tokens must be 0 or more, got %', coalesce(max_tokens::text, 'NULL')
+            USING HINT = 'the number of new tokens to generate; 0 only reads the prompt';
     END IF;
     IF temperature IS NULL OR temperature < 0 OR temperature = 'NaN' OR temperature = 'Infinity' THEN
-        RAISE EXCEPTION 'temperature must be a number >= 0 (0 is greedy), got %', temperature;
+        RAISE EXCEPTION 'temperature must be a number >= 0 (0 is greedy), got %', coalesce(temperature::text, 'NULL')
+            USING HINT = '0 always takes the most probable token; 0.7 to 1 samples; higher is more random';
     END IF;
     IF top_k IS NULL OR top_k < 0 OR top_k > m.n_vocab THEN
-        RAISE EXCEPTION 'top_k must be between 0 (no limit) and the vocabulary size %, got %', m.n_vocab, top_k;
+        RAISE EXCEPTION 'top_k must be between 0 (no limit) and the vocabulary size %, got %', m.n_vocab,
+            coalesce(top_k::text, 'NULL')
+            USING HINT = 'sample among the k most probable tokens; 0 keeps them all';
     END IF;
     IF top_p IS NULL OR NOT (top_p > 0 AND top_p <= 1) THEN
-        RAISE EXCEPTION 'top_p must be in (0, 1], got %', top_p;
+        RAISE EXCEPTION 'top_p must be in (0, 1], got %', coalesce(top_p::text, 'NULL')
+            USING HINT = 'sample among the most probable tokens whose probabilities add up to top_p; 1 keeps them all';
     END IF;
     SELECT t.token INTO eot FROM gptsql.token t WHERE t.model_id = m.id AND t.bytes = '<|endoftext|>'::bytea;
     IF prompt = '' THEN
@@ -70,6 +75,9 @@ RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     r        gptsql.run;
+    m        gptsql.model;
+    bad      int;
+    cached   int;
     hidden   vector;
     c        record;
     place    int := start + cardinality(tokens);
@@ -82,8 +90,26 @@ BEGIN
     IF r.status <> 'running' THEN
         RAISE EXCEPTION 'run % is %, it cannot take more steps', run, r.status;
     END IF;
-    IF place > (SELECT n_ctx FROM gptsql.model WHERE id = r.model_id) THEN
-        RAISE EXCEPTION 'run % is full: the context window of the model ends at % tokens', run, place - 1;
+    IF tokens IS NULL OR cardinality(tokens) = 0 THEN
+        RAISE EXCEPTION 'a step feeds at least one token, got %', coalesce(tokens::text, 'NULL')
+            USING HINT = 'the first step feeds the prompt''s tokens (start_run returns them), each later one the token chosen before';
+    END IF;
+    SELECT * INTO m FROM gptsql.model WHERE id = r.model_id;
+    SELECT t INTO bad FROM unnest(tokens) AS u(t) WHERE t IS NULL OR t < 0 OR t >= m.n_vocab LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'token % is not in the vocabulary of model "%"', coalesce(bad::text, 'NULL'), m.name
+            USING HINT = format('token ids go from 0 to %s', m.n_vocab - 1);
+    END IF;
+    SELECT coalesce(max(k.place) + 1, 0) INTO cached
+    FROM   gptsql.kv_cache k WHERE k.run_id = step.run AND k.block = 0 AND k.head = 0;
+    IF start IS DISTINCT FROM cached THEN
+        RAISE EXCEPTION 'run % has computed % places, so its next step starts at place %, not %', run, cached, cached,
+            coalesce(start::text, 'NULL')
+            USING HINT = 'start = how many tokens the run was fed before this step (the prompt included)';
+    END IF;
+    IF place > m.n_ctx THEN
+        RAISE EXCEPTION 'run % is full: the context window of model "%" ends at % tokens', run, m.name, m.n_ctx
+            USING HINT = 'start a new run, or keep the end of the prompt with --truncate left';
     END IF;
     hidden := gptsql.forward(run, tokens, start);
     SELECT * INTO c

@@ -34,7 +34,11 @@ def docker_dsn():
 
         docker.from_env().ping()
     except Exception as exc:  # no engine on this machine
-        pytest.skip(f"GPTSQL_TEST_BACKEND=docker but no Docker engine answers ({type(exc).__name__})")
+        where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        pytest.skip(f"GPTSQL_TEST_BACKEND=docker but no Docker engine answers at {where} "
+                    f"({type(exc).__name__}: {detail}); start Docker or set DOCKER_HOST, "
+                    "or run on the embedded server (unset GPTSQL_TEST_BACKEND)")
     container = PostgresContainer(PGVECTOR_IMAGE, driver=None)
     container.start()
     return container, container.get_connection_url()
@@ -43,7 +47,10 @@ def docker_dsn():
 @pytest.fixture(scope="session")
 def backend(tmp_path_factory):
     """(Database, environment for CLI subprocesses) of the chosen backend."""
-    kind = os.environ.get("GPTSQL_TEST_BACKEND", "embedded")
+    kind = os.environ.get("GPTSQL_TEST_BACKEND") or "embedded"
+    if kind not in ("embedded", "docker"):
+        pytest.exit(f"GPTSQL_TEST_BACKEND={kind!r}: use 'embedded' (the default) or 'docker' "
+                    "(or GPTSQL_TEST_DSN=... for a server of yours)", returncode=4)
     dsn = os.environ.get("GPTSQL_TEST_DSN")
     container = None
     if dsn:

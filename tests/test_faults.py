@@ -1,0 +1,353 @@
+"""Faults (issue 7): the server stops mid-generation, the loader is killed, two generations run at
+once, Ctrl-C, a crashed client, a server left in a stale state; and the embedded server's exposure.
+
+These tests stop and kill servers, so they run against their own embedded PostgreSQL in a private
+data directory (never the session's database, never a server given by DSN).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gptsql.db import Database, pg_bin, wait_for
+
+PROMPT = "Once upon a time"
+
+
+@dataclass
+class Server:
+    database: Database
+    env: dict
+
+    @property
+    def embedded(self):
+        return self.database.embedded
+
+    def connect(self):
+        """A new connection the way every command makes one (restarts a dead server, marks orphans)."""
+        return self.database.connect()
+
+    def cli(self, *args, input=None, check=True, timeout=120):
+        result = subprocess.run([sys.executable, "-m", "gptsql.main", *args], input=input, capture_output=True,
+                                text=True, env=self.env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"gptsql {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def stop_immediately(self):
+        """As if the machine lost power under PostgreSQL: no shutdown checkpoint, crash recovery next."""
+        subprocess.run([str(pg_bin("pg_ctl")), "-D", str(self.embedded.pgdata), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, check=True, **self.embedded._run_as())
+
+
+def make_server(data_dir: Path) -> Server:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env["GPTSQL_DATA_DIR"] = str(data_dir)
+    return Server(Database(data_dir=data_dir), env)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    """A private embedded server with random-tiny (fast) and random-small (slow enough to interrupt)."""
+    from gptsql.loader.load import load
+    from gptsql.loader.sources import random_model
+
+    data_dir = Path(tempfile.mkdtemp(prefix="gqf-", dir="/tmp"))   # short: the socket lives inside
+    s = make_server(data_dir)
+    conn = s.connect()
+    load(conn, tiny_checkpoint, "random-tiny")
+    load(conn, random_model("small"), "random-small")
+    conn.close()
+    yield s
+    s.embedded.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class Streamed:
+    """A CLI process whose stdout and stderr are collected while it runs."""
+
+    def __init__(self, server: Server, *args):
+        self.proc = subprocess.Popen([sys.executable, "-m", "gptsql.main", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=server.env)
+        self.out, self.err = bytearray(), bytearray()
+        self.threads = [threading.Thread(target=self._drain, args=(pipe, buf), daemon=True)
+                        for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _drain(pipe, buf):
+        while chunk := os.read(pipe.fileno(), 4096):
+            buf.extend(chunk)
+
+    def wait_for_output(self, n_bytes: int, timeout: float = 60) -> None:
+        assert wait_for(lambda: len(self.out) >= n_bytes or self.proc.poll() is not None, timeout), "no output"
+        assert self.proc.poll() is None, f"finished too soon: {self.err.decode()}"
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        rc = self.proc.wait(timeout)
+        for t in self.threads:
+            t.join(timeout)
+        return rc, self.out.decode("utf-8", "replace"), self.err.decode("utf-8", "replace")
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def run_row(conn, run_id):
+    return conn.execute("select status, error, finished_at is not null from gptsql.run where id = %s",
+                        [run_id]).fetchone()
+
+
+def generated(conn, run_id) -> list[tuple[int, int]]:
+    return conn.execute("select place, token from gptsql.run_token where run_id = %s and not is_prompt "
+                        "order by place", [run_id]).fetchall()
+
+
+def cached_rows(conn, run_id) -> int:
+    return conn.execute("select count(*) from gptsql.kv_cache where run_id = %s", [run_id]).fetchone()[0]
+
+
+def assert_printed_matches_database(conn, printed: str, run_id, n_printed: int, model: str,
+                                    crashed: bool = False) -> None:
+    """What the CLI showed is the text of the run's first tokens, as recorded. After a crash the
+    database may miss the last tokens (asynchronous commit): then what it has is a prefix."""
+    tokens = [t for _, t in generated(conn, run_id)][:n_printed]
+    text = conn.execute("select gptsql.detokenize(%s, %s)", [tokens, model]).fetchone()[0].rstrip("\ufffd")
+    assert printed.startswith(text), (printed, text)
+    if not crashed:
+        assert len(printed) - len(text) <= 4, (printed, text)   # at most a character held back
+
+
+# ------------------------------------------------------------------------------------ faults
+def test_database_stops_in_the_middle_of_a_generation(server):
+    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 20)
+    time.sleep(1.0)   # the embedded server commits asynchronously: let the recorded tokens reach the disk
+    server.stop_immediately()
+    rc, out, err = gen.finish()
+    line = one_line(err)
+    assert rc == 1
+    match = re.fullmatch(r"Error: lost the database after (\d+) tokens \(run (\d+)\): .+; the text so far is "
+                         r"above, and the run is marked failed when the server is back", line)
+    assert match, line
+    n_printed, run_id = int(match[1]), int(match[2])
+    assert 0 < n_printed < 250
+    assert out.startswith(PROMPT) and out.endswith("\n") and len(out) > len(PROMPT) + 20
+    # The next command brings the server back; the run it cut off is marked failed, its cache gone.
+    conn = server.connect()
+    status, error, finished = run_row(conn, run_id)
+    assert (status, finished) == ("failed", True) and "cut off" in error
+    assert cached_rows(conn, run_id) == 0
+    assert 0 < len(generated(conn, run_id)) <= n_printed + 1
+    assert_printed_matches_database(conn, out[len(PROMPT):].rstrip("\n"), run_id, n_printed, "random-small",
+                                    crashed=True)
+    assert server.cli("generate", "-m", "random-tiny", "-n", "3", PROMPT).returncode == 0
+
+
+def test_loader_killed_in_the_middle_of_a_load(server, tiny_checkpoint):
+    from gptsql.loader.load import load
+
+    conn = server.connect()
+    load(conn, tiny_checkpoint, "victim")
+    before = conn.execute("select id, n_layer, loaded_at from gptsql.model where name = 'victim'").fetchone()
+    text = conn.execute("select gptsql.generate(%s, 5, model => 'victim')", [PROMPT]).fetchone()[0]
+    models = conn.execute("select count(*) from gptsql.model").fetchone()[0]
+    for sig, status in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
+        loader = Streamed(server, "load", "random:small", "--name", "victim")
+        # Stop it while it writes the blocks, inside its transaction.
+        assert wait_for(lambda: conn.execute(
+            "select pid from pg_stat_activity where query ilike 'copy gptsql.linear%%' and backend_xid is not null"
+        ).fetchone() is not None, 60), loader.err.decode()
+        backend = conn.execute("select pid from pg_stat_activity where query ilike 'copy gptsql.linear%%'").fetchone()[0]
+        loader.proc.send_signal(sig)
+        rc, _, err = loader.finish()
+        assert rc == status, err
+        if sig == signal.SIGINT:
+            assert one_line(err) == "Error: interrupted"
+        assert wait_for(lambda: conn.execute("select count(*) from pg_stat_activity where pid = %s",
+                                             [backend]).fetchone()[0] == 0, 30)
+        # The old model is intact and answers as before; nothing of the stopped load is left.
+        assert conn.execute("select id, n_layer, loaded_at from gptsql.model where name = 'victim'").fetchone() == before
+        assert conn.execute("select gptsql.generate(%s, 5, model => 'victim')", [PROMPT]).fetchone()[0] == text
+        assert conn.execute("select count(*) from gptsql.model").fetchone()[0] == models
+        for parent in ("gptsql.wte", "gptsql.linear"):
+            assert conn.execute("select count(*) from pg_inherits where inhparent = %s::regclass",
+                                [parent]).fetchone()[0] == models
+    # The next load succeeds, and once it has returned it survives a crash.
+    server.cli("load", "random:small", "--name", "victim")
+    server.stop_immediately()
+    conn = server.connect()
+    assert conn.execute("select n_layer from gptsql.model where name = 'victim'").fetchone()[0] == 4
+    conn.execute("select gptsql.drop_model('victim')")
+
+
+def test_two_generations_at_the_same_time(server):
+    def args(seed):
+        return ["generate", "-m", "random-tiny", "-n", "12", "-t", "0.8", "--seed", str(seed), PROMPT]
+
+    alone = {seed: server.cli(*args(seed)).stdout for seed in (1, 2)}
+    assert alone[1] != alone[2]
+    together = [(seed, Streamed(server, *args(seed))) for seed in (1, 1, 2)]
+    results = [(seed, *gen.finish()) for seed, gen in together]
+    for seed, rc, out, err in results:
+        assert rc == 0, err
+        assert out == alone[seed]
+    conn = server.connect()
+    runs = conn.execute("select id, started_at, finished_at, status from gptsql.run order by id desc limit 3").fetchall()
+    assert len({r[0] for r in runs}) == 3 and all(r[3] == "done" for r in runs)
+    assert max(r[1] for r in runs) < min(r[2] for r in runs), "the three runs did not overlap"
+    for run_id, *_ in runs:
+        assert cached_rows(conn, run_id) == 0
+        places = [p for p, _ in generated(conn, run_id)]
+        assert places == list(range(places[0], places[0] + len(places)))
+
+
+def test_ctrl_c_during_generate(server):
+    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 20)
+    gen.proc.send_signal(signal.SIGINT)
+    rc, out, err = gen.finish()
+    assert rc == 130
+    match = re.fullmatch(r"interrupted after (\d+) tokens \(run (\d+)\)", one_line(err))
+    assert match, err
+    n_printed, run_id = int(match[1]), int(match[2])
+    assert out.startswith(PROMPT) and out.endswith("\n") and len(out) > len(PROMPT) + 20
+    conn = server.connect()
+    status, error, finished = run_row(conn, run_id)
+    assert (status, error, finished) == ("interrupted", None, True)
+    assert cached_rows(conn, run_id) == 0
+    rows = generated(conn, run_id)
+    assert len(rows) in (n_printed, n_printed + 1)         # the step in flight may have committed
+    assert [p for p, _ in rows] == list(range(rows[0][0], rows[0][0] + len(rows)))
+    assert_printed_matches_database(conn, out[len(PROMPT):].rstrip("\n"), run_id, n_printed, "random-small")
+    assert conn.execute("select count(*) from pg_stat_activity where state = 'active' and query like '%%gptsql.step%%' "
+                        "and pid <> pg_backend_pid()").fetchone()[0] == 0
+
+
+def test_client_killed_in_the_middle_of_a_generation(server):
+    """The process that drove a generation crashed (SIGKILL): the server runs on; the next command marks
+    the run failed and frees its KV cache."""
+    postmaster = server.embedded.pid()
+    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 20)
+    conn = server.connect()
+    run_id, backend = conn.execute("select id, backend_pid from gptsql.run order by id desc limit 1").fetchone()
+    gen.proc.send_signal(signal.SIGKILL)
+    gen.finish()
+    assert wait_for(lambda: conn.execute("select count(*) from pg_stat_activity where pid = %s",
+                                         [backend]).fetchone()[0] == 0, 30)
+    assert run_row(conn, run_id)[0] == "running" and cached_rows(conn, run_id) > 0
+    server.cli("models")
+    status, error, _ = run_row(conn, run_id)
+    assert status == "failed" and "cut off" in error
+    assert cached_rows(conn, run_id) == 0
+    assert server.embedded.pid() == postmaster
+
+
+# ----------------------------------------------------------------------- stale server states
+def test_postmaster_killed_leaves_stale_files(server):
+    e = server.embedded
+    old = e.pid()
+    os.kill(old, signal.SIGKILL)
+    assert wait_for(lambda: not Path(f"/proc/{old}").exists() or e.pid() is None, 10)
+    assert (e.pgdata / "postmaster.pid").exists() and (e.socket_dir / ".s.PGSQL.5432").exists()
+    result = server.cli("generate", "-m", "random-tiny", "-n", "3", PROMPT)
+    assert result.stdout.startswith(PROMPT)
+    assert e.pid() not in (None, old)
+
+
+def test_pid_file_naming_another_program(server):
+    """After a crash the pid in postmaster.pid can belong to an unrelated process: it must neither be
+    signalled nor block the start."""
+    e = server.embedded
+    os.kill(e.pid(), signal.SIGKILL)
+    assert wait_for(lambda: e.pid() is None, 10)
+    bystander = subprocess.Popen(["sleep", "120"])
+    try:
+        pidfile = e.pgdata / "postmaster.pid"
+        lines = pidfile.read_text().split("\n")
+        pidfile.write_text("\n".join([str(bystander.pid), *lines[1:]]))
+        server.cli("models")
+        assert bystander.poll() is None, "gptsql signalled a process that is not PostgreSQL"
+        assert e.pid() not in (None, bystander.pid)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_socket_removed_under_a_running_server(server):
+    e = server.embedded
+    old = e.pid()
+    for name in (".s.PGSQL.5432", ".s.PGSQL.5432.lock"):
+        (e.socket_dir / name).unlink()
+    server.cli("generate", "-m", "random-tiny", "-n", "2", PROMPT)
+    assert e.pid() not in (None, old) and (e.socket_dir / ".s.PGSQL.5432").exists()
+
+
+@pytest.mark.slow
+def test_socket_dir_vanished():
+    """A data directory whose path is too long for a Unix socket keeps its socket in a private
+    /tmp/gptsql-HASH directory (0700); tmp cleaners may remove it. The next command recovers."""
+    base = Path(tempfile.mkdtemp(prefix="gqs-", dir="/tmp"))
+    s = make_server(base / ("long-" * 20))
+    try:
+        e = s.embedded
+        assert str(e.socket_dir).startswith("/tmp/gptsql-")
+        assert s.cli("db", "start").returncode == 0
+        assert oct(e.socket_dir.stat().st_mode & 0o777) == "0o700"
+        old = e.pid()
+        shutil.rmtree(e.socket_dir)
+        assert s.cli("db", "dsn").stdout.strip() == f"host={e.socket_dir} dbname=gptsql user=postgres"
+        assert e.pid() not in (None, old) and oct(e.socket_dir.stat().st_mode & 0o777) == "0o700"
+    finally:
+        s.embedded.stop()
+        shutil.rmtree(s.embedded.socket_dir, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------- exposure
+def listening_tcp_inodes() -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A":                                  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def test_embedded_server_listens_on_a_private_socket_only(server):
+    e = server.embedded
+    conn = server.connect()
+    assert conn.execute("show listen_addresses").fetchone()[0] == ""
+    assert conn.execute("show unix_socket_permissions").fetchone()[0] == "0700"
+    assert conn.execute("select inet_server_addr()").fetchone()[0] is None      # we came over the socket
+    assert conn.execute("show unix_socket_directories").fetchone()[0] == str(e.socket_dir)
+    assert e.socket_dir.stat().st_mode & 0o077 == 0                             # only its owner enters
+    assert (e.socket_dir / ".s.PGSQL.5432").stat().st_mode & 0o077 == 0
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("no /proc: cannot list the postmaster's sockets")
+    fds = Path(f"/proc/{e.pid()}/fd")
+    sockets = {os.readlink(fd)[len("socket:["):-1] for fd in fds.iterdir()
+               if os.readlink(fd).startswith("socket:[")}
+    assert sockets, "the postmaster has no socket at all?"
+    assert not sockets & listening_tcp_inodes(), "the postmaster listens on TCP"
