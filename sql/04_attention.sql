@@ -24,18 +24,23 @@ LANGUAGE sql VOLATILE AS $$
             INSERT INTO gptsql.kv_cache (run_id, block, head, place, k, v)
             SELECT  run, block, head, place, k, v
             FROM    heads
-    ), memory AS (                      -- keys and values of every place up to the newest
-            SELECT  head, place, k, v
-            FROM    gptsql.kv_cache c
-            WHERE   c.run_id = run AND c.block = attention.block AND c.place < start
-            UNION ALL
-            SELECT  head, place, k, v
-            FROM    heads
-    ), scores AS (                      -- q·k / sqrt(d); the causal mask: only keys at or before the query
-            SELECT  heads.place, heads.head, memory.place AS key_place, memory.v,
-                    inner_product(heads.q, memory.k) / sqrt(config.head_dim) AS score
+    ), scores AS (                      -- q·k / sqrt(d) against every key of the same head at or before
+                                        -- the query (the causal mask): the cached places, then the new ones
+            SELECT  heads.place, heads.head, c.key_place, c.v,
+                    inner_product(heads.q, c.k) / sqrt(config.head_dim) AS score
             FROM    config, heads
-            JOIN    memory ON memory.head = heads.head AND memory.place <= heads.place
+            CROSS JOIN LATERAL (        -- one index range per head (OFFSET 0: never a scan of all heads)
+                    SELECT  c.place AS key_place, c.k, c.v
+                    FROM    gptsql.kv_cache c
+                    WHERE   c.run_id = run AND c.block = attention.block AND c.head = heads.head
+                      AND   c.place < start
+                    OFFSET  0
+            ) c
+            UNION ALL
+            SELECT  heads.place, heads.head, new.place, new.v,
+                    inner_product(heads.q, new.k) / sqrt(config.head_dim)
+            FROM    config, heads
+            JOIN    heads new ON new.head = heads.head AND new.place <= heads.place
     ), softmax AS (                     -- numerically safe: subtract each row's maximum first
             SELECT  place, head, key_place, v,
                     gptsql.safe_exp(score - max(score) OVER (PARTITION BY place, head)) AS e
