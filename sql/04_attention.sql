@@ -20,6 +20,10 @@ LANGUAGE sql VOLATILE AS $$
             JOIN    qkv q ON q.grp < config.n_head
             JOIN    qkv k ON k.place = q.place AND k.grp = q.grp + config.n_head
             JOIN    qkv v ON v.place = q.place AND v.grp = q.grp + 2 * config.n_head
+    ), fresh AS (                       -- the new places' keys and values, in order, one row per head
+            SELECT  head, array_agg(k ORDER BY place) AS ks, array_agg(v ORDER BY place) AS vs
+            FROM    heads
+            GROUP BY head
     ), cached AS (                      -- keep this block's keys and values for the places to come
             INSERT INTO gptsql.kv_cache (run_id, block, head, place, k, v)
             SELECT  run, block, head, place, k, v
@@ -37,10 +41,12 @@ LANGUAGE sql VOLATILE AS $$
                     OFFSET  0
             ) c
             UNION ALL
-            SELECT  heads.place, heads.head, new.place, new.v,
+            SELECT  heads.place, heads.head, start + new.n::int - 1, new.v,
                     inner_product(heads.q, new.k) / sqrt(config.head_dim)
             FROM    config, heads
-            JOIN    heads new ON new.head = heads.head AND new.place <= heads.place
+            JOIN    fresh ON fresh.head = heads.head
+            CROSS JOIN LATERAL unnest(fresh.ks[:heads.place - start + 1], fresh.vs[:heads.place - start + 1])
+                    WITH ORDINALITY AS new(k, v, n)
     ), softmax AS (                     -- numerically safe: subtract each row's maximum first
             SELECT  place, head, key_place, v,
                     gptsql.safe_exp(score - max(score) OVER (PARTITION BY place, head)) AS e

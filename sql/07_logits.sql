@@ -42,10 +42,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT ('x' || substr(md5(seed::text || ':' || place::text), 1, 13))::bit(52)::bigint / 4503599627370496.0
 $$;
 
--- Choose the next token. Temperature 0 is greedy (ties go to the lower id, as argmax does);
--- otherwise logits / temperature are cut to the top_k (0: all) and to the smallest set whose
--- probability reaches top_p, and u picks from what is left. Also returns the ten most probable
--- tokens, for the run's record. One read-only statement, so the vocabulary scan may run in parallel.
+-- A uniform number in (0, 1) for each token of a draw: a hash of the token and the draw's own
+-- uniform u, so one u (from the seed and the place) decides the whole draw.
+CREATE OR REPLACE FUNCTION gptsql.token_uniform(u float8, token int)
+RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT  (((hashint8extended(token, (u * 4503599627370496)::bigint) >> 11) & 9007199254740991)::float8 + 0.5)
+            / 9007199254740992
+$$;
+
+-- Choose the next token. Temperature 0 is greedy (ties go to the lower id, as argmax does).
+-- Sampling from the whole vocabulary (no top_k, no top_p) takes the Gumbel-max trick: the token
+-- with the largest logit / temperature + Gumbel noise is a draw from softmax(logits / temperature),
+-- with one pass over the logits and no sort. With top_k or top_p, logits / temperature are cut to
+-- the top_k (0: all) and to the smallest set whose probability reaches top_p, and u picks from
+-- what is left by its cumulative probability. Also returns the ten most probable tokens, for the
+-- run's record.
 CREATE OR REPLACE FUNCTION gptsql.choose(model int, hidden vector, temperature float8, top_k int,
                                          top_p float8, u float8)
 RETURNS TABLE (token int, probability float8, logit float8,
@@ -59,14 +71,18 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
             SELECT  max(logit) AS top FROM best
     ), total AS (                       -- softmax denominator over the whole vocabulary
             SELECT  sum(gptsql.safe_exp(logit - top)) AS z FROM logits, peak
-    ), candidates AS (                  -- greedy: the best one; sampling: the top_k (0: all)
-            (SELECT token, logit FROM best WHERE temperature = 0 ORDER BY logit DESC, token LIMIT 1)
-            UNION ALL
-            (SELECT  token, logit
-             FROM    logits
-             WHERE   temperature > 0
-             ORDER BY logit DESC, token
-             LIMIT   CASE WHEN top_k > 0 THEN top_k END)
+    ), greedy AS (
+            SELECT  token, logit FROM best ORDER BY logit DESC, token LIMIT 1
+    ), gumbel AS (                      -- a draw from the whole vocabulary: argmax of logit / T + G
+            SELECT  token, logit
+            FROM    logits
+            ORDER BY logit / greatest(temperature, 1e-12) - ln(-ln(gptsql.token_uniform(u, token))) DESC, token
+            LIMIT   1
+    ), candidates AS (                  -- top_k / top_p: the top_k (0: all), most probable first
+            SELECT  token, logit
+            FROM    logits
+            ORDER BY logit DESC, token
+            LIMIT   CASE WHEN top_k > 0 THEN top_k END
     ), tempered AS (
             SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)) AS e
             FROM    candidates, peak
@@ -82,11 +98,17 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
             SELECT  token, logit,
                     sum(p) OVER (ORDER BY p DESC, token ROWS UNBOUNDED PRECEDING) / sum(p) OVER () AS cum
             FROM    kept
-    ), chosen AS (                      -- the first token whose cumulative probability passes u
+    ), truncated AS (                   -- the first token whose cumulative probability passes u
             SELECT  token, logit
             FROM    drawn
             ORDER BY CASE WHEN cum >= u THEN cum ELSE 2 - cum END
             LIMIT   1
+    ), chosen AS (                      -- only the branch that applies runs
+            SELECT * FROM greedy WHERE temperature = 0
+            UNION ALL
+            SELECT * FROM gumbel WHERE temperature > 0 AND top_k = 0 AND top_p >= 1
+            UNION ALL
+            SELECT * FROM truncated WHERE temperature > 0 AND (top_k > 0 OR top_p < 1)
     )
     SELECT  chosen.token, gptsql.safe_exp(chosen.logit - top) / z, chosen.logit,
             (SELECT array_agg(token ORDER BY logit DESC, token) FROM best),

@@ -1,0 +1,93 @@
+"""The sampler draws from the distribution it claims: softmax(logits / temperature), cut to top_k
+and top_p. Frequencies over many draws are compared with the probabilities numpy computes from the
+same logits; every bound is several standard deviations wide, so a correct sampler passes and a
+sampler that draws from anything else (another temperature, no cut, a cut too wide) fails."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pgvector.psycopg import register_vector
+
+DRAWS = 2000
+LOGITS = np.array([3.0, 2.5, 2.2, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0] + [-2.0] * 20 + [-4.0] * 10)
+
+
+@pytest.fixture(scope="module")
+def state(db):
+    """(model id, hidden state, logits) of a made-up model whose 40 token embeddings are
+    (logit, 0, 0, 0): against the hidden state (1, 0, 0, 0) its logits are exactly LOGITS."""
+    register_vector(db)
+    db.execute("select gptsql.drop_model('sampling-test')")
+    model_id = db.execute(
+        """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer)
+           values ('sampling-test', 'test', %s, 8, 4, 1, 1) returning id""", [len(LOGITS)]).fetchone()[0]
+    db.execute("select gptsql.create_partitions(%s)", [model_id])
+    for token, logit in enumerate(LOGITS):
+        db.execute("insert into gptsql.wte (model_id, token, w) values (%s, %s, %s)",
+                   [model_id, token, np.array([logit, 0, 0, 0], dtype=np.float32)])
+    yield model_id, np.array([1, 0, 0, 0], dtype=np.float32), LOGITS
+    db.execute("select gptsql.drop_model('sampling-test')")
+
+
+def draw(db, state, temperature, top_k=0, top_p=1.0, n=DRAWS) -> np.ndarray:
+    """How often each token was chosen in n draws, u from the seed 42 at places 1..n."""
+    model_id, hidden, logits = state
+    tokens = db.execute(
+        """select c.token
+           from generate_series(1, %s) as i
+           cross join lateral gptsql.choose(%s, %s, %s, %s, %s, gptsql.uniform(42, i)) as c""",
+        [n, model_id, hidden, temperature, top_k, top_p]).fetchall()
+    return np.bincount([t for (t,) in tokens], minlength=len(logits)) / n
+
+
+def softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def expected(logits, temperature, top_k=0, top_p=1.0) -> np.ndarray:
+    order = np.argsort(-logits, kind="stable")
+    p = softmax(logits / temperature)
+    keep = np.zeros(len(logits), dtype=bool)
+    kept = order[:top_k] if top_k else order
+    before = np.concatenate([[0.0], np.cumsum(p[kept] / p[kept].sum())[:-1]])
+    keep[kept[before < top_p]] = True
+    q = np.where(keep, p, 0.0)
+    return q / q.sum()
+
+
+def assert_same_distribution(got, want, n=DRAWS):
+    # Each frequency within 5 standard deviations of its probability (plus one draw), and nothing
+    # drawn where the probability is 0.
+    sigma = np.sqrt(want * (1 - want) / n)
+    assert np.all(np.abs(got - want) <= 5 * sigma + 1 / n), (np.argsort(-want)[:5], got[np.argsort(-want)[:5]],
+                                                           want[np.argsort(-want)[:5]])
+    assert got[want == 0].sum() == 0
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_whole_vocabulary(db, state, temperature):
+    got = draw(db, state, temperature)
+    assert_same_distribution(got, expected(state[2], temperature))
+    # ... and not the distribution of another temperature.
+    other = expected(state[2], temperature * 2)
+    assert np.abs(got - other).sum() > 0.1
+
+
+def test_top_k(db, state):
+    got = draw(db, state, 2.0, top_k=3)
+    want = expected(state[2], 2.0, top_k=3)
+    assert np.count_nonzero(want) == 3
+    assert_same_distribution(got, want)
+
+
+def test_top_p(db, state):
+    got = draw(db, state, 2.0, top_p=0.5)
+    want = expected(state[2], 2.0, top_p=0.5)
+    assert 1 < np.count_nonzero(want) < 10
+    assert_same_distribution(got, want)
+
+
+def test_greedy_takes_the_argmax(db, state):
+    got = draw(db, state, 0.0, n=5)
+    assert got[int(np.argmax(state[2]))] == 1.0
