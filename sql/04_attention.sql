@@ -4,11 +4,37 @@
 -- earlier places come from gptsql.kv_cache, and this call adds the new ones. Returns the attention
 -- output (after the c_proj projection) of each new place; the residual is added by the block.
 
+-- exp() of an attention score minus a reference score: 0 below e^-46 (1e-20), where a weight no
+-- longer changes a float4 sum next to the reference (weight 1), and where pgvector would call the
+-- product of a value vector with it an underflow.
+CREATE OR REPLACE FUNCTION gptsql.weight_exp(x float8)
+RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN x < -46 THEN 0 ELSE exp(x) END
+$$;
+
+-- q·k / sqrt(d) of one query (place, head) against every key at or before it (the causal mask):
+-- the cached places from gptsql.kv_cache, then the new places of this step, whose keys and values
+-- (ks, vs, from place `start` on) are not in the table yet.
+CREATE OR REPLACE FUNCTION gptsql.attention_scores(run bigint, block int, start int, place int, head int,
+                                                   q vector, head_dim int, ks vector[], vs vector[])
+RETURNS TABLE (key_place int, v vector, score float8)
+LANGUAGE sql STABLE AS $$
+    SELECT  c.place, c.v, inner_product(q, c.k) / sqrt(head_dim)
+    FROM    gptsql.kv_cache c
+    WHERE   c.run_id = run AND c.block = attention_scores.block AND c.head = attention_scores.head
+      AND   c.place < start
+    UNION ALL
+    SELECT  start + new.n::int - 1, new.v, inner_product(q, new.k) / sqrt(head_dim)
+    FROM    unnest(ks[:place - start + 1], vs[:place - start + 1]) WITH ORDINALITY AS new(k, v, n)
+$$;
+
 CREATE OR REPLACE FUNCTION gptsql.attention(run bigint, model int, block int, start int, x vector[])
 RETURNS vector[]
 LANGUAGE sql VOLATILE AS $$
     WITH config AS (
-            SELECT  n_head, n_embd / n_head AS head_dim
+            SELECT  n_head, n_embd / n_head AS head_dim,
+                    (SELECT r.record FROM gptsql.run r WHERE r.id = run) AS recording
             FROM    gptsql.model m
             WHERE   m.id = model
     ), qkv AS (                         -- c_attn: per place one vector per head of q, then k, then v
@@ -28,45 +54,43 @@ LANGUAGE sql VOLATILE AS $$
             INSERT INTO gptsql.kv_cache (run_id, block, head, place, k, v)
             SELECT  run, block, head, place, k, v
             FROM    heads
-    ), scores AS (                      -- q·k / sqrt(d) against every key of the same head at or before
-                                        -- the query (the causal mask): the cached places, then the new ones
-            SELECT  heads.place, heads.head, c.key_place, c.v,
-                    inner_product(heads.q, c.k) / sqrt(config.head_dim) AS score
+    ), attended AS (                    -- per query place and head: softmax over its keys, values mixed
+            SELECT  heads.place, heads.head,
+                    CASE WHEN one_pass.top - one_pass.shift <= 20
+                         THEN one_pass.mixed * gptsql.fill(1 / one_pass.z, config.head_dim)
+                         ELSE (SELECT sum(v * gptsql.fill(gptsql.weight_exp(score - one_pass.top), config.head_dim))
+                                      * gptsql.fill(1 / sum(gptsql.weight_exp(score - one_pass.top)), config.head_dim)
+                               FROM   gptsql.attention_scores(run, block, start, heads.place, heads.head, heads.q,
+                                                              config.head_dim, fresh.ks, fresh.vs))
+                    END AS z,
+                    CASE WHEN config.recording   -- for exploring the run: who attended to whom
+                         THEN ARRAY(SELECT e / one_pass.z FROM unnest(one_pass.e) AS e) END AS weights
             FROM    config, heads
-            CROSS JOIN LATERAL (        -- one index range per head (OFFSET 0: never a scan of all heads)
-                    SELECT  c.place AS key_place, c.k, c.v
-                    FROM    gptsql.kv_cache c
-                    WHERE   c.run_id = run AND c.block = attention.block AND c.head = heads.head
-                      AND   c.place < start
-                    OFFSET  0
-            ) c
-            UNION ALL
-            SELECT  heads.place, heads.head, start + new.n::int - 1, new.v,
-                    inner_product(heads.q, new.k) / sqrt(config.head_dim)
-            FROM    config, heads
-            JOIN    fresh ON fresh.head = heads.head
-            CROSS JOIN LATERAL unnest(fresh.ks[:heads.place - start + 1], fresh.vs[:heads.place - start + 1])
-                    WITH ORDINALITY AS new(k, v, n)
-    ), softmax AS (                     -- numerically safe: subtract each row's maximum first
-            SELECT  place, head, key_place, v,
-                    gptsql.safe_exp(score - max(score) OVER (PARTITION BY place, head)) AS e
-            FROM    scores
-    ), weights AS (
-            SELECT  place, head, key_place, v, e / sum(e) OVER (PARTITION BY place, head) AS weight
-            FROM    softmax
-    ), recorded AS (                    -- for exploring the run: who attended to whom
+            CROSS JOIN LATERAL (SELECT f.ks, f.vs FROM fresh f WHERE f.head = heads.head OFFSET 0) AS fresh
+            CROSS JOIN LATERAL (
+                    -- One pass over the keys. exp() is taken relative to the query's own score (its
+                    -- key is always among them) and values are mixed before dividing by the sum.
+                    -- Vectors hold float4, so this one pass is used while no score passes the query's
+                    -- own by more than 20 (e^20 scales a value safely); past that, the CASE above
+                    -- takes a second pass relative to the top score.
+                    SELECT  inner_product(heads.q, heads.k) / sqrt(config.head_dim) AS shift,
+                            max(s.score) AS top,
+                            sum(s.e) AS z,
+                            sum(s.v * gptsql.fill(s.e, config.head_dim)) AS mixed,
+                            CASE WHEN config.recording THEN array_agg(s.e ORDER BY s.key_place) END AS e
+                    FROM    (SELECT  c.key_place, c.v, c.score,
+                                     gptsql.weight_exp(least(c.score - inner_product(heads.q, heads.k) / sqrt(config.head_dim), 20)) AS e
+                             FROM    gptsql.attention_scores(run, block, start, heads.place, heads.head, heads.q,
+                                                             config.head_dim, fresh.ks, fresh.vs) AS c) AS s
+            ) one_pass
+    ), recorded AS (
             INSERT INTO gptsql.attention_row (run_id, block, head, place, weights)
-            SELECT  run, block, head, place, array_agg(weight ORDER BY key_place)
-            FROM    weights
-            WHERE   (SELECT r.record FROM gptsql.run r WHERE r.id = run)
-            GROUP BY place, head
-    ), mixed AS (                       -- each head's output: the values averaged by the weights
-            SELECT  place, head, sum(v * gptsql.fill(weight, vector_dims(v))) AS z
-            FROM    weights
-            GROUP BY place, head
+            SELECT  run, block, head, place, weights
+            FROM    attended
+            WHERE   weights IS NOT NULL
     ), merged AS (                      -- the heads side by side again, n_embd wide
             SELECT  place, gptsql.concat(z ORDER BY head) AS z
-            FROM    mixed
+            FROM    attended
             GROUP BY place
     )
     SELECT  array_agg(y ORDER BY place)

@@ -125,3 +125,58 @@ def test_float16_storage_keeps_greedy_tokens(db, hf_tiny, hf_model, run_cli):
     expected = torch_logits(model, tokens)[-1]
     assert np.abs(got - expected).max() <= 0.1
     assert int(np.argmax(got)) == int(np.argmax(expected))
+
+
+def test_recorded_activations_match_transformers(db, hf_model):
+    """What a run records for exploring is the model's own: the attention weights of every block,
+    head and place against transformers' (output_attentions), and the residual stream after each
+    block but the last against its hidden states (the last one of those has ln_f applied)."""
+    from gptsql.generation import Generation
+
+    gen = Generation(db, "hf-tiny", "Happy New Year! I wish", 4, record=True)
+    generated = [token for token, _raw, _p in gen.steps()]
+    read = list(gen.prompt_tokens) + generated[:-1]            # the last chosen token is never read back
+    hf_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = hf_model(torch.tensor([read]), output_attentions=True, output_hidden_states=True)
+    n_layer, n_head = len(out.attentions), out.attentions[0].shape[1]
+    rows = db.execute("select block, head, place, weights from gptsql.attention_row where run_id = %s",
+                      [gen.run_id]).fetchall()
+    assert len(rows) == n_layer * n_head * len(read)
+    for block, head, place, weights in rows:
+        expected = out.attentions[block][0, head, place, :place + 1].numpy()
+        assert np.abs(np.array(weights) - expected).max() <= 1e-5, (block, head, place)
+    register_vector(db)
+    for block, place, after_mlp in db.execute(
+            "select block, place, after_mlp from gptsql.residual where run_id = %s and block < %s",
+            [gen.run_id, n_layer - 1]):
+        expected = out.hidden_states[block + 1][0, place].numpy()
+        assert np.abs(after_mlp.to_numpy() - expected).max() <= 1e-4, (block, place)
+
+
+def test_attention_far_apart_scores_match_transformers(db, tmp_path, run_cli):
+    """Attention scores far apart (a query's own score far below another key's) take the softmax's
+    second pass; the logits still match transformers'."""
+    from conftest import make_hf_model
+
+    model = make_hf_model(tmp_path, n_layer=2, n_embd=32, n_head=2, n_ctx=32, seed=5)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(12)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tokens = PROMPTS[2]
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(torch.tensor([tokens]), output_attentions=True)
+    # Some query's own weight is below e^-80 of its largest: another key's score passes its own by > 80.
+    own = [a[0].diagonal(dim1=-2, dim2=-1) / a[0].max(dim=-1).values for a in out.attentions]
+    assert min(float(o.min()) for o in own) < np.exp(-80)
+    run_cli("load", str(tmp_path), "--name", "far-apart", "--dtype", "float32")
+    expected = torch_logits(model, tokens)
+    run_id, model_id = new_run(db, "far-apart")
+    got = sql_logits(db, run_id, model_id, tokens, 0)
+    assert np.abs(got - expected[-1]).max() <= 1e-3
+    run_id, model_id = new_run(db, "far-apart")
+    for place, token in enumerate(tokens):
+        got = sql_logits(db, run_id, model_id, [token], place)
+        assert np.abs(got - expected[place]).max() <= 1e-3, f"place {place}"
