@@ -29,6 +29,16 @@ LANGUAGE sql STABLE AS $$
     FROM    unnest(ks[:place - start + 1], vs[:place - start + 1]) WITH ORDINALITY AS new(k, v, n)
 $$;
 
+-- The softmax weights of those keys, exp() taken relative to the top score `top`: the attention's
+-- second pass, for a query whose keys score far above its own.
+CREATE OR REPLACE FUNCTION gptsql.attention_softmax(run bigint, block int, start int, place int, head int,
+                                                    q vector, head_dim int, ks vector[], vs vector[], top float8)
+RETURNS TABLE (key_place int, v vector, weight float8)
+LANGUAGE sql STABLE AS $$
+    SELECT  s.key_place, s.v, gptsql.weight_exp(s.score - top) / sum(gptsql.weight_exp(s.score - top)) OVER ()
+    FROM    gptsql.attention_scores(run, block, start, place, head, q, head_dim, ks, vs) AS s
+$$;
+
 CREATE OR REPLACE FUNCTION gptsql.attention(run bigint, model int, block int, start int, x vector[])
 RETURNS vector[]
 LANGUAGE sql VOLATILE AS $$
@@ -40,8 +50,9 @@ LANGUAGE sql VOLATILE AS $$
     ), qkv AS (                         -- c_attn: per place one vector per head of q, then k, then v
             SELECT  place, grp, y
             FROM    gptsql.matmul(model, block, 'c_attn', x)
-    ), heads AS (
-            SELECT  q.place + start AS place, q.grp AS head, q.y AS q, k.y AS k, v.y AS v
+    ), heads AS (                       -- per new place and head: q, k, v, and the query's own score
+            SELECT  q.place + start AS place, q.grp AS head, q.y AS q, k.y AS k, v.y AS v,
+                    inner_product(q.y, k.y) / sqrt(config.head_dim) AS own_score
             FROM    config
             JOIN    qkv q ON q.grp < config.n_head
             JOIN    qkv k ON k.place = q.place AND k.grp = q.grp + config.n_head
@@ -56,30 +67,30 @@ LANGUAGE sql VOLATILE AS $$
             FROM    heads
     ), attended AS (                    -- per query place and head: softmax over its keys, values mixed
             SELECT  heads.place, heads.head,
-                    CASE WHEN one_pass.top - one_pass.shift <= 20
+                    CASE WHEN one_pass.top - heads.own_score <= 20
                          THEN one_pass.mixed * gptsql.fill(1 / one_pass.z, config.head_dim)
-                         ELSE (SELECT sum(v * gptsql.fill(gptsql.weight_exp(score - one_pass.top), config.head_dim))
-                                      * gptsql.fill(1 / sum(gptsql.weight_exp(score - one_pass.top)), config.head_dim)
-                               FROM   gptsql.attention_scores(run, block, start, heads.place, heads.head, heads.q,
-                                                              config.head_dim, fresh.ks, fresh.vs))
+                         ELSE (SELECT sum(v * gptsql.fill(weight, config.head_dim))
+                               FROM   gptsql.attention_softmax(run, block, start, heads.place, heads.head, heads.q,
+                                                               config.head_dim, fresh.ks, fresh.vs, one_pass.top))
                     END AS z,
-                    CASE WHEN config.recording   -- for exploring the run: who attended to whom
-                         THEN ARRAY(SELECT e / one_pass.z FROM unnest(one_pass.e) AS e) END AS weights
+                    CASE WHEN NOT config.recording THEN NULL   -- for exploring the run: who attended to whom
+                         WHEN one_pass.top - heads.own_score <= 20
+                         THEN ARRAY(SELECT e / one_pass.z FROM unnest(one_pass.e) AS e)
+                         ELSE (SELECT array_agg(weight ORDER BY key_place)
+                               FROM   gptsql.attention_softmax(run, block, start, heads.place, heads.head, heads.q,
+                                                               config.head_dim, fresh.ks, fresh.vs, one_pass.top))
+                    END AS weights
             FROM    config, heads
             CROSS JOIN LATERAL (SELECT f.ks, f.vs FROM fresh f WHERE f.head = heads.head OFFSET 0) AS fresh
             CROSS JOIN LATERAL (
                     -- One pass over the keys. exp() is taken relative to the query's own score (its
                     -- key is always among them) and values are mixed before dividing by the sum.
                     -- Vectors hold float4, so this one pass is used while no score passes the query's
-                    -- own by more than 20 (e^20 scales a value safely); past that, the CASE above
-                    -- takes a second pass relative to the top score.
-                    SELECT  inner_product(heads.q, heads.k) / sqrt(config.head_dim) AS shift,
-                            max(s.score) AS top,
-                            sum(s.e) AS z,
-                            sum(s.v * gptsql.fill(s.e, config.head_dim)) AS mixed,
+                    -- own by more than 20 (e^20 scales a value safely); past that, the CASEs above
+                    -- read the keys once more, relative to the top score (attention_softmax).
+                    SELECT  max(s.score) AS top, sum(s.e) AS z, sum(s.v * gptsql.fill(s.e, config.head_dim)) AS mixed,
                             CASE WHEN config.recording THEN array_agg(s.e ORDER BY s.key_place) END AS e
-                    FROM    (SELECT  c.key_place, c.v, c.score,
-                                     gptsql.weight_exp(least(c.score - inner_product(heads.q, heads.k) / sqrt(config.head_dim), 20)) AS e
+                    FROM    (SELECT  c.key_place, c.v, c.score, gptsql.weight_exp(least(c.score - heads.own_score, 20)) AS e
                              FROM    gptsql.attention_scores(run, block, start, heads.place, heads.head, heads.q,
                                                              config.head_dim, fresh.ks, fresh.vs) AS c) AS s
             ) one_pass

@@ -180,3 +180,10 @@ def test_attention_far_apart_scores_match_transformers(db, tmp_path, run_cli):
     for place, token in enumerate(tokens):
         got = sql_logits(db, run_id, model_id, [token], place)
         assert np.abs(got - expected[place]).max() <= 1e-3, f"place {place}"
+    # The weights a recorded run keeps come from the same second pass.
+    run_id = db.execute("select run_id from gptsql.start_run('far-apart', '', 0)").fetchone()[0]
+    db.execute("select gptsql.forward(%s, %s, 0)", [run_id, tokens])
+    for block, head, place, weights in db.execute(
+            "select block, head, place, weights from gptsql.attention_row where run_id = %s", [run_id]):
+        want = out.attentions[block][0, head, place, :place + 1].numpy()
+        assert np.abs(np.array(weights) - want).max() <= 1e-5, (block, head, place)
