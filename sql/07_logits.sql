@@ -56,7 +56,8 @@ $$;
 -- with the largest logit / temperature + Gumbel noise is a draw from softmax(logits / temperature),
 -- with one pass over the logits and no sort. With top_k or top_p, logits / temperature are cut to
 -- the top_k (0: all) and to the smallest set whose probability reaches top_p, and u picks from
--- what is left by its cumulative probability. Also returns the ten most probable tokens, for the
+-- what is left by its cumulative probability; only the 1000 best are sorted unless the nucleus
+-- reaches past them. Also returns the ten most probable tokens, for the
 -- run's record.
 CREATE OR REPLACE FUNCTION gptsql.choose(model int, hidden vector, temperature float8, top_k int,
                                          top_p float8, u float8)
@@ -78,17 +79,35 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
             FROM    logits
             ORDER BY logit / greatest(temperature, 1e-12) - ln(-ln(gptsql.token_uniform(u, token))) DESC, token
             LIMIT   1
-    ), candidates AS (                  -- top_k / top_p: the top_k (0: all), most probable first
-            SELECT  token, logit
-            FROM    logits
-            ORDER BY logit DESC, token
-            LIMIT   CASE WHEN top_k > 0 THEN top_k END
-    ), tempered AS (
+    ), mass AS (                        -- softmax denominator at the temperature, whole vocabulary
+            SELECT  sum(gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12))) AS z
+            FROM    logits, peak
+    ), ranked AS (                      -- the top_k; without one, the 1000 best (a sort of 50,257 is slow)
             SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)) AS e
-            FROM    candidates, peak
+            FROM    (SELECT  token, logit
+                     FROM    logits
+                     ORDER BY logit DESC, token
+                     LIMIT   CASE WHEN top_k > 0 THEN top_k ELSE 1000 END) AS best_ones, peak
+    ), enough AS (                      -- do the 1000 best hold the nucleus (top_p of the mass)?
+            SELECT  top_k > 0 OR sum(ranked.e) / mass.z >= top_p AS held
+            FROM    ranked, mass
+            GROUP BY mass.z
+    ), tempered AS (                    -- the top_k (renormalized over them), or every token the
+                                        -- nucleus can reach (as shares of the whole vocabulary)
+            SELECT  token, logit, e, sum(e) OVER () AS z
+            FROM    ranked
+            WHERE   top_k > 0
+            UNION ALL
+            SELECT  token, logit, e, mass.z
+            FROM    ranked, mass
+            WHERE   top_k = 0 AND (SELECT held FROM enough)
+            UNION ALL
+            SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)), mass.z
+            FROM    logits, peak, mass
+            WHERE   top_k = 0 AND NOT (SELECT held FROM enough)
     ), nucleus AS (                     -- cumulative probability, most probable first
-            SELECT  token, logit, e / sum(e) OVER () AS p,
-                    sum(e) OVER (ORDER BY e DESC, token ROWS UNBOUNDED PRECEDING) / sum(e) OVER () AS cum
+            SELECT  token, logit, e / z AS p,
+                    sum(e) OVER (ORDER BY e DESC, token ROWS UNBOUNDED PRECEDING) / z AS cum
             FROM    tempered
     ), kept AS (                        -- top-p: keep tokens until the mass before them reaches top_p
             SELECT  token, logit, p

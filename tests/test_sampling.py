@@ -12,21 +12,33 @@ DRAWS = 2000
 LOGITS = np.array([3.0, 2.5, 2.2, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0] + [-2.0] * 20 + [-4.0] * 10)
 
 
-@pytest.fixture(scope="module")
-def state(db):
-    """(model id, hidden state, logits) of a made-up model whose 40 token embeddings are
-    (logit, 0, 0, 0): against the hidden state (1, 0, 0, 0) its logits are exactly LOGITS."""
+def made_up_model(db, name: str, logits: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(model id, hidden state, logits) of a model whose token embeddings are (logit, 0, 0, 0):
+    against the hidden state (1, 0, 0, 0) its logits are exactly `logits`."""
     register_vector(db)
-    db.execute("select gptsql.drop_model('sampling-test')")
+    db.execute("select gptsql.drop_model(%s)", [name])
     model_id = db.execute(
         """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer)
-           values ('sampling-test', 'test', %s, 8, 4, 1, 1) returning id""", [len(LOGITS)]).fetchone()[0]
+           values (%s, 'test', %s, 8, 4, 1, 1) returning id""", [name, len(logits)]).fetchone()[0]
     db.execute("select gptsql.create_partitions(%s)", [model_id])
-    for token, logit in enumerate(LOGITS):
-        db.execute("insert into gptsql.wte (model_id, token, w) values (%s, %s, %s)",
-                   [model_id, token, np.array([logit, 0, 0, 0], dtype=np.float32)])
-    yield model_id, np.array([1, 0, 0, 0], dtype=np.float32), LOGITS
+    db.execute("""insert into gptsql.wte (model_id, token, w)
+                  select %s, n - 1, array[l, 0, 0, 0]::real[]::vector
+                  from unnest(%s::float8[]) with ordinality as t(l, n)""", [model_id, logits.tolist()])
+    return model_id, np.array([1, 0, 0, 0], dtype=np.float32), logits
+
+
+@pytest.fixture(scope="module")
+def state(db):
+    yield made_up_model(db, "sampling-test", LOGITS)
     db.execute("select gptsql.drop_model('sampling-test')")
+
+
+@pytest.fixture(scope="module")
+def flat(db):
+    """3,000 tokens of nearly equal logits: the top_p = 0.9 nucleus holds more than the 1,000 best
+    that the sampler sorts first, so it takes its second way."""
+    yield made_up_model(db, "sampling-flat", -0.001 * np.arange(3000, dtype=np.float32))
+    db.execute("select gptsql.drop_model('sampling-flat')")
 
 
 def draw(db, state, temperature, top_k=0, top_p=1.0, n=DRAWS) -> np.ndarray:
@@ -91,3 +103,41 @@ def test_top_p(db, state):
 def test_greedy_takes_the_argmax(db, state):
     got = draw(db, state, 0.0, n=5)
     assert got[int(np.argmax(state[2]))] == 1.0
+
+
+def truncated_choice(logits, temperature, top_k, top_p, u) -> int:
+    """The token the ranked sampler must take for the uniform u: logits / T softmaxed over the
+    whole vocabulary (over the top_k when there is one), most probable first (ties: lower id),
+    kept while the mass before a token is under top_p, and the first whose share of the kept mass,
+    added up, reaches u."""
+    logits = logits.astype(np.float64)
+    order = np.lexsort((np.arange(len(logits)), -logits))
+    if top_k:
+        order = order[:top_k]
+    e = np.exp((logits - logits.max()) / temperature)
+    p = e[order] / (e[order].sum() if top_k else e.sum())
+    keep = np.cumsum(p) - p < top_p
+    share = np.cumsum(p[keep]) / p[keep].sum()
+    return int(order[keep][np.argmax(share >= u)])
+
+
+@pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (0, 0.5), (5, 0.6)])
+def test_ranked_draws_are_exactly_the_inverse_cdf(db, state, top_k, top_p):
+    model_id, hidden, logits = state
+    for u in np.random.default_rng(1).uniform(0.001, 0.999, 40):
+        got = db.execute("select token from gptsql.choose(%s, %s, 1.5, %s, %s, %s)",
+                         [model_id, hidden, top_k, top_p, float(u)]).fetchone()[0]
+        assert got == truncated_choice(logits, 1.5, top_k, top_p, u), u
+
+
+@pytest.mark.parametrize("temperature, past_the_best", [(1.0, True), (0.2, False)])
+def test_nucleus_of_a_large_vocabulary(db, flat, temperature, past_the_best):
+    """At T = 1 the nucleus reaches past the 1,000 best; at T = 0.2 it lies inside them, but its
+    shares are still of the whole vocabulary's mass (the 1,000 best hold 99.3% of it)."""
+    model_id, hidden, logits = flat
+    p = np.exp((logits - logits.max()) / temperature)
+    assert (np.sort(p / p.sum())[::-1][:1000].sum() < 0.9) == past_the_best
+    for u in np.random.default_rng(2).uniform(0.001, 0.999, 30):
+        got = db.execute("select token from gptsql.choose(%s, %s, %s, 0, 0.9, %s)",
+                         [model_id, hidden, temperature, float(u)]).fetchone()[0]
+        assert got == truncated_choice(logits, temperature, 0, 0.9, u), u
