@@ -57,8 +57,7 @@ $$;
 -- with one pass over the logits and no sort. With top_k or top_p, logits / temperature are cut to
 -- the top_k (0: all) and to the smallest set whose probability reaches top_p, and u picks from
 -- what is left by its cumulative probability; only the 1000 best are sorted unless the nucleus
--- reaches past them. Also returns the ten most probable tokens, for the
--- run's record.
+-- reaches past them. Also returns the ten most probable tokens, for the run's record.
 CREATE OR REPLACE FUNCTION gptsql.choose(model int, hidden vector, temperature float8, top_k int,
                                          top_p float8, u float8)
 RETURNS TABLE (token int, probability float8, logit float8,
