@@ -11,6 +11,7 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
         assert key in figures
     assert set(figures["sql"]["by_context"]) == {"16", "64"}
     assert figures["sql"]["prefill_s"] > 0 and figures["torch"]["decode_s"] > 0
+    assert figures["sql"]["weights_pass_s"] > 0 and "decode floor: one pass over all weights" in result.stdout
     # float16 storage of a random model: the greedy tokens agree with float32 PyTorch
     assert figures["fidelity"]["top1_same"]
     # the benchmark's model is dropped afterwards
