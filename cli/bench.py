@@ -71,21 +71,24 @@ def sql_decode_at_context(conn, model: str, model_id: int, n_ctx: int, n_steps: 
     return statistics.median(times)
 
 
-def weights_pass(conn, model_id: int, n_embd: int, repeats: int = 3) -> float:
-    """Median time of one pass over every weight row of the model (blocks and vocabulary) taking one
-    inner product per row and nothing else: what any decode step must at least spend reading and
-    multiplying the weights as pgvector rows. Serial, as the engine's statements run."""
-    x = np.random.default_rng(1).standard_normal(n_embd).astype(np.float32)
-    literal = "[" + ",".join(f"{v:.6f}" for v in x) + "]"
-    query = """select (select sum(coalesce(inner_product(%(x)s::vector, w), inner_product(%(x)s::halfvec, h)))
-                       from gptsql.linear where model_id = %(m)s)
-                    + (select sum(coalesce(inner_product(%(x)s::vector, w), inner_product(%(x)s::halfvec, h)))
-                       from gptsql.wte where model_id = %(m)s)"""
+def weights_pass(conn, model_id: int, n_embd: int, places: int = 1, repeats: int = 3) -> float:
+    """Median time of one pass over every weight row of the model taking one inner product per row
+    and place (the vocabulary for one place only) and nothing else: what a step of `places` new
+    tokens must at least spend reading and multiplying the weights as pgvector rows. Serial, as the
+    engine's statements run."""
+    xs = np.random.default_rng(1).standard_normal((places, n_embd)).astype(np.float32)
+    literal = "{" + ",".join('"[' + ",".join(f"{v:.6f}" for v in x) + ']"' for x in xs) + "}"
+    query = """select (select sum(coalesce(inner_product(q.xv, w), inner_product(q.xh, h)))
+                       from gptsql.linear, unnest(%(xs)s::vector[], %(xs)s::vector[]::halfvec[]) as q(xv, xh)
+                       where model_id = %(m)s)
+                    + (select sum(coalesce(inner_product(q.xv, w), inner_product(q.xv::halfvec, h)))
+                       from gptsql.wte, (select (%(xs)s::vector[])[1] as xv) as q
+                       where model_id = %(m)s)"""
     times = []
     with conn.transaction():
         conn.execute("set local max_parallel_workers_per_gather = 0")
         for _ in range(repeats + 1):            # the first pass warms the buffers
-            times.append(timed(lambda: conn.execute(query, {"x": literal, "m": model_id}).fetchone())[0])
+            times.append(timed(lambda: conn.execute(query, {"xs": literal, "m": model_id}).fetchone())[0])
     return statistics.median(times[1:])
 
 
@@ -160,6 +163,9 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
 
     progress("SQL: one pass over every weight row, one inner product each (the floor of a step)")
     results["sql"]["weights_pass_s"] = weights_pass(conn, model_id, checkpoint.config.n_embd)
+    progress(f"SQL: one pass over every weight row with {PROMPT_LEN} places (the floor of the prefill)")
+    results["sql"]["prefill_weights_pass_s"] = weights_pass(conn, model_id, checkpoint.config.n_embd,
+                                                            places=PROMPT_LEN, repeats=1)
 
     results["sql"]["by_context"] = {}
     for n_ctx in contexts:
@@ -188,6 +194,8 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
             "decode_sql_over_torch": results["sql"]["decode_s"] / results["torch"]["decode_s"],
             "prefill_sql_over_torch": results["sql"]["prefill_s"] / results["torch"]["prefill_s"],
             "weights_pass_over_torch_decode": results["sql"]["weights_pass_s"] / results["torch"]["decode_s"],
+            "prefill_weights_pass_over_torch_prefill":
+                results["sql"]["prefill_weights_pass_s"] / results["torch"]["prefill_s"],
         }
     results.setdefault("ratios", {})
     results["ratios"]["decode_sql_over_numpy"] = results["sql"]["decode_s"] / results["numpy"]["decode_s"]

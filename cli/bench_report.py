@@ -29,10 +29,13 @@ def render(r: dict, console: Console | None = None) -> None:
     table.add_row("decode per token (median)", ms(r["sql"]["decode_s"]), ms(r["numpy"]["decode_s"]),
                   ms(torch.get("decode_s")), f"{ratios.get('decode_sql_over_torch', 0):.1f}×",
                   f"{ratios['decode_sql_over_numpy']:.1f}×")
-    if "weights_pass_s" in r["sql"]:
-        floor = ratios.get("weights_pass_over_torch_decode")
-        table.add_row("decode floor: one pass over all weights", ms(r["sql"]["weights_pass_s"]), "", "",
-                      "" if floor is None else f"{floor:.1f}×", "")
+    floors = (("prefill floor: all weights × 64 places", "prefill_weights_pass_s",
+               "prefill_weights_pass_over_torch_prefill"),
+              ("decode floor: one pass over all weights", "weights_pass_s", "weights_pass_over_torch_decode"))
+    for label, key, ratio in floors:
+        if key in r["sql"]:
+            table.add_row(label, ms(r["sql"][key]), "", "",
+                          f"{ratios[ratio]:.1f}×" if ratio in ratios else "", "")
     for n_ctx, seconds in r["sql"].get("by_context", {}).items():
         table.add_row(f"decode per token at context {n_ctx}", ms(seconds), "", "", "", "")
     fidelity = r.get("fidelity")
