@@ -1,5 +1,11 @@
-"""The benchmark runs end to end (on the tiny shape: the 124M shape belongs to `gptsql bench`)."""
+"""The benchmarks run end to end (on the tiny shape: the 124M shape belongs to `gptsql bench`)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
@@ -16,3 +22,14 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     assert figures["fidelity"]["top1_same"]
     # the benchmark's model is dropped afterwards
     assert db.execute("select count(*) from gptsql.model where name like 'bench-%'").fetchone()[0] == 0
+
+
+def test_hnsw_script_reports_agreement_and_drops_its_index(backend, db, tiny):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")} | backend[1]
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "hnsw_topk.py"), "--model", tiny, "--queries", "3",
+                             "--ef", "40,400"], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "/3" in line]
+    assert len(rows) == 2 and "top-1 same as exact" in result.stdout
+    model_id = db.execute("select id from gptsql.model where name = %s", [tiny]).fetchone()[0]
+    assert db.execute("select to_regclass(%s)", [f"gptsql.wte_{model_id}_hnsw"]).fetchone()[0] is None
