@@ -178,10 +178,12 @@ CREATE UNLOGGED TABLE IF NOT EXISTS gptsql.kv_cache (
     block  int NOT NULL,
     head   int NOT NULL,
     place  int NOT NULL,
+    q      vector,                   -- a step writes its places' q, k and v first, then attends
     k      vector NOT NULL,
     v      vector NOT NULL,
     PRIMARY KEY (run_id, block, head, place)
 );
+ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;   -- caches created before q was kept
 
 -- Activations kept for exploring a run (when run.record): residual stream, attention, top logits.
 CREATE TABLE IF NOT EXISTS gptsql.residual (

@@ -249,4 +249,4 @@ COMMENT ON COLUMN gptsql.residual.after_attention IS 'h + attention(ln_1(h)), n_
 COMMENT ON COLUMN gptsql.residual.after_mlp IS 'a + mlp(ln_2(a)): the block''s output, n_embd wide.';
 COMMENT ON TABLE gptsql.attention_row IS 'Recorded runs: one row of attention weights per block, head and query place (unnested in gptsql.attention_weights).';
 COMMENT ON TABLE gptsql.step_logit IS 'Recorded runs: the ten best next-token candidates of each step (read it through gptsql.step_candidates).';
-COMMENT ON TABLE gptsql.kv_cache IS 'Keys and values of the places a running run has computed, per block and head; emptied when the run finishes.';
+COMMENT ON TABLE gptsql.kv_cache IS 'Queries, keys and values of the places a running run has computed, per block and head; emptied when the run finishes.';
