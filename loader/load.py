@@ -77,7 +77,12 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                     cp.write_row((model_id, first, second, rank, merged))
             tick("vocabulary", 2 * len(ck.vocab))
 
-            with cur.copy(f"copy gptsql.wte (model_id, token, {big_column}) from stdin (format binary)") as cp:
+            # The big tables go straight into the partitions created above, frozen: their rows are
+            # visible to all from the start, so neither the first steps (setting hint bits, each a
+            # full-page write with checksums on) nor an autovacuum right after the load rewrite
+            # 500 MB while a generation runs.
+            with cur.copy(f"copy gptsql.wte_{model_id} (model_id, token, {big_column}) "
+                          "from stdin (format binary, freeze)") as cp:
                 cp.set_types(["int4", "int4", big_type])
                 for token, row in enumerate(t["wte.weight"]):
                     cp.write_row((model_id, token, as_big(row)))
@@ -97,8 +102,8 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                         cp.write_row((model_id, ln, i, t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"]))
                 cp.write_row((model_id, "ln_f", c.n_layer, t["ln_f.weight"], t["ln_f.bias"]))
 
-            copy_sql = (f"copy gptsql.linear (model_id, name, block, part, grp, idx, {big_column}, bias) "
-                        "from stdin (format binary)")
+            copy_sql = (f"copy gptsql.linear_{model_id} (model_id, name, block, part, grp, idx, {big_column}, bias) "
+                        "from stdin (format binary, freeze)")
             for i in range(c.n_layer):
                 with cur.copy(copy_sql) as cp:
                     cp.set_types(["int4", "text", "int4", "int4", "int4", "int4", big_type, "float4"])
