@@ -249,6 +249,33 @@ def models(ctx: Context, as_json):
     Console().print(table)
 
 
+@cli.command()
+@click.argument("name")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask first.")
+@pass_ctx
+@friendly
+def unload(ctx: Context, name, yes):
+    """Remove model NAME from the database: its weights, vocabulary and recorded runs.
+
+    Downloads stay in the Hugging Face cache, so loading the model again needs no network.
+    """
+    found = ctx.conn.execute(
+        """select s.bytes, (select count(*) from gptsql.run r where r.model_id = m.id)
+           from gptsql.model m join gptsql.model_size s on s.name = m.name where m.name = %s""", [name]).fetchone()
+    if found is None:
+        raise UserError(f'no model "{name}" is loaded; `gptsql models` lists them')
+    size, n_runs = found
+    what = f'model "{name}" ({size / 2**20:,.0f} MB) and its {n_runs} recorded run{"s" * (n_runs != 1)}'
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"this removes {what}; add --yes to confirm when not at a terminal")
+        if not click.confirm(f"Remove {what}?"):
+            click.echo("nothing removed")
+            return
+    ctx.conn.execute("select gptsql.drop_model(%s)", [name])
+    click.echo(f"removed {what}")
+
+
 # -------------------------------------------------------------------------------- generation
 def read_prompt(prompt: str) -> str:
     if prompt == "-":

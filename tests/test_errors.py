@@ -530,3 +530,23 @@ def test_dynamic_sql_in_the_engine_quotes_identifiers():
             code = line.split("--", 1)[0]
             if re.search(r"\bEXECUTE\b", code, re.I) and not re.search(r"RAISE|EXECUTE\s+FUNCTION", code, re.I):
                 assert re.search(r"EXECUTE\s+format\s*\(", code, re.I), f"{path.name}:{number}: {line.strip()}"
+
+
+# ------------------------------------------------------------------------------------ unload
+def test_unload_removes_the_model_its_partitions_and_runs(db, run_cli):
+    run_cli("load", "random:tiny", "--name", "to-unload")
+    model_id = db.execute("select id from gptsql.model where name = 'to-unload'").fetchone()[0]
+    run_cli("generate", "--model", "to-unload", "--max-tokens", "2", "--seed", "1", PROMPT)
+    # not at a terminal and without --yes: nothing is removed
+    one_line_error(run_cli("unload", "to-unload", check=False, input=""), "1 recorded run", "--yes")
+    assert db.execute("select count(*) from gptsql.model where id = %s", [model_id]).fetchone()[0] == 1
+    out = run_cli("unload", "to-unload", "--yes").stdout
+    assert 'removed model "to-unload"' in out and "1 recorded run" in out
+    assert db.execute("select count(*) from gptsql.run where model_id = %s", [model_id]).fetchone()[0] == 0
+    for table in ("wte", "linear"):
+        assert db.execute("select to_regclass(%s)", [f"gptsql.{table}_{model_id}"]).fetchone()[0] is None
+    assert '"to-unload"' not in run_cli("models", "--json").stdout
+
+
+def test_unload_of_an_unknown_model(db, run_cli):
+    one_line_error(run_cli("unload", "no-such-model", "--yes", check=False), '"no-such-model"', "gptsql models")
