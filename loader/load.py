@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 import psycopg
 from pgvector import HalfVector
+from psycopg import sql
 from pgvector.psycopg import register_vector
 
 from ..errors import UserError
@@ -81,8 +82,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
             # visible to all from the start, so neither the first steps (setting hint bits, each a
             # full-page write with checksums on) nor an autovacuum right after the load rewrite
             # 500 MB while a generation runs.
-            with cur.copy(f"copy gptsql.wte_{model_id} (model_id, token, {big_column}) "
-                          "from stdin (format binary, freeze)") as cp:
+            with cur.copy(frozen_copy(f"wte_{model_id}", ["model_id", "token", big_column])) as cp:
                 cp.set_types(["int4", "int4", big_type])
                 for token, row in enumerate(t["wte.weight"]):
                     cp.write_row((model_id, token, as_big(row)))
@@ -102,8 +102,8 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                         cp.write_row((model_id, ln, i, t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"]))
                 cp.write_row((model_id, "ln_f", c.n_layer, t["ln_f.weight"], t["ln_f.bias"]))
 
-            copy_sql = (f"copy gptsql.linear_{model_id} (model_id, name, block, part, grp, idx, {big_column}, bias) "
-                        "from stdin (format binary, freeze)")
+            copy_sql = frozen_copy(f"linear_{model_id}",
+                                   ["model_id", "name", "block", "part", "grp", "idx", big_column, "bias"])
             for i in range(c.n_layer):
                 with cur.copy(copy_sql) as cp:
                     cp.set_types(["int4", "text", "int4", "int4", "int4", "int4", big_type, "float4"])
@@ -121,6 +121,12 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     for table in ("token", "merge", f"wte_{model_id}", "wpe", "norm", f"linear_{model_id}"):
         conn.execute(f"analyze gptsql.{table}")
     return model_id
+
+
+def frozen_copy(table: str, columns: list[str]) -> sql.Composed:
+    """COPY into gptsql.<table> in binary, rows frozen (the table must be new in this transaction)."""
+    return sql.SQL("copy {} ({}) from stdin (format binary, freeze)").format(
+        sql.Identifier("gptsql", table), sql.SQL(", ").join(map(sql.Identifier, columns)))
 
 
 def ensure_unicode_classes(conn: psycopg.Connection) -> None:

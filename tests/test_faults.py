@@ -171,9 +171,9 @@ def test_loader_killed_in_the_middle_of_a_load(server, tiny_checkpoint):
         loader = Streamed(server, "load", "random:small", "--name", "victim")
         # Stop it while it writes the blocks, inside its transaction.
         assert wait_for(lambda: conn.execute(
-            "select pid from pg_stat_activity where query ilike 'copy gptsql.linear%%' and backend_xid is not null"
+            "select pid from pg_stat_activity where query ilike 'copy %%linear%%' and backend_xid is not null"
         ).fetchone() is not None, 60), loader.err.decode()
-        backend = conn.execute("select pid from pg_stat_activity where query ilike 'copy gptsql.linear%%'").fetchone()[0]
+        backend = conn.execute("select pid from pg_stat_activity where query ilike 'copy %%linear%%'").fetchone()[0]
         loader.proc.send_signal(sig)
         rc, _, err = loader.finish()
         assert rc == status, err
