@@ -40,11 +40,15 @@ $$;
 
 -- Two statements: c_attn's q, k and v of the new places go into the KV cache first, so that every
 -- query then reads all of its keys, new and cached alike, with one index range (a new place's
--- keys taken from arrays instead cost 2.5 times as much per key).
+-- keys taken from arrays instead cost 2.5 times as much per key). Generic plans: custom ones were
+-- planned anew at every call. No sequential scans: the cache's statistics swing between empty
+-- (after a vacuum between runs) and large, and a plan made while it looked empty scanned all of
+-- it in every block (~1 ms a block at 3,000 cached rows, growing with the context).
 CREATE OR REPLACE FUNCTION gptsql.attention(run bigint, model int, block int, start int, x vector[])
 RETURNS vector[]
 LANGUAGE sql VOLATILE
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
     WITH qkv AS (                       -- c_attn: per place one vector per head of q, then k, then v
             SELECT  place, grp, y
@@ -67,7 +71,7 @@ AS $$
             SELECT  c.place, c.head, c.q, inner_product(c.q, c.k) / sqrt(config.head_dim) AS own_score
             FROM    config
             CROSS JOIN generate_series(0, config.n_head - 1) AS h(head)
-            JOIN    gptsql.kv_cache c        -- per head, so that the index range is exactly the new places
+            JOIN    gptsql.kv_cache c        -- head by head: one index range per head
                     ON c.run_id = run AND c.block = attention.block AND c.head = h.head AND c.place >= start
     ), attended AS (                    -- per query place and head: softmax over its keys, values mixed
             SELECT  heads.place, heads.head,
