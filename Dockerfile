@@ -10,8 +10,14 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY gptsql/ gptsql/
 COPY cli/ cli/
+COPY server/ server/
 COPY loader/ loader/
+COPY driver/ driver/
+COPY reference/ reference/
+COPY benchmarks/ benchmarks/
+COPY plots/ plots/
 COPY sql/ sql/
 RUN pip install . && gptsql --version
 

@@ -1,7 +1,7 @@
 """Run the benchmark as a script: python benchmarks/bench.py [--json out.json] (same as `gptsql bench`)."""
 import sys
 
-from gptsql.main import cli
+from gptsql.cli.main import cli
 
 if __name__ == "__main__":
     cli(["bench", *sys.argv[1:]])

@@ -18,8 +18,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from gptsql.bench import PROMPT_LEN, prompt_tokens
-from gptsql.db import Database
+from gptsql.benchmarks.measure import PROMPT_LEN, prompt_tokens
+from gptsql.server.db import Database
 
 
 def final_hidden_states(conn, model: str, n: int) -> list[str]:

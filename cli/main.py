@@ -6,7 +6,6 @@ loop (one SQL statement per token) and prints what the database computed.
 from __future__ import annotations
 
 import codecs
-import functools
 import json
 import logging
 import os
@@ -17,41 +16,13 @@ import time
 import click
 import psycopg
 
-from .db import Database, first_line
-from .errors import UserError
+from ..errors import UserError
+from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt
+from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
 # CLI prints is the one line that matters.
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
-
-
-def fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(1)
-
-
-def db_error_message(exc: psycopg.Error) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = (diag.message_primary if diag and diag.message_primary else None) or first_line(exc)
-    hint = diag.message_hint if diag else None
-    return f"{primary} ({hint})" if hint else primary
-
-
-def friendly(fn):
-    """Every failure a user can act on becomes one line on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            fail(str(exc))
-        except psycopg.OperationalError as exc:
-            fail(f"database connection failed: {db_error_message(exc)}")
-        except psycopg.Error as exc:
-            fail(db_error_message(exc))
-
-    return wrapper
 
 
 class OneLineErrors(click.Group):
@@ -75,21 +46,6 @@ class OneLineErrors(click.Group):
             click.echo("Error: interrupted", err=True)
             sys.exit(130)
         sys.exit(rv if isinstance(rv, int) else 0)
-
-
-class Context:
-    def __init__(self, dsn: str | None, data_dir: str | None):
-        self.db = Database(dsn=dsn, data_dir=data_dir)
-        self._conn = None
-
-    @property
-    def conn(self) -> psycopg.Connection:
-        if self._conn is None:
-            self._conn = self.db.connect()
-        return self._conn
-
-
-pass_ctx = click.make_pass_decorator(Context)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -176,7 +132,7 @@ def dsn(ctx: Context):
 @friendly
 def psql(ctx: Context, psql_args):
     """Open psql on the database; extra arguments go to psql (e.g. -c "select ...")."""
-    from .db import psql_command
+    from ..server.db import psql_command
 
     ctx.conn
     sys.exit(subprocess.call(psql_command(ctx.db, list(psql_args))))
@@ -203,8 +159,8 @@ def load(ctx: Context, source, name, dtype):
 
     Loading is one transaction: a failed load leaves the model of that name as it was.
     """
-    from .loader import load as loader
-    from .loader.sources import resolve
+    from ..loader import load as loader
+    from ..loader.sources import resolve
     from rich.progress import Progress
 
     started = time.monotonic()
@@ -277,20 +233,6 @@ def unload(ctx: Context, name, yes):
 
 
 # -------------------------------------------------------------------------------- generation
-def read_prompt(prompt: str) -> str:
-    if prompt == "-":
-        data = sys.stdin.buffer.read()
-        try:
-            prompt = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"standard input is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
-                            "convert it, e.g. iconv -t UTF-8") from exc
-    if "\x00" in prompt:
-        raise UserError(f"the prompt contains a NUL character (U+0000) at offset {prompt.index(chr(0))}; "
-                        "PostgreSQL text cannot hold it: remove it")
-    return prompt
-
-
 @cli.command()
 @click.argument("prompt")
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
@@ -319,7 +261,7 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     """
     prompt = read_prompt(prompt)
     conn = ctx.conn
-    from .generation import Generation, ensure_model
+    from ..driver.generation import Generation, ensure_model
 
     ensure_model(ctx, model)
     gen = Generation(conn, model, prompt, max_tokens, temperature, top_k, top_p, seed,
@@ -411,7 +353,7 @@ def detokenize(ctx: Context, ids, model):
 @friendly
 def check(ctx: Context, model, prompt, tokens):
     """Compare the SQL engine with the numpy reference on the loaded model."""
-    from .checking import check_model
+    from ..reference.check import check_model
 
     result = check_model(ctx.conn, model, prompt, tokens)
     click.echo(f"model {result['model']}: max |Δlogit| {result['max_abs_diff']:.2e} over "
@@ -440,8 +382,8 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
     """
     from rich.console import Console
 
-    from . import bench as benchmark
-    from .bench_report import render
+    from ..benchmarks import measure as benchmark
+    from ..benchmarks.report import render
 
     console = Console(stderr=True)
     with console.status("benchmark") as status:
@@ -455,8 +397,6 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
         click.echo(f"wrote {json_out}", err=True)
 
 
-# Recorded runs and what is inside them (cli/runs.py).
-from .runs import attention, lens, runs, trace  # noqa: E402
 
 cli.add_command(runs)
 cli.add_command(trace)

@@ -6,7 +6,6 @@ attention_weights, logit_lens); Python only lays out what they return.
 """
 from __future__ import annotations
 
-import functools
 import json
 import re
 from pathlib import Path
@@ -14,20 +13,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import UserError
-
-
-def friendly(fn):
-    """main.friendly (one-line errors, exit status 1), looked up when the command runs: main.py
-    imports this module at its end, so this module cannot import main at its top."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from .main import friendly as main_friendly
-
-        return main_friendly(fn)(*args, **kwargs)
-
-    return wrapper
+from ..errors import UserError
+from .common import friendly, read_prompt
 
 
 def console():
@@ -91,8 +78,7 @@ def pieces(conn, run_id: int) -> dict[int, str]:
 
 def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed) -> int:
     """Generate from PROMPT with every activation recorded; returns the new run's id."""
-    from .generation import Generation, ensure_model
-    from .main import read_prompt
+    from ..driver.generation import Generation, ensure_model
 
     import psycopg
 
@@ -391,7 +377,7 @@ def run_model(conn, run_id: int) -> int:
 
 def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path):
     """The attention heatmap of a recorded run: one head, or every head (head None) as a grid."""
-    from . import plots
+    from ..plots import figures as plots
 
     _, n_head = check_block_head(conn, run_model(conn, run_id), block, head)
     n = recorded_places(conn, run_id)
@@ -409,7 +395,7 @@ def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path):
 
 def draw_lens(conn, run_id: int, out: Path):
     """The logit lens of a recorded run: blocks by places, the top token and its probability."""
-    from . import plots
+    from ..plots import figures as plots
 
     n = recorded_places(conn, run_id)
     n_layer, _ = check_block_head(conn, run_model(conn, run_id), None, None)

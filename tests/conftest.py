@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptsql.db import Database
+from gptsql.server.db import Database
 
 REPO = Path(__file__).resolve().parent.parent
 PGVECTOR_IMAGE = "pgvector/pgvector:0.8.1-pg17"
@@ -107,7 +107,7 @@ def run_cli(backend):
     def run(*args, input=None, check=True, timeout=300):
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
         env.update(backend[1])
-        result = subprocess.run([sys.executable, "-m", "gptsql.main", *args], input=input, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "gptsql", *args], input=input, capture_output=True,
                                 text=isinstance(input, str) or input is None, env=env, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"gptsql {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")

@@ -150,7 +150,7 @@ def test_db_is_the_pinned_pgvector_image_the_tests_use():
 
 
 def test_db_is_tuned_like_the_embedded_server():
-    from gptsql.db import SERVER_SETTINGS
+    from gptsql.server.db import SERVER_SETTINGS
 
     got = settings(compose()["services"]["db"])
     local_only = {"listen_addresses", "unix_socket_permissions", "max_connections"}  # the container listens on TCP
@@ -306,12 +306,14 @@ def test_dockerfile_copies_everything_the_package_is_built_from(tmp_path):
     assert result.returncode == 0, result.stderr
     wheel = next((tmp_path / "dist").glob("gptsql-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    expected = ({f"gptsql/{p.name}" for p in (REPO / "cli").glob("*.py")}
-                | {f"gptsql/loader/{p.name}" for p in (REPO / "loader").glob("*.py")}
+    rooms = {"gptsql": "gptsql", "cli": "gptsql/cli", "server": "gptsql/server", "loader": "gptsql/loader",
+             "driver": "gptsql/driver", "reference": "gptsql/reference", "benchmarks": "gptsql/benchmarks",
+             "plots": "gptsql/plots"}
+    expected = ({f"{package}/{p.name}" for folder, package in rooms.items() for p in (REPO / folder).glob("*.py")}
                 | {f"gptsql/sql/{p.name}" for p in (REPO / "sql").glob("*.sql")})
     assert expected <= names, f"missing from the image: {sorted(expected - names)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "gptsql = gptsql.main:cli" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "gptsql = gptsql.cli.main:cli" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 # --------------------------------------------------------------------------------- README

@@ -87,7 +87,7 @@ def test_greedy_continuation_matches_transformers(db, hf_model):
 
 def test_numpy_reference_matches_transformers(hf_tiny, hf_model):
     from gptsql.loader.sources import from_directory
-    from gptsql.reference import GPT2
+    from gptsql.reference.gpt2 import GPT2
 
     directory, model = hf_tiny
     ck = from_directory(directory)
@@ -131,7 +131,7 @@ def test_recorded_activations_match_transformers(db, hf_model):
     """What a run records for exploring is the model's own: the attention weights of every block,
     head and place against transformers' (output_attentions), and the residual stream after each
     block but the last against its hidden states (the last one of those has ln_f applied)."""
-    from gptsql.generation import Generation
+    from gptsql.driver.generation import Generation
 
     gen = Generation(db, "hf-tiny", "Happy New Year! I wish", 4, record=True)
     generated = [token for token, _raw, _p in gen.steps()]

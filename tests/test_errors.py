@@ -306,7 +306,7 @@ def test_unusable_data_dir(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
-    result = subprocess.run([sys.executable, "-m", "gptsql.main", "--data-dir", str(blocker / "sub"), "models"],
+    result = subprocess.run([sys.executable, "-m", "gptsql", "--data-dir", str(blocker / "sub"), "models"],
                             capture_output=True, text=True, env=env, timeout=60)
     one_line_error(result, f"cannot create the data directory {blocker / 'sub'}", "--data-dir")
 
@@ -401,7 +401,7 @@ SECRET = "S3cret-Pa55word"
 def test_dsn_that_cannot_connect(dsn, where):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
     for args, extra in ((["--dsn", dsn], {}), ([], {"GPTSQL_DSN": dsn})):
-        result = subprocess.run([sys.executable, "-m", "gptsql.main", *args, "models"], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "gptsql", *args, "models"], capture_output=True,
                                 text=True, env={**env, **extra}, timeout=60)
         line = one_line_error(result, where)
         assert SECRET not in result.stderr + result.stdout, line
@@ -410,7 +410,7 @@ def test_dsn_that_cannot_connect(dsn, where):
 def test_check_pgvector_with_fake_servers():
     """check_pgvector's three verdicts, on fake connections that answer its query (a unit test: it
     proves the messages and the version logic, not that a real server is asked; the next test is)."""
-    from gptsql.db import check_pgvector
+    from gptsql.server.db import check_pgvector
 
     class Fake:
         def __init__(self, row, server_version=180000):
@@ -438,7 +438,7 @@ def as_server_user() -> dict:
 def test_server_without_pgvector():
     """A real PostgreSQL 18 without pgvector: the embedded build copied with the extension's files
     left out, started on its own socket. gptsql --dsn at it fails in one line that says how to add it."""
-    from gptsql.db import Embedded, pg_bin
+    from gptsql.server.db import Embedded, pg_bin
 
     install = pg_bin("postgres").parent.parent
     base = Path(tempfile.mkdtemp(prefix="gqnv-", dir="/tmp"))
@@ -466,7 +466,7 @@ def test_server_without_pgvector():
         with psycopg.connect(dsn) as conn:                     # the simulation is real: no vector here
             assert conn.execute("select count(*) from pg_available_extensions where name = 'vector'").fetchone()[0] == 0
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
-        result = subprocess.run([sys.executable, "-m", "gptsql.main", "--dsn", dsn, "models"], capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "gptsql", "--dsn", dsn, "models"], capture_output=True,
                                 text=True, env=env, timeout=60)
         one_line_error(result, "no pgvector extension", "install it", "pgvector/pgvector", "drop --dsn")
     finally:

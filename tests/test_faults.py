@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gptsql.db import Database, pg_bin, wait_for
+from gptsql.server.db import Database, pg_bin, wait_for
 
 PROMPT = "Once upon a time"
 
@@ -39,7 +39,7 @@ class Server:
         return self.database.connect()
 
     def cli(self, *args, input=None, check=True, timeout=120):
-        result = subprocess.run([sys.executable, "-m", "gptsql.main", *args], input=input, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "gptsql", *args], input=input, capture_output=True,
                                 text=True, env=self.env, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"gptsql {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
@@ -78,7 +78,7 @@ class Streamed:
     """A CLI process whose stdout and stderr are collected while it runs."""
 
     def __init__(self, server: Server, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "gptsql.main", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "gptsql", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=server.env)
         self.out, self.err = bytearray(), bytearray()
         self.threads = [threading.Thread(target=self._drain, args=(pipe, buf), daemon=True)

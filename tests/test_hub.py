@@ -93,7 +93,7 @@ def gptsql(backend, hub, tmp_path):
 
     def run(*args, hf_home: Path = tmp_path / "hf", endpoint: str | None = None, timeout=120):
         env = hub_env(backend, hf_home, endpoint or hub.endpoint)
-        return subprocess.run([sys.executable, "-m", "gptsql.main", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "gptsql", *args], env=env, capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     return run
@@ -160,7 +160,7 @@ def test_load_downloads_with_progress_then_uses_the_cache(hub, gptsql, backend, 
     served = repo.files[WEIGHTS]
 
     # 1. First load, in a terminal: downloads, shows progress, loads.
-    status, out, err = in_terminal([sys.executable, "-m", "gptsql.main", "load", GPT2, "--name", "hubtest-first"],
+    status, out, err = in_terminal([sys.executable, "-m", "gptsql", "load", GPT2, "--name", "hubtest-first"],
                                    hub_env(backend, hf_home, hub.endpoint))
     assert status == 0, err
     assert "loaded hubtest-first (" in out and "2 layers, 64 wide, 4 heads, context 128" in out

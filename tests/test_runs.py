@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptsql.generation import Generation
+from gptsql.driver.generation import Generation
 
 PROMPT = "Happy New Year! I wish"
 PROMPT_TOKENS = [25082, 968, 6280, 0, 314, 4601]
@@ -295,8 +295,8 @@ def test_trace_prints_the_lens_and_the_candidates(db, run_cli, tiny, shape, wide
 
 # -------------------------------------------------------------------------------------- pictures
 def test_attention_picture_of_one_head(db, greedy, shape, tmp_path):
-    from gptsql.plots import shown
-    from gptsql.runs import draw_attention
+    from gptsql.plots.figures import shown
+    from gptsql.cli.runs import draw_attention
 
     picture = draw_attention(db, greedy["id"], 1, 2, tmp_path / "attn.png")
     assert png_size(picture.path) == (picture.width, picture.height)
@@ -331,7 +331,7 @@ def test_attention_cli_grid_of_all_heads(run_cli, greedy, shape, tmp_path):
 
 
 def test_attention_grid_panels(db, greedy, shape, tmp_path):
-    from gptsql.runs import draw_attention
+    from gptsql.cli.runs import draw_attention
 
     picture = draw_attention(db, greedy["id"], 0, None, tmp_path / "grid.png")
     n_head = shape[1]
@@ -343,8 +343,8 @@ def test_attention_grid_panels(db, greedy, shape, tmp_path):
 
 
 def test_lens_picture(db, greedy, shape, tmp_path):
-    from gptsql.plots import shown
-    from gptsql.runs import draw_lens
+    from gptsql.plots.figures import shown
+    from gptsql.cli.runs import draw_lens
 
     picture = draw_lens(db, greedy["id"], tmp_path / "lens.png")
     assert png_size(picture.path) == (picture.width, picture.height)

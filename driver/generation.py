@@ -6,7 +6,7 @@ from typing import Iterator
 
 import psycopg
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def ensure_model(ctx, model: str | None) -> None:
@@ -16,8 +16,8 @@ def ensure_model(ctx, model: str | None) -> None:
     import click
 
     click.echo("no model loaded yet: loading gpt2 from the Hugging Face hub...", err=True)
-    from .loader import load as loader
-    from .loader.sources import from_hub
+    from ..loader import load as loader
+    from ..loader.sources import from_hub
 
     try:
         checkpoint = from_hub("gpt2")

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import psycopg
 
-from .reference import GPT2
+from ..reference.gpt2 import GPT2
 
 Progress = Callable[[str], None]
 PROMPT_LEN, DECODE_TOKENS, CONTEXTS = 64, 32, (16, 128, 512, 1000)
@@ -138,9 +138,9 @@ def torch_decode(model, tokens, n_new):
 
 def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
         shape: str = "gpt2", progress: Progress = lambda s: None) -> dict:
-    from .checking import sql_logits
-    from .loader.load import load
-    from .loader.sources import random_model
+    from ..reference.check import sql_logits
+    from ..loader.load import load
+    from ..loader.sources import random_model
 
     results: dict = {"shape": shape, "dtype": dtype}
     progress(f"building random:{shape}")
@@ -214,15 +214,11 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
 
 
 def tokenizer_speed(conn, model: str, progress: Progress) -> dict | None:
-    """Tokens per second of the SQL tokenizer on English prose and mixed scripts."""
-    import importlib.util
-    from pathlib import Path
+    """Tokens per second of the SQL tokenizer on English prose and mixed scripts (the corpus of
+    tests/, so only from a clone of the repository)."""
+    from . import tokenizer_speed as speed
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "tokenizer_speed.py"
-    if not script.exists():
+    if not speed.CORPUS.is_dir():
         return None
-    spec = importlib.util.spec_from_file_location("tokenizer_speed", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     progress("SQL tokenizer throughput")
-    return module.measure(conn, model)
+    return speed.measure(conn, model)

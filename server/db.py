@@ -19,7 +19,7 @@ from pathlib import Path
 import platformdirs
 import psycopg
 
-from .errors import UserError
+from ..errors import UserError
 
 DB_NAME = "gptsql"
 SERVER_USER_WHEN_ROOT = "embedded_postgres"  # postgres refuses to run as root

@@ -5,7 +5,7 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 
-from .reference import GPT2
+from .gpt2 import GPT2
 
 
 # float16 storage also rounds the activations fed to halfvec inner products.

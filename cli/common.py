@@ -1,0 +1,69 @@
+"""What every command shares: the connection it works on, one-line errors, reading a prompt."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+import psycopg
+
+from ..errors import UserError
+from ..server.db import Database, first_line
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def db_error_message(exc: psycopg.Error) -> str:
+    diag = getattr(exc, "diag", None)
+    primary = (diag.message_primary if diag and diag.message_primary else None) or first_line(exc)
+    hint = diag.message_hint if diag else None
+    return f"{primary} ({hint})" if hint else primary
+
+
+def friendly(fn):
+    """Every failure a user can act on becomes one line on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            fail(str(exc))
+        except psycopg.OperationalError as exc:
+            fail(f"database connection failed: {db_error_message(exc)}")
+        except psycopg.Error as exc:
+            fail(db_error_message(exc))
+
+    return wrapper
+
+
+class Context:
+    def __init__(self, dsn: str | None, data_dir: str | None):
+        self.db = Database(dsn=dsn, data_dir=data_dir)
+        self._conn = None
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None:
+            self._conn = self.db.connect()
+        return self._conn
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def read_prompt(prompt: str) -> str:
+    if prompt == "-":
+        data = sys.stdin.buffer.read()
+        try:
+            prompt = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"standard input is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                            "convert it, e.g. iconv -t UTF-8") from exc
+    if "\x00" in prompt:
+        raise UserError(f"the prompt contains a NUL character (U+0000) at offset {prompt.index(chr(0))}; "
+                        "PostgreSQL text cannot hold it: remove it")
+    return prompt

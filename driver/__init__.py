@@ -1,0 +1,1 @@
+"""The token-by-token loop that calls the SQL engine one statement per token."""

@@ -1,0 +1,1 @@
+"""Pictures of recorded runs: attention heatmaps and the logit lens."""
