@@ -1,4 +1,4 @@
-"""`gptsql bench`: GPT-2 124M-shaped decode and prefill in SQL against numpy and PyTorch, in one run,
+"""`gptsql bench`: GPT-2 decode (124M shape by default, any random shape with --shape) and prefill in SQL against numpy and PyTorch, in one run,
 on the very same weights. Ratios matter, not absolute times (these machines are shared)."""
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def numpy_decode(ref: GPT2, tokens, n_new):
     return prefill, times, out
 
 
-def torch_model(checkpoint):
+def torch_model(checkpoint, tensors: dict[str, np.ndarray]):
     try:
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -111,10 +111,13 @@ def torch_model(checkpoint):
     c = checkpoint.config
     config = GPT2Config(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, n_positions=c.n_ctx,
                         vocab_size=c.n_vocab, layer_norm_epsilon=c.layer_norm_epsilon)
-    model = GPT2LMHeadModel(config)
-    state = {f"transformer.{k}": torch.from_numpy(v) for k, v in checkpoint.tensors.items()}
+    # Built without weights and given the numpy arrays themselves (assign): one copy of the model in
+    # memory for numpy and PyTorch, 3-6 GB for the large and xl shapes.
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(config)
+    state = {f"transformer.{k}": torch.from_numpy(v) for k, v in tensors.items()}
     state["lm_head.weight"] = state["transformer.wte.weight"]
-    model.load_state_dict(state, strict=False)
+    model.load_state_dict(state, strict=False, assign=True)
     model.eval()
     torch.set_num_threads(2)
     return model
@@ -137,14 +140,14 @@ def torch_decode(model, tokens, n_new):
 
 
 def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
-        shape: str = "gpt2", progress: Progress = lambda s: None) -> dict:
+        shape: str = "gpt2", progress: Progress = lambda s: None, checkpoint=None) -> dict:
     from ..reference.check import sql_logits
     from ..loader.load import load
     from ..loader.sources import random_model
 
     results: dict = {"shape": shape, "dtype": dtype}
     progress(f"building random:{shape}")
-    checkpoint = random_model(shape)
+    checkpoint = checkpoint or random_model(shape)
     name = f"bench-{shape}-{dtype}"
     progress(f"loading {name} ({checkpoint.n_params() / 1e6:.0f}M parameters)")
     results["load_s"], model_id = timed(lambda: load(conn, checkpoint, name, dtype=dtype))
@@ -179,11 +182,12 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
         results["sql"]["by_context"][n_ctx] = sql_decode_at_context(conn, name, model_id, n_ctx)
 
     progress("numpy reference: same weights")
-    ref = GPT2(checkpoint.tensors, checkpoint.config.n_head, checkpoint.config.n_layer)
+    tensors = dict(checkpoint.tensors)  # made once here (shapes over 400M are not kept by the load)
+    ref = GPT2(tensors, checkpoint.config.n_head, checkpoint.config.n_layer)
     prefill, times, np_tokens = numpy_decode(ref, tokens, decode_tokens + 1)
     results["numpy"] = {"prefill_s": prefill, "decode_s": statistics.median(times), "tokens": np_tokens}
 
-    model = torch_model(checkpoint)
+    model = torch_model(checkpoint, tensors)
     if model is not None:
         progress("PyTorch (transformers, 2 threads): same weights")
         prefill, times, pt_tokens, pt_first = torch_decode(model, tokens, decode_tokens + 1)

@@ -51,6 +51,12 @@ class Context:
             self._conn = self.db.connect()
         return self._conn
 
+    def reconnect(self) -> None:
+        """After the embedded server restarted: the next use of .conn connects anew."""
+        if self._conn is not None and not self._conn.closed:
+            self._conn.close()
+        self._conn = None
+
 
 pass_ctx = click.make_pass_decorator(Context)
 

@@ -155,23 +155,33 @@ def load(ctx: Context, source, name, dtype):
     SOURCE is one of:
       gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or any hub id (owner/name)
       ./path/to/dir     config.json + model.safetensors (+ vocab.json, merges.txt)
-      random:tiny       seeded random GPT-2 (also random:small, random:gpt2) with the real vocabulary
+      random:tiny       seeded random GPT-2 (also random:small, random:gpt2, random:gpt2-medium,
+                        random:gpt2-large, random:gpt2-xl) with the real vocabulary
 
     Loading is one transaction: a failed load leaves the model of that name as it was.
     """
     from ..loader import load as loader
     from ..loader.sources import resolve
-    from rich.progress import Progress
+    from ..server import memory
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     started = time.monotonic()
     checkpoint = resolve(source, name)
     name = name or checkpoint.default_name
+    size = memory.estimate_model_bytes(checkpoint.config, dtype)
+    memory.check_disk(ctx.db, ctx.conn, checkpoint.config, dtype, name)
+    if memory.follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):
+        ctx.reconnect()
     conn = ctx.conn
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task(f"loading {name}", total=None)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"loading {name} (~{memory.human(size)})", total=None)
 
         def report(stage, done, total):
-            progress.update(task, description=f"loading {name}: {stage}", completed=done, total=total)
+            progress.update(task, description=f"loading {name} (~{memory.human(size)}): {stage}",
+                            completed=done, total=total)
 
         loader.load(conn, checkpoint, name, dtype=dtype, progress=report)
     c = checkpoint.config
@@ -262,8 +272,10 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     prompt = read_prompt(prompt)
     conn = ctx.conn
     from ..driver.generation import Generation, ensure_model
+    from ..server.memory import warn_if_not_held
 
     ensure_model(ctx, model)
+    warn_if_not_held(ctx.db, conn, model)
     gen = Generation(conn, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                      record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
     click.echo(prompt, nl=False)
@@ -366,7 +378,8 @@ def check(ctx: Context, model, prompt, tokens):
 @cli.command()
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage of the benchmarked model.")
-@click.option("--shape", default="gpt2", show_default=True, help="random:SHAPE to build (gpt2 is the 124M shape).")
+@click.option("--shape", default="gpt2", show_default=True,
+              help="random:SHAPE to build: tiny, small, gpt2 (the 124M shape), gpt2-medium, gpt2-large, gpt2-xl.")
 @click.option("--decode-tokens", default=32, show_default=True, help="Greedy tokens for the decode median.")
 @click.option("--contexts", default="16,128,512,1000", show_default=True,
               help="Context lengths for the time-per-token curve.")
@@ -385,10 +398,19 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
     from ..benchmarks import measure as benchmark
     from ..benchmarks.report import render
 
+    from ..loader.sources import random_model
+    from ..server import memory
+
+    checkpoint = random_model(shape)
+    name = f"bench-{shape}-{dtype}"
+    memory.check_disk(ctx.db, ctx.conn, checkpoint.config, dtype, name)
+    if memory.follow_models(ctx.db, ctx.conn, incoming=memory.estimate_model_bytes(checkpoint.config, dtype),
+                            replacing=name):
+        ctx.reconnect()
     console = Console(stderr=True)
     with console.status("benchmark") as status:
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
-                                contexts=[int(c) for c in contexts.split(",") if c],
+                                contexts=[int(c) for c in contexts.split(",") if c], checkpoint=checkpoint,
                                 progress=lambda s: (status.update(s), console.log(s)))
     render(results)
     if json_out:

@@ -4,11 +4,11 @@ A failed or killed load rolls back and leaves the previously loaded model of tha
 """
 from __future__ import annotations
 
+import struct
 from typing import Callable, Iterator
 
 import numpy as np
 import psycopg
-from pgvector import HalfVector
 from psycopg import sql
 from pgvector.psycopg import register_vector
 
@@ -19,17 +19,48 @@ from .vocab import unicode_class_ranges
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
-def linear_rows(name: str, block: int, weight: np.ndarray, bias: np.ndarray, n_embd: int,
-                group_size: int) -> Iterator[tuple]:
-    """Rows of gptsql.linear for y = x @ weight + bias: one row per (input part, output unit).
-    Output units come in groups of `group_size` (a head, or an n_embd slice)."""
+# Binary COPY's framing (PostgreSQL docs, "COPY", binary format): a signature, flags and header
+# extension length first, a field count of -1 last.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+COPY_TRAILER = struct.pack("!h", -1)
+
+
+def copy_rows(n_rows: int, fields: list[tuple[object, str]]) -> bytes:
+    """`n_rows` rows of a binary COPY, made in one piece by numpy instead of one Python call per
+    row and value. Each field is (value, big-endian dtype); a scalar or bytes value repeats on every
+    row, a 1-d array gives one value per row, a 2-d array one pgvector vector (float4) or halfvec
+    (float2) per row, with its int16 dim and int16 unused in front."""
+    layout, values = [("count", ">i2")], {"count": len(fields)}
+    for i, (value, dtype) in enumerate(fields):
+        value = np.asarray(value)
+        if value.ndim == 2:
+            dim = value.shape[1]
+            layout += [(f"len{i}", ">i4"), (f"dim{i}", ">i2"), (f"unused{i}", ">i2"), (f"v{i}", dtype, (dim,))]
+            values.update({f"len{i}": 4 + dim * np.dtype(dtype).itemsize, f"dim{i}": dim, f"unused{i}": 0})
+        else:
+            layout += [(f"len{i}", ">i4"), (f"v{i}", dtype)]
+            values[f"len{i}"] = np.dtype(dtype).itemsize
+        values[f"v{i}"] = value
+    rows = np.empty(n_rows, dtype=np.dtype(layout))   # packed: no alignment between fields, as COPY reads
+    for key, value in values.items():
+        rows[key] = value
+    return rows.tobytes()
+
+
+def linear_chunks(model_id: int, name: str, block: int, weight: np.ndarray, bias: np.ndarray, n_embd: int,
+                  group_size: int, vector_dtype: str) -> Iterator[bytes]:
+    """COPY rows of gptsql.linear for y = x @ weight + bias: one row per (input part, output unit),
+    one chunk per part. Output units come in groups of `group_size` (a head, or an n_embd slice)."""
     n_in, n_out = weight.shape
     columns = np.ascontiguousarray(weight.T)          # columns[j] = weights of output unit j
+    units = np.arange(n_out)
     for part in range(n_in // n_embd):
-        block_of_inputs = columns[:, part * n_embd:(part + 1) * n_embd]
-        for unit in range(n_out):
-            yield (name, block, part, unit // group_size, unit % group_size,
-                   block_of_inputs[unit], float(bias[unit]) if part == 0 else 0.0)
+        yield copy_rows(n_out, [
+            (model_id, ">i4"), (name.encode(), f"S{len(name)}"), (block, ">i4"), (part, ">i4"),
+            (units // group_size, ">i4"), (units % group_size, ">i4"),
+            (columns[:, part * n_embd:(part + 1) * n_embd], vector_dtype),
+            (bias if part == 0 else 0.0, ">f4"),
+        ])
 
 
 def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "float32",
@@ -39,8 +70,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
         raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
     # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
     # vector column w for float32; position embeddings and norms are small and stay float32.
-    big_column, big_type = ("h", "halfvec") if dtype == "float16" else ("w", "vector")
-    as_big = (lambda a: HalfVector(a.astype(np.float16))) if dtype == "float16" else (lambda a: a)
+    big_column, vector_dtype = ("h", ">f2") if dtype == "float16" else ("w", ">f4")
     progress = progress or (lambda stage, done, total: None)
     register_vector(conn)
     c, t = ck.config, ck.tensors
@@ -83,12 +113,14 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
             # full-page write with checksums on) nor an autovacuum right after the load rewrite
             # 500 MB while a generation runs.
             with cur.copy(frozen_copy(f"wte_{model_id}", ["model_id", "token", big_column])) as cp:
-                cp.set_types(["int4", "int4", big_type])
-                for token, row in enumerate(t["wte.weight"]):
-                    cp.write_row((model_id, token, as_big(row)))
-                    if token % 5000 == 4999:
-                        tick("token embeddings", 5000)
-            tick("token embeddings", c.n_vocab % 5000)
+                cp.write(COPY_SIGNATURE)
+                wte = t["wte.weight"]
+                for first in range(0, c.n_vocab, 5000):
+                    rows = wte[first:first + 5000]
+                    cp.write(copy_rows(len(rows), [(model_id, ">i4"), (np.arange(first, first + len(rows)), ">i4"),
+                                                   (rows, vector_dtype)]))
+                    tick("token embeddings", len(rows))
+                cp.write(COPY_TRAILER)
             with cur.copy("copy gptsql.wpe (model_id, place, w) from stdin (format binary)") as cp:
                 cp.set_types(["int4", "int4", "vector"])
                 for place, row in enumerate(t["wpe.weight"]):
@@ -106,16 +138,18 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                                    ["model_id", "name", "block", "part", "grp", "idx", big_column, "bias"])
             for i in range(c.n_layer):
                 with cur.copy(copy_sql) as cp:
-                    cp.set_types(["int4", "text", "int4", "int4", "int4", "int4", big_type, "float4"])
+                    cp.write(COPY_SIGNATURE)
                     layers = [
-                        ("c_attn", t[f"h.{i}.attn.c_attn.weight"], t[f"h.{i}.attn.c_attn.bias"], c.head_dim),
-                        ("attn_proj", t[f"h.{i}.attn.c_proj.weight"], t[f"h.{i}.attn.c_proj.bias"], n),
-                        ("c_fc", t[f"h.{i}.mlp.c_fc.weight"], t[f"h.{i}.mlp.c_fc.bias"], n),
-                        ("mlp_proj", t[f"h.{i}.mlp.c_proj.weight"], t[f"h.{i}.mlp.c_proj.bias"], n),
+                        ("c_attn", f"h.{i}.attn.c_attn", c.head_dim),
+                        ("attn_proj", f"h.{i}.attn.c_proj", n),
+                        ("c_fc", f"h.{i}.mlp.c_fc", n),
+                        ("mlp_proj", f"h.{i}.mlp.c_proj", n),
                     ]
-                    for lname, weight, bias, group in layers:
-                        for lname_, block_, part, grp, idx, w, b in linear_rows(lname, i, weight, bias, n, group):
-                            cp.write_row((model_id, lname_, block_, part, grp, idx, as_big(w), b))
+                    for lname, key, group in layers:
+                        for chunk in linear_chunks(model_id, lname, i, t[f"{key}.weight"], t[f"{key}.bias"], n,
+                                                   group, vector_dtype):
+                            cp.write(chunk)
+                    cp.write(COPY_TRAILER)
                 tick(f"block {i + 1}/{c.n_layer}", 12 * n)
         progress("analyze", total_rows, total_rows)
     for table in ("token", "merge", f"wte_{model_id}", "wpe", "norm", f"linear_{model_id}"):

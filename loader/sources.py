@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,13 @@ RANDOM_SHAPES = {
     "small": (4, 128, 4, 256),
     "gpt2": (12, 768, 12, 1024),
     "gpt2-medium": (24, 1024, 16, 1024),
+    "gpt2-large": (36, 1280, 20, 1024),
+    "gpt2-xl": (48, 1600, 25, 1024),
 }
+# Random models up to this many parameters keep their tensors once made (the tests and the bench
+# reuse them); bigger ones make each tensor when it is read and forget it, so that a load holds one
+# tensor at a time instead of the whole 3-6 GB model.
+KEEP_RANDOM_TENSORS_UP_TO = 400_000_000
 
 
 @dataclass
@@ -78,14 +85,14 @@ class Config:
 @dataclass
 class Checkpoint:
     config: Config
-    tensors: dict[str, np.ndarray]
+    tensors: Mapping[str, np.ndarray]
     vocab: vocab_mod.Vocabulary
     source: str
     default_name: str
     extra: dict = field(default_factory=dict)
 
     def n_params(self) -> int:
-        return int(sum(t.size for k, t in self.tensors.items()))
+        return int(sum(np.prod(shape) for shape in expected_shapes(self.config).values()))
 
 
 def expected_shapes(c: Config) -> dict[str, tuple[int, ...]]:
@@ -158,6 +165,39 @@ def from_directory(directory: Path, name: str | None = None, source: str | None 
                       name or directory.resolve().name)
 
 
+class RandomTensors(Mapping):
+    """A seeded random GPT-2's tensors, each made when first read from its own seed (so the values do
+    not depend on the order of reading), in float32 throughout. Kept once made when `keep`."""
+
+    def __init__(self, config: Config, seed: int, scale: float, keep: bool):
+        self.shapes = expected_shapes(config)
+        self.seed, self.scale, self.keep = seed, scale, keep
+        self.made: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self.made:
+            return self.made[key]
+        shape = self.shapes[key]
+        rng = np.random.default_rng([self.seed, list(self.shapes).index(key)])
+        tensor = rng.standard_normal(shape, dtype=np.float32)
+        if key.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            tensor *= 0.1
+            tensor += 1
+        elif key == "wte.weight":  # logits are inner products with wte: spread them out
+            tensor *= 0.5
+        elif key != "wpe.weight":  # strong positions (std 1) keep a random model from echoing its input
+            tensor *= 0.02 * self.scale
+        if self.keep:
+            self.made[key] = tensor
+        return tensor
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
 def random_model(shape_name: str, seed: int = 0, scale: float = 5.0) -> Checkpoint:
     """A seeded random GPT-2 of a named shape with the real GPT-2 vocabulary. Weights follow GPT-2's
     initialisation (normal, std 0.02) times `scale`, so next-token distributions are peaked."""
@@ -165,18 +205,10 @@ def random_model(shape_name: str, seed: int = 0, scale: float = 5.0) -> Checkpoi
         raise UserError(f"unknown random shape {shape_name!r}; choose one of: {', '.join(RANDOM_SHAPES)}")
     n_layer, n_embd, n_head, n_ctx = RANDOM_SHAPES[shape_name]
     config = Config(n_vocab=50257, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for key, shape in expected_shapes(config).items():
-        if key.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-            tensors[key] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        elif key == "wte.weight":  # logits are inner products with wte: spread them out
-            tensors[key] = (0.5 * rng.standard_normal(shape)).astype(np.float32)
-        elif key == "wpe.weight":  # strong positions keep a random model from echoing its input
-            tensors[key] = rng.standard_normal(shape).astype(np.float32)
-        else:
-            tensors[key] = (0.02 * scale * rng.standard_normal(shape)).astype(np.float32)
-    return Checkpoint(config, tensors, vocab_mod.gpt2_vocabulary(), f"random:{shape_name}", f"random-{shape_name}")
+    checkpoint = Checkpoint(config, {}, vocab_mod.gpt2_vocabulary(), f"random:{shape_name}", f"random-{shape_name}")
+    keep = checkpoint.n_params() <= KEEP_RANDOM_TENSORS_UP_TO
+    checkpoint.tensors = RandomTensors(config, seed, scale, keep)
+    return checkpoint
 
 
 def from_hub(repo_id: str, name: str | None = None, revision: str | None = None) -> Checkpoint:

@@ -20,12 +20,13 @@ import platformdirs
 import psycopg
 
 from ..errors import UserError
+from . import memory
 
 DB_NAME = "gptsql"
 SERVER_USER_WHEN_ROOT = "embedded_postgres"  # postgres refuses to run as root
 
 # Settings measured for this work (see README, "Speed"): the weights of GPT-2 124M fit in
-# shared_buffers; the vocabulary scan and the MLP run with parallel workers; JIT costs more
+# shared_buffers (a new server's; it grows with the models loaded, see memory.py); the vocabulary scan and the MLP run with parallel workers; JIT costs more
 # than it saves on statements that are planned once and run per token.
 SERVER_SETTINGS = {
     "listen_addresses": "''",
@@ -161,7 +162,8 @@ class Embedded:
             lines = result.stderr.strip().splitlines() or ["no output"]
             raise UserError(f"initdb failed in {self.pgdata}: {lines[0]}")
         with open(self.pgdata / "postgresql.auto.conf", "a") as conf:
-            for key, value in SERVER_SETTINGS.items():
+            settings = {**SERVER_SETTINGS, "shared_buffers": memory.base_shared_buffers()}
+            for key, value in settings.items():
                 conf.write(f"{key} = {value}\n")
 
     def start(self) -> None:

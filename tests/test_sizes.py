@@ -1,0 +1,147 @@
+"""Every GPT-2 size: the embedded server's memory follows the models, a load checks the disk first,
+a model larger than shared_buffers says so. A tiny model against fake small limits (GPTSQL_MEMTOTAL
+for the RAM, GPTSQL_FREE_DISK for the disk), never a real big model."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gptsql.loader.sources import random_model
+from gptsql.server import memory
+from gptsql.server.db import Database
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A private embedded server for this file (its shared_buffers are changed and it restarts)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="gq17-", dir="/tmp"))
+    db = Database(data_dir=data_dir)
+    yield db
+    db.embedded.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def gptsql(db: Database, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    clean.update({"GPTSQL_DATA_DIR": str(db.embedded.data_dir), **env})
+    return subprocess.run([sys.executable, "-m", "gptsql", *args], capture_output=True, text=True,
+                          env=clean, timeout=300)
+
+
+def set_shared_buffers(db: Database, size: str) -> None:
+    """As if the server had been started on a smaller machine: shared_buffers = size, restarted."""
+    with db.connect() as conn:
+        conn.execute(f"alter system set shared_buffers = '{size}'")
+    db.embedded.stop()
+    db.embedded.start()
+
+
+def shared_buffers(db: Database) -> int:
+    with db.connect() as conn:
+        return memory.current_shared_buffers(conn)
+
+
+def models(db: Database) -> list[str]:
+    with db.connect() as conn:
+        return [name for (name,) in conn.execute("select name from gptsql.model order by name")]
+
+
+def test_the_estimate_is_the_size_on_disk(db, tiny, tiny_checkpoint):
+    """The disk check and the memory sizing trust the estimate before anything is written."""
+    from gptsql.loader.load import load
+
+    load(db, tiny_checkpoint, "random-tiny-f16", dtype="float16")
+    actual = memory.model_bytes(db)
+    for name, dtype in (("random-tiny", "float32"), ("random-tiny-f16", "float16")):
+        estimate = memory.estimate_model_bytes(tiny_checkpoint.config, dtype)
+        assert abs(estimate / actual[name] - 1) < 0.1, (name, estimate, actual[name])
+    db.execute("select gptsql.drop_model('random-tiny-f16')")
+
+
+def test_big_shapes_match_transformers_and_are_made_one_tensor_at_a_time():
+    torch = pytest.importorskip("torch")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    for shape in ("gpt2-large", "gpt2-xl"):
+        ck = random_model(shape)
+        c = ck.config
+        with torch.device("meta"):
+            model = GPT2LMHeadModel(GPT2Config(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
+                                               n_positions=c.n_ctx, vocab_size=c.n_vocab))
+        assert ck.n_params() == model.num_parameters()
+        first = ck.tensors["h.0.attn.c_proj.weight"]
+        assert first.dtype.name == "float32" and first.shape == (c.n_embd, c.n_embd)
+        assert not ck.tensors.made, "a big random model must not keep its tensors"
+        assert (ck.tensors["h.0.attn.c_proj.weight"] == first).all()   # made again, the same
+
+
+def test_a_load_without_the_disk_for_it_writes_nothing(server):
+    result = gptsql(server, "load", "random:tiny", GPTSQL_FREE_DISK="5MB")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: not enough free disk for random-tiny"), lines
+    needed = memory.human(memory.estimate_load_bytes(random_model("tiny").config, "float32") + (64 << 20))
+    assert f"needs about {needed}" in lines[0] and "has 5 MB free" in lines[0], lines[0]
+    assert models(server) == []
+
+
+def test_shared_buffers_grow_to_hold_the_models(server):
+    set_shared_buffers(server, "32MB")
+    pid = server.embedded.pid()
+    # A machine of 640 MB: at most 320 MB of shared_buffers, enough for the tiny model and headroom.
+    result = gptsql(server, "load", "random:tiny", GPTSQL_MEMTOTAL="640MB")
+    assert result.returncode == 0, result.stderr
+    assert "shared_buffers 32 MB -> 320 MB" in result.stderr and "restarting" in result.stderr, result.stderr
+    assert shared_buffers(server) == 320 << 20
+    assert server.embedded.pid() != pid
+    # Enough already: no second restart.
+    pid = server.embedded.pid()
+    result = gptsql(server, "load", "random:tiny", "--name", "again", GPTSQL_MEMTOTAL="640MB")
+    assert result.returncode == 0 and "shared_buffers" not in result.stderr, result.stderr
+    assert server.embedded.pid() == pid
+
+
+def test_no_restart_while_another_client_is_connected(server):
+    set_shared_buffers(server, "32MB")
+    pid = server.embedded.pid()
+    with psycopg.connect(server.embedded.dsn()):        # a generation, a psql session...
+        result = gptsql(server, "load", "random:tiny", GPTSQL_MEMTOTAL="640MB")
+        assert result.returncode == 0, result.stderr
+        assert "applies at the next start" in result.stderr, result.stderr
+        assert server.embedded.pid() == pid
+        assert shared_buffers(server) == 32 << 20
+    server.embedded.stop()
+    server.embedded.start()
+    assert shared_buffers(server) == 320 << 20
+
+
+def test_a_model_larger_than_shared_buffers_runs_and_says_so_once(server):
+    if "random-tiny" not in models(server):
+        assert gptsql(server, "load", "random:tiny").returncode == 0
+    set_shared_buffers(server, "8MB")       # the tiny model's weights take ~16 MB
+    with server.connect() as conn:
+        size = memory.human(memory.model_bytes(conn)["random-tiny"])
+    small_machine = {"GPTSQL_MEMTOTAL": "16MB"}  # nothing to grow into
+    result = gptsql(server, "generate", "-m", "random-tiny", "-n", "3", "-t", "0", "Hello", **small_machine)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Hello") and len(result.stdout) > len("Hello\n")
+    lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+    assert len(lines) == 1 and f"random-tiny ({size}) is larger than shared_buffers (8 MB" in lines[0], lines
+    # With --dsn the server is someone else's: one warning naming the setting, nothing changed.
+    dsn = {**small_machine, "GPTSQL_DSN": server.embedded.dsn(), "GPTSQL_MEMTOTAL": "64GB"}
+    pid = server.embedded.pid()
+    result = gptsql(server, "generate", "-m", "random-tiny", "-n", "3", "-t", "0", "Hello", **dsn)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: shared_buffers of this server (8 MB) cannot hold random-tiny ({size})"), lines
+    result = gptsql(server, "load", "random:tiny", "--name", "more", **dsn)
+    assert result.returncode == 0 and "shared_buffers" not in result.stderr, result.stderr
+    assert server.embedded.pid() == pid and shared_buffers(server) == 8 << 20
