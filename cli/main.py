@@ -135,7 +135,8 @@ def psql(ctx: Context, psql_args):
     from ..server.db import psql_command
 
     ctx.conn
-    sys.exit(subprocess.call(psql_command(ctx.db, list(psql_args))))
+    argv, env = psql_command(ctx.db, list(psql_args))
+    sys.exit(subprocess.call(argv, env=env))
 
 
 # ------------------------------------------------------------------------------------ models

@@ -10,6 +10,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -103,6 +104,35 @@ class Embedded:
             entry = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
+    def _server_uid(self) -> tuple[int, int]:
+        if os.geteuid() != 0:
+            return os.geteuid(), os.getegid()
+        _server_user()
+        entry = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+        return entry.pw_uid, entry.pw_gid
+
+    def _private_tmp_dir(self, path: Path) -> None:
+        """The /tmp fallback for the socket: anyone may create that name first (a 0777 folder to
+        plant a fake server, a symlink to get a folder of root's chowned). Made fresh with 0700,
+        or, when it exists, trusted only if it is a real folder of the server's user with 0700;
+        links are never followed."""
+        uid, gid = self._server_uid()
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            info = os.lstat(path)
+            problem = ("is a symbolic link" if stat.S_ISLNK(info.st_mode)
+                       else "is not a directory" if not stat.S_ISDIR(info.st_mode)
+                       else f"belongs to uid {info.st_uid}, not {uid}" if info.st_uid != uid
+                       else f"has mode {stat.S_IMODE(info.st_mode):04o}, not 0700"
+                       if stat.S_IMODE(info.st_mode) != 0o700 else None)
+            if problem:
+                raise UserError(f"the socket directory {path} {problem}: someone else may have made it; "
+                                "remove it, or use a shorter --data-dir / GPTSQL_DATA_DIR") from None
+            return
+        os.chmod(path, 0o700)  # the umask may have narrowed it; it is ours, made just now
+        os.lchown(path, uid, gid)
+
     def _prepare_binaries(self) -> None:
         # As root the server runs as another user: it must be able to read the wheel's files and
         # walk down to the data directory.
@@ -180,8 +210,11 @@ class Embedded:
                           self.socket_dir / ".s.PGSQL.5432.lock"):
                 stale.unlink(missing_ok=True)
         socket_dir = self.socket_dir
-        socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._chown(socket_dir)
+        if socket_dir == self.pgdata:
+            socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._chown(socket_dir)
+        else:
+            self._private_tmp_dir(socket_dir)
         self._prepare_binaries()
         self.log.touch(exist_ok=True)
         self._chown(self.log)
@@ -369,10 +402,20 @@ def check_pgvector(conn: psycopg.Connection) -> None:
         raise UserError(f"PostgreSQL {server // 10000} is too old: gptsql needs 15 or newer")
 
 
-def psql_command(db: Database, args: list[str]) -> list[str]:
+def psql_command(db: Database, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """psql's argv and environment. The password goes in PGPASSWORD, never argv, where any user
+    reads it from /proc/PID/cmdline."""
     psql = shutil.which("psql") if not db.is_embedded else None
     psql = str(pg_bin("psql")) if db.is_embedded or psql is None else psql
-    return [psql, db.dsn(), *args]
+    env = dict(os.environ)
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(db.dsn())
+    except psycopg.ProgrammingError as exc:
+        raise UserError("--dsn / GPTSQL_DSN is not a valid connection string") from exc
+    password = info.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    return [psql, psycopg.conninfo.make_conninfo(**info), *args], env
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:
