@@ -42,7 +42,7 @@ SERVER_SETTINGS = {
     "max_wal_senders": "0",
     "synchronous_commit": "off",
     "unix_socket_permissions": "0700",
-    "max_connections": "40",
+    "max_connections": "100",
 }
 
 
@@ -298,14 +298,19 @@ class Database:
             raise UserError("--dsn / GPTSQL_DSN is not a valid connection string (use key=value pairs, e.g. "
                             "host=... dbname=... user=..., or a postgresql://user@host:port/dbname URI)") from exc
         except psycopg.OperationalError as exc:
-            if self.is_embedded:
-                # The server may have died since its pid file was written: restart once.
+            if refused_for_now(exc):
+                conn = self._wait_for_connection(dsn, autocommit, exc)
+            elif self.is_embedded and not self.embedded.is_running():
+                # The server died since its pid file was written: restart once. A server that is up
+                # is never restarted because it refused a connection (that would cut off every run).
                 self.embedded.stop()
                 self.embedded.start()
                 try:
                     conn = psycopg.connect(self.embedded.dsn(), autocommit=autocommit)
                 except psycopg.OperationalError as exc2:
                     raise UserError(f"cannot connect to the embedded server: {first_line(exc2)}") from exc2
+            elif self.is_embedded:
+                raise UserError(f"cannot connect to the embedded server: {first_line(exc)}") from exc
             else:
                 raise UserError(
                     f"cannot connect to {redact(dsn)}: {first_line(exc)} "
@@ -314,6 +319,36 @@ class Database:
         install(conn)
         mark_orphaned_runs(conn)
         return conn
+
+    def _wait_for_connection(self, dsn: str, autocommit: bool, first: psycopg.OperationalError) -> psycopg.Connection:
+        """Every connection slot is taken: wait (bounded, saying so once) for a command to end."""
+        import sys
+
+        print(f"waiting for a free connection (the server takes max_connections clients; "
+              f"up to {CONNECT_WAIT_SECONDS:.0f} s)...", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + CONNECT_WAIT_SECONDS
+        while True:
+            time.sleep(0.2)
+            try:
+                return psycopg.connect(dsn, autocommit=autocommit)
+            except psycopg.OperationalError as exc:
+                if not refused_for_now(exc) or time.monotonic() > deadline:
+                    raise UserError(
+                        f"the server refused a connection for {CONNECT_WAIT_SECONDS:.0f} s ({first_line(exc)}): "
+                        "too many commands at once; wait for some to finish, or raise max_connections "
+                        "(embedded: in postgresql.auto.conf of the data directory)"
+                    ) from exc
+
+
+CONNECT_WAIT_SECONDS = 30.0
+
+
+def refused_for_now(exc: psycopg.OperationalError) -> bool:
+    """A server that is up but takes no more clients (too many connections, starting up)."""
+    text = str(exc)
+    return (getattr(exc, "sqlstate", None) in ("53300", "57P03")
+            or "too many clients" in text or "remaining connection slots" in text
+            or "the database system is starting up" in text)
 
 
 def mark_orphaned_runs(conn: psycopg.Connection) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from gptsql.server.db import Database, psql_command
+from gptsql.server.db import Database, psql_command, wait_for
 
 from test_faults import make_server
 
@@ -85,3 +86,79 @@ def test_psql_uri_password_not_in_argv():
     argv, env = psql_command(db, [])
     assert not any("p@ss" in arg or "p%40ss" in arg for arg in argv)
     assert env["PGPASSWORD"] == "p@ss"
+
+
+# ------------------------------------------------------------- 1: more clients than the server takes
+from test_faults import PROMPT, Streamed, server  # noqa: E402,F401  (the module's server fixture)
+
+
+def hold_every_slot(s) -> list:
+    """Open connections until the server refuses one; return them (the server is full)."""
+    import psycopg
+
+    held = []
+    while True:
+        try:
+            held.append(psycopg.connect(s.embedded.dsn(), autocommit=True))
+        except psycopg.OperationalError as exc:
+            assert "too many clients" in str(exc) or "connection slots" in str(exc), exc
+            return held
+        assert len(held) < 500, "the server never refused a connection"
+
+
+@pytest.mark.slow
+def test_full_server_is_not_restarted(server):
+    """With every slot taken, a command waits (saying so) instead of restarting the server; a running
+    generation survives, and the command goes on once a slot is free."""
+    import threading
+
+    gen = Streamed(server, "generate", "-m", "random-small", "-n", "40", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 5)
+    pid = server.embedded.pid()
+    held = hold_every_slot(server)
+    try:
+        release = threading.Timer(3.0, lambda: [c.close() for c in held[:3]])
+        release.start()
+        result = server.cli("models", check=False)
+        release.join()
+    finally:
+        for c in held:
+            c.close()
+    assert result.returncode == 0, result.stderr
+    assert "waiting for a free connection" in result.stderr and result.stdout.strip()
+    assert server.embedded.pid() == pid
+    rc, out, err = gen.finish()
+    assert rc == 0, err
+
+
+@pytest.mark.slow
+def test_many_commands_at_once(server):
+    """More generations at once than free slots (all but 5 held until one command says it waits): every one
+    succeeds, the extra ones after waiting for a slot; the server is never restarted."""
+    import threading
+
+    pid = server.embedded.pid()
+    held = hold_every_slot(server)
+    for c in held[:5]:
+        c.close()
+    gens = []
+
+    def release_once_one_waits():
+        wait_for(lambda: any(b"waiting for a free connection" in g.err for g in list(gens)), 60)
+        time.sleep(1)
+        for c in held[5:]:
+            c.close()
+
+    release = threading.Thread(target=release_once_one_waits)
+    release.start()
+    try:
+        gens.extend(Streamed(server, "generate", "-m", "random-tiny", "-n", "3", "-t", "0", PROMPT)
+                    for _ in range(30))
+        results = [gen.finish(timeout=300) for gen in gens]
+    finally:
+        release.join()
+    failed = [err for rc, out, err in results if rc != 0]
+    assert not failed, failed[:3]
+    assert len({out for rc, out, err in results}) == 1
+    assert any("waiting for a free connection" in err for rc, out, err in results)
+    assert server.embedded.pid() == pid
