@@ -9,6 +9,7 @@ import codecs
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,13 @@ from .runs import attention, lens, runs, trace
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
+def end_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does: psycopg cancels the statement in flight
+    (else its backend runs on for minutes) and generate marks its run interrupted."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
+
+
 class OneLineErrors(click.Group):
     """Usage errors too (a bad option value, a missing argument) are one line on stderr with exit
     status 1, like every other error; --help still prints the usage."""
@@ -32,6 +40,7 @@ class OneLineErrors(click.Group):
     def main(self, *args, standalone_mode=True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        end_like_ctrl_c()
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import shutil
 import tempfile
 import time
@@ -162,3 +164,21 @@ def test_many_commands_at_once(server):
     assert len({out for rc, out, err in results}) == 1
     assert any("waiting for a free connection" in err for rc, out, err in results)
     assert server.embedded.pid() == pid
+
+
+# ------------------------------------------------------------- 6: SIGTERM and SIGHUP cancel like Ctrl-C
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_signal_cancels_statement_and_marks_run(server, signum):
+    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 10)
+    gen.proc.send_signal(signum)
+    rc, out, err = gen.finish()
+    assert rc == 130, err
+    run_id = int(re.fullmatch(r"interrupted after \d+ tokens \(run (\d+)\)", err.strip())[1])
+    conn = server.connect()
+    status = conn.execute("select status from gptsql.run where id = %s", [run_id]).fetchone()[0]
+    assert status == "interrupted"
+    active = conn.execute("select count(*) from pg_stat_activity where state = 'active' "
+                          "and query like '%%gptsql.step%%' and pid <> pg_backend_pid()").fetchone()[0]
+    assert active == 0
