@@ -149,6 +149,19 @@ def psql(ctx: Context, psql_args):
 
 
 # ------------------------------------------------------------------------------------ models
+def confirm_replace(conn, name: str, replace: bool) -> bool:
+    """Loading under a name in use deletes that model's recorded runs: ask first, like unload."""
+    found = conn.execute("select (select count(*) from gptsql.run r where r.model_id = m.id) "
+                         "from gptsql.model m where m.name = %s", [name]).fetchone()
+    if found is None or replace:
+        return True
+    what = f'model "{name}" and its {found[0]} recorded run{"s" * (found[0] != 1)}'
+    if not sys.stdin.isatty():
+        raise UserError(f"{what} would be replaced; add --replace to confirm when not at a terminal, "
+                        "or choose another --name")
+    return click.confirm(f"Replace {what}?")
+
+
 @cli.command()
 @click.argument("source")
 @click.option("--name", help="Name to load it under (default: the hub id's last part, the directory's "
@@ -156,9 +169,11 @@ def psql(ctx: Context, psql_args):
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage of the big matrices: float32 (exact: within 1e-3 of transformers) or float16 "
                    "(pgvector halfvec: half the size, a faster vocabulary scan, approximate logits).")
+@click.option("--replace", is_flag=True, help="Replace a model of that name (and its recorded runs) "
+                                            "without asking; needed when not at a terminal.")
 @pass_ctx
 @friendly
-def load(ctx: Context, source, name, dtype):
+def load(ctx: Context, source, name, dtype, replace):
     """Load a GPT-2 into the database.
 
     \b
@@ -168,7 +183,8 @@ def load(ctx: Context, source, name, dtype):
       random:tiny       seeded random GPT-2 (also random:small, random:gpt2, random:gpt2-medium,
                         random:gpt2-large, random:gpt2-xl) with the real vocabulary
 
-    Loading is one transaction: a failed load leaves the model of that name as it was.
+    Loading is one transaction: a failed load leaves the model of that name as it was. A name in use
+    is replaced only after asking (--replace when not at a terminal), with its recorded runs.
     """
     from ..loader import load as loader
     from ..loader.sources import resolve
@@ -177,8 +193,13 @@ def load(ctx: Context, source, name, dtype):
                                TimeRemainingColumn)
 
     started = time.monotonic()
+    if name is not None and not name.strip():
+        raise UserError("--name is empty: give the model a name, or leave --name out for the default")
     checkpoint = resolve(source, name)
     name = name or checkpoint.default_name
+    if not confirm_replace(ctx.conn, name, replace):
+        click.echo("nothing loaded")
+        return
     size = memory.estimate_model_bytes(checkpoint.config, dtype)
     memory.check_disk(ctx.db, ctx.conn, checkpoint.config, dtype, name)
     if memory.follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):

@@ -182,3 +182,20 @@ def test_signal_cancels_statement_and_marks_run(server, signum):
     active = conn.execute("select count(*) from pg_stat_activity where state = 'active' "
                           "and query like '%%gptsql.step%%' and pid <> pg_backend_pid()").fetchone()[0]
     assert active == 0
+
+
+# ------------------------------------------------------------- 7: loading under a name in use
+@pytest.mark.slow
+def test_load_under_existing_name_needs_replace(server):
+    conn = server.connect()
+    before = conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "
+                          "from gptsql.model m where name = 'random-tiny'").fetchone()
+    result = server.cli("load", "random:tiny", "--name", "random-tiny", check=False)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"its {before[1]} recorded run" in result.stderr and "--replace" in result.stderr
+    assert conn.execute("select id from gptsql.model where name = 'random-tiny'").fetchone()[0] == before[0]
+
+
+def test_load_with_empty_name_refused(server):
+    result = server.cli("load", "random:tiny", "--name", "", check=False)
+    assert result.returncode == 1 and result.stderr.startswith("Error: --name is empty")
