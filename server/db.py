@@ -177,6 +177,7 @@ class Embedded:
             return
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.chmod(0o700)  # owner-only (as root, _prepare_binaries adds x for the server)
             self._prepare_binaries()
             self.pgdata.mkdir(mode=0o700, exist_ok=True)
             self._chown(self.pgdata)
@@ -216,11 +217,12 @@ class Embedded:
         else:
             self._private_tmp_dir(socket_dir)
         self._prepare_binaries()
-        self.log.touch(exist_ok=True)
+        self.log.touch(mode=0o600, exist_ok=True)
+        self.log.chmod(0o600)  # it may hold what the server says about a user's statements
         self._chown(self.log)
         result = subprocess.run(
             [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log),
-             "-o", f"-k {socket_dir} -h ''", "start"],
+             "-o", f"-k {socket_dir} -h '' -c log_min_error_statement=panic", "start"],
             capture_output=True, text=True, **self._run_as(),
         )
         if result.returncode != 0:

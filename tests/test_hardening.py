@@ -199,3 +199,22 @@ def test_load_under_existing_name_needs_replace(server):
 def test_load_with_empty_name_refused(server):
     result = server.cli("load", "random:tiny", "--name", "", check=False)
     assert result.returncode == 1 and result.stderr.startswith("Error: --name is empty")
+
+
+# ------------------------------------------------------------- 3: private files, no prompts in the log
+@pytest.mark.slow
+def test_log_is_private_and_holds_no_prompt(server):
+    import stat as st
+
+    secret = "my bank PIN is 4921-zq"
+    result = server.cli("generate", "-m", "no-such-model-here", secret, check=False)
+    assert result.returncode == 1
+    conn = server.connect()
+    with pytest.raises(Exception):
+        # The text as psql sends it: the prompt inside the statement, not a parameter.
+        conn.execute(f"select gptsql.generate('{secret}', 1, model => 'no-such-model-here')".encode())
+    conn.close()
+    log = server.embedded.log
+    assert secret not in log.read_text(errors="replace")
+    assert st.S_IMODE(log.stat().st_mode) == 0o600
+    assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o066 == 0
