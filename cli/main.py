@@ -321,6 +321,10 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     except (psycopg.Error, UserError) as exc:
         click.echo()
         gen.stop("failed", str(exc))
+        if isinstance(exc, psycopg.Error) and not conn.broken and not conn.closed and conn.execute(
+                "select not exists (select from gptsql.model where id = %s)", [gen.model_id]).fetchone()[0]:
+            raise UserError(f"the model was removed (gptsql unload or a load under its name) after "
+                            f"{gen.generated} tokens; the text so far is above") from exc
         if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
             raise UserError(f"lost the database after {gen.generated} tokens (run {gen.run_id}): "
                             f"{db_error_message(exc)}; the text so far is above, and the run is marked "

@@ -218,3 +218,15 @@ def test_log_is_private_and_holds_no_prompt(server):
     assert secret not in log.read_text(errors="replace")
     assert st.S_IMODE(log.stat().st_mode) == 0o600
     assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o066 == 0
+
+
+# ------------------------------------------------------------- 8: unload during a generation
+@pytest.mark.slow
+def test_unload_during_generation_says_model_removed(server):
+    server.cli("load", "random:small", "--name", "doomed", "--replace")
+    gen = Streamed(server, "generate", "-m", "doomed", "-n", "250", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 10)
+    server.cli("unload", "doomed", "--yes")
+    rc, out, err = gen.finish()
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "the model was removed" in err and "dimension" not in err
