@@ -9,6 +9,7 @@ import codecs
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,13 @@ from .runs import attention, lens, runs, trace
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
+def end_like_ctrl_c() -> None:
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does: psycopg cancels the statement in flight
+    (else its backend runs on for minutes) and generate marks its run interrupted."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
+
+
 class OneLineErrors(click.Group):
     """Usage errors too (a bad option value, a missing argument) are one line on stderr with exit
     status 1, like every other error; --help still prints the usage."""
@@ -32,6 +40,7 @@ class OneLineErrors(click.Group):
     def main(self, *args, standalone_mode=True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        end_like_ctrl_c()
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -135,10 +144,24 @@ def psql(ctx: Context, psql_args):
     from ..server.db import psql_command
 
     ctx.conn
-    sys.exit(subprocess.call(psql_command(ctx.db, list(psql_args))))
+    argv, env = psql_command(ctx.db, list(psql_args))
+    sys.exit(subprocess.call(argv, env=env))
 
 
 # ------------------------------------------------------------------------------------ models
+def confirm_replace(conn, name: str, replace: bool) -> bool:
+    """Loading under a name in use deletes that model's recorded runs: ask first, like unload."""
+    found = conn.execute("select (select count(*) from gptsql.run r where r.model_id = m.id) "
+                         "from gptsql.model m where m.name = %s", [name]).fetchone()
+    if found is None or replace:
+        return True
+    what = f'model "{name}" and its {found[0]} recorded run{"s" * (found[0] != 1)}'
+    if not sys.stdin.isatty():
+        raise UserError(f"{what} would be replaced; add --replace to confirm when not at a terminal, "
+                        "or choose another --name")
+    return click.confirm(f"Replace {what}?")
+
+
 @cli.command()
 @click.argument("source")
 @click.option("--name", help="Name to load it under (default: the hub id's last part, the directory's "
@@ -146,9 +169,11 @@ def psql(ctx: Context, psql_args):
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage of the big matrices: float32 (exact: within 1e-3 of transformers) or float16 "
                    "(pgvector halfvec: half the size, a faster vocabulary scan, approximate logits).")
+@click.option("--replace", is_flag=True, help="Replace a model of that name (and its recorded runs) "
+                                            "without asking; needed when not at a terminal.")
 @pass_ctx
 @friendly
-def load(ctx: Context, source, name, dtype):
+def load(ctx: Context, source, name, dtype, replace):
     """Load a GPT-2 into the database.
 
     \b
@@ -158,7 +183,8 @@ def load(ctx: Context, source, name, dtype):
       random:tiny       seeded random GPT-2 (also random:small, random:gpt2, random:gpt2-medium,
                         random:gpt2-large, random:gpt2-xl) with the real vocabulary
 
-    Loading is one transaction: a failed load leaves the model of that name as it was.
+    Loading is one transaction: a failed load leaves the model of that name as it was. A name in use
+    is replaced only after asking (--replace when not at a terminal), with its recorded runs.
     """
     from ..loader import load as loader
     from ..loader.sources import resolve
@@ -167,8 +193,13 @@ def load(ctx: Context, source, name, dtype):
                                TimeRemainingColumn)
 
     started = time.monotonic()
+    if name is not None and not name.strip():
+        raise UserError("--name is empty: give the model a name, or leave --name out for the default")
     checkpoint = resolve(source, name)
     name = name or checkpoint.default_name
+    if not confirm_replace(ctx.conn, name, replace):
+        click.echo("nothing loaded")
+        return
     size = memory.estimate_model_bytes(checkpoint.config, dtype)
     memory.check_disk(ctx.db, ctx.conn, checkpoint.config, dtype, name)
     if memory.follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):
@@ -290,6 +321,10 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     except (psycopg.Error, UserError) as exc:
         click.echo()
         gen.stop("failed", str(exc))
+        if isinstance(exc, psycopg.Error) and not conn.broken and not conn.closed and conn.execute(
+                "select not exists (select from gptsql.model where id = %s)", [gen.model_id]).fetchone()[0]:
+            raise UserError(f"the model was removed (gptsql unload or a load under its name) after "
+                            f"{gen.generated} tokens; the text so far is above") from exc
         if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
             raise UserError(f"lost the database after {gen.generated} tokens (run {gen.run_id}): "
                             f"{db_error_message(exc)}; the text so far is above, and the run is marked "

@@ -10,6 +10,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ SERVER_SETTINGS = {
     "max_wal_senders": "0",
     "synchronous_commit": "off",
     "unix_socket_permissions": "0700",
-    "max_connections": "40",
+    "max_connections": "100",
 }
 
 
@@ -103,6 +104,35 @@ class Embedded:
             entry = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
+    def _server_uid(self) -> tuple[int, int]:
+        if os.geteuid() != 0:
+            return os.geteuid(), os.getegid()
+        _server_user()
+        entry = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+        return entry.pw_uid, entry.pw_gid
+
+    def _private_tmp_dir(self, path: Path) -> None:
+        """The /tmp fallback for the socket: anyone may create that name first (a 0777 folder to
+        plant a fake server, a symlink to get a folder of root's chowned). Made fresh with 0700,
+        or, when it exists, trusted only if it is a real folder of the server's user with 0700;
+        links are never followed."""
+        uid, gid = self._server_uid()
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            info = os.lstat(path)
+            problem = ("is a symbolic link" if stat.S_ISLNK(info.st_mode)
+                       else "is not a directory" if not stat.S_ISDIR(info.st_mode)
+                       else f"belongs to uid {info.st_uid}, not {uid}" if info.st_uid != uid
+                       else f"has mode {stat.S_IMODE(info.st_mode):04o}, not 0700"
+                       if stat.S_IMODE(info.st_mode) != 0o700 else None)
+            if problem:
+                raise UserError(f"the socket directory {path} {problem}: someone else may have made it; "
+                                "remove it, or use a shorter --data-dir / GPTSQL_DATA_DIR") from None
+            return
+        os.chmod(path, 0o700)  # the umask may have narrowed it; it is ours, made just now
+        os.lchown(path, uid, gid)
+
     def _prepare_binaries(self) -> None:
         # As root the server runs as another user: it must be able to read the wheel's files and
         # walk down to the data directory.
@@ -147,6 +177,7 @@ class Embedded:
             return
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.chmod(0o700)  # owner-only (as root, _prepare_binaries adds x for the server)
             self._prepare_binaries()
             self.pgdata.mkdir(mode=0o700, exist_ok=True)
             self._chown(self.pgdata)
@@ -180,14 +211,18 @@ class Embedded:
                           self.socket_dir / ".s.PGSQL.5432.lock"):
                 stale.unlink(missing_ok=True)
         socket_dir = self.socket_dir
-        socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._chown(socket_dir)
+        if socket_dir == self.pgdata:
+            socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._chown(socket_dir)
+        else:
+            self._private_tmp_dir(socket_dir)
         self._prepare_binaries()
-        self.log.touch(exist_ok=True)
+        self.log.touch(mode=0o600, exist_ok=True)
+        self.log.chmod(0o600)  # it may hold what the server says about a user's statements
         self._chown(self.log)
         result = subprocess.run(
             [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log),
-             "-o", f"-k {socket_dir} -h ''", "start"],
+             "-o", f"-k {socket_dir} -h '' -c log_min_error_statement=panic", "start"],
             capture_output=True, text=True, **self._run_as(),
         )
         if result.returncode != 0:
@@ -265,14 +300,19 @@ class Database:
             raise UserError("--dsn / GPTSQL_DSN is not a valid connection string (use key=value pairs, e.g. "
                             "host=... dbname=... user=..., or a postgresql://user@host:port/dbname URI)") from exc
         except psycopg.OperationalError as exc:
-            if self.is_embedded:
-                # The server may have died since its pid file was written: restart once.
+            if refused_for_now(exc):
+                conn = self._wait_for_connection(dsn, autocommit, exc)
+            elif self.is_embedded and not self.embedded.is_running():
+                # The server died since its pid file was written: restart once. A server that is up
+                # is never restarted because it refused a connection (that would cut off every run).
                 self.embedded.stop()
                 self.embedded.start()
                 try:
                     conn = psycopg.connect(self.embedded.dsn(), autocommit=autocommit)
                 except psycopg.OperationalError as exc2:
                     raise UserError(f"cannot connect to the embedded server: {first_line(exc2)}") from exc2
+            elif self.is_embedded:
+                raise UserError(f"cannot connect to the embedded server: {first_line(exc)}") from exc
             else:
                 raise UserError(
                     f"cannot connect to {redact(dsn)}: {first_line(exc)} "
@@ -281,6 +321,36 @@ class Database:
         install(conn)
         mark_orphaned_runs(conn)
         return conn
+
+    def _wait_for_connection(self, dsn: str, autocommit: bool, first: psycopg.OperationalError) -> psycopg.Connection:
+        """Every connection slot is taken: wait (bounded, saying so once) for a command to end."""
+        import sys
+
+        print(f"waiting for a free connection (the server takes max_connections clients; "
+              f"up to {CONNECT_WAIT_SECONDS:.0f} s)...", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + CONNECT_WAIT_SECONDS
+        while True:
+            time.sleep(0.2)
+            try:
+                return psycopg.connect(dsn, autocommit=autocommit)
+            except psycopg.OperationalError as exc:
+                if not refused_for_now(exc) or time.monotonic() > deadline:
+                    raise UserError(
+                        f"the server refused a connection for {CONNECT_WAIT_SECONDS:.0f} s ({first_line(exc)}): "
+                        "too many commands at once; wait for some to finish, or raise max_connections "
+                        "(embedded: in postgresql.auto.conf of the data directory)"
+                    ) from exc
+
+
+CONNECT_WAIT_SECONDS = 30.0
+
+
+def refused_for_now(exc: psycopg.OperationalError) -> bool:
+    """A server that is up but takes no more clients (too many connections, starting up)."""
+    text = str(exc)
+    return (getattr(exc, "sqlstate", None) in ("53300", "57P03")
+            or "too many clients" in text or "remaining connection slots" in text
+            or "the database system is starting up" in text)
 
 
 def mark_orphaned_runs(conn: psycopg.Connection) -> None:
@@ -369,10 +439,20 @@ def check_pgvector(conn: psycopg.Connection) -> None:
         raise UserError(f"PostgreSQL {server // 10000} is too old: gptsql needs 15 or newer")
 
 
-def psql_command(db: Database, args: list[str]) -> list[str]:
+def psql_command(db: Database, args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """psql's argv and environment. The password goes in PGPASSWORD, never argv, where any user
+    reads it from /proc/PID/cmdline."""
     psql = shutil.which("psql") if not db.is_embedded else None
     psql = str(pg_bin("psql")) if db.is_embedded or psql is None else psql
-    return [psql, db.dsn(), *args]
+    env = dict(os.environ)
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(db.dsn())
+    except psycopg.ProgrammingError as exc:
+        raise UserError("--dsn / GPTSQL_DSN is not a valid connection string") from exc
+    password = info.pop("password", None)
+    if password is not None:
+        env["PGPASSWORD"] = str(password)
+    return [psql, psycopg.conninfo.make_conninfo(**info), *args], env
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

@@ -168,7 +168,7 @@ def test_loader_killed_in_the_middle_of_a_load(server, tiny_checkpoint):
     text = conn.execute("select gptsql.generate(%s, 5, model => 'victim')", [PROMPT]).fetchone()[0]
     models = conn.execute("select count(*) from gptsql.model").fetchone()[0]
     for sig, status in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
-        loader = Streamed(server, "load", "random:small", "--name", "victim")
+        loader = Streamed(server, "load", "random:small", "--name", "victim", "--replace")
         # Stop it while it writes the blocks, inside its transaction.
         assert wait_for(lambda: conn.execute(
             "select pid from pg_stat_activity where query ilike 'copy %%linear%%' and backend_xid is not null"
@@ -189,7 +189,7 @@ def test_loader_killed_in_the_middle_of_a_load(server, tiny_checkpoint):
             assert conn.execute("select count(*) from pg_inherits where inhparent = %s::regclass",
                                 [parent]).fetchone()[0] == models
     # The next load succeeds, and once it has returned it survives a crash.
-    server.cli("load", "random:small", "--name", "victim")
+    server.cli("load", "random:small", "--name", "victim", "--replace")
     server.stop_immediately()
     conn = server.connect()
     assert conn.execute("select n_layer from gptsql.model where name = 'victim'").fetchone()[0] == 4

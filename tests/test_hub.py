@@ -178,14 +178,14 @@ def test_load_downloads_with_progress_then_uses_the_cache(hub, gptsql, backend, 
 
     # 2. Second load: from the cache; the hub serves no file again.
     fetched_before = [r for r in hub.requests if r.method == "GET" and "/api/" not in r.path]
-    result = gptsql("load", GPT2, "--name", "hubtest-first", hf_home=hf_home)
+    result = gptsql("load", GPT2, "--name", "hubtest-first", "--replace", hf_home=hf_home)
     assert result.returncode == 0, result.stderr
     fetched_after = [r for r in hub.requests if r.method == "GET" and "/api/" not in r.path]
     assert fetched_after == fetched_before, "the second load downloaded files again"
     assert len(weights_gets(hub)) == 1
 
     # 3. The hub unreachable: the cache alone is enough.
-    result = gptsql("load", GPT2, "--name", "hubtest-first", hf_home=hf_home,
+    result = gptsql("load", GPT2, "--name", "hubtest-first", "--replace", hf_home=hf_home,
                     endpoint=f"http://127.0.0.1:{closed_port()}")
     assert result.returncode == 0, result.stderr
     assert "loaded hubtest-first" in result.stdout

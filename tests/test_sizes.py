@@ -83,7 +83,7 @@ def test_big_shapes_match_transformers_and_are_made_one_tensor_at_a_time():
 
 
 def test_a_load_without_the_disk_for_it_writes_nothing(server):
-    result = gptsql(server, "load", "random:tiny", GPTSQL_FREE_DISK="5MB")
+    result = gptsql(server, "load", "random:tiny", "--replace", GPTSQL_FREE_DISK="5MB")
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: not enough free disk for random-tiny"), lines
@@ -96,14 +96,14 @@ def test_shared_buffers_grow_to_hold_the_models(server):
     set_shared_buffers(server, "32MB")
     pid = server.embedded.pid()
     # A machine of 640 MB: at most 320 MB of shared_buffers, enough for the tiny model and headroom.
-    result = gptsql(server, "load", "random:tiny", GPTSQL_MEMTOTAL="640MB")
+    result = gptsql(server, "load", "random:tiny", "--replace", GPTSQL_MEMTOTAL="640MB")
     assert result.returncode == 0, result.stderr
     assert "shared_buffers 32 MB -> 320 MB" in result.stderr and "restarting" in result.stderr, result.stderr
     assert shared_buffers(server) == 320 << 20
     assert server.embedded.pid() != pid
     # Enough already: no second restart.
     pid = server.embedded.pid()
-    result = gptsql(server, "load", "random:tiny", "--name", "again", GPTSQL_MEMTOTAL="640MB")
+    result = gptsql(server, "load", "random:tiny", "--replace", "--name", "again", GPTSQL_MEMTOTAL="640MB")
     assert result.returncode == 0 and "shared_buffers" not in result.stderr, result.stderr
     assert server.embedded.pid() == pid
 
@@ -112,7 +112,7 @@ def test_no_restart_while_another_client_is_connected(server):
     set_shared_buffers(server, "32MB")
     pid = server.embedded.pid()
     with psycopg.connect(server.embedded.dsn()):        # a generation, a psql session...
-        result = gptsql(server, "load", "random:tiny", GPTSQL_MEMTOTAL="640MB")
+        result = gptsql(server, "load", "random:tiny", "--replace", GPTSQL_MEMTOTAL="640MB")
         assert result.returncode == 0, result.stderr
         assert "applies at the next start" in result.stderr, result.stderr
         assert server.embedded.pid() == pid
@@ -124,7 +124,7 @@ def test_no_restart_while_another_client_is_connected(server):
 
 def test_a_model_larger_than_shared_buffers_runs_and_says_so_once(server):
     if "random-tiny" not in models(server):
-        assert gptsql(server, "load", "random:tiny").returncode == 0
+        assert gptsql(server, "load", "random:tiny", "--replace").returncode == 0
     set_shared_buffers(server, "8MB")       # the tiny model's weights take ~16 MB
     with server.connect() as conn:
         size = memory.human(memory.model_bytes(conn)["random-tiny"])

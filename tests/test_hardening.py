@@ -1,0 +1,232 @@
+"""Issue 13, under load and attack: the socket fallback in /tmp and the psql password."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from gptsql.server.db import Database, psql_command, wait_for
+
+from test_faults import make_server
+
+
+# ------------------------------------------------------------- 4: the /tmp socket fallback
+@pytest.fixture
+def long_server():
+    base = Path(tempfile.mkdtemp(prefix="gqh-", dir="/tmp"))
+    s = make_server(base / ("long-" * 20))
+    assert str(s.embedded.socket_dir).startswith("/tmp/gptsql-")
+    yield s
+    s.embedded.stop()
+    sock = s.embedded.socket_dir
+    if sock.is_symlink():
+        sock.unlink()
+    else:
+        shutil.rmtree(sock, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_planted_socket_dir_refused(long_server):
+    """A /tmp/gptsql-HASH folder someone else made first (0777) is refused with one line, not used."""
+    sock = long_server.embedded.socket_dir
+    sock.mkdir(mode=0o777)
+    sock.chmod(0o777)
+    os.chown(sock, *long_server.embedded._server_uid())  # the right owner: only the mode is wrong
+    result = long_server.cli("db", "start", check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "not 0700" in result.stderr and str(sock) in result.stderr
+    assert long_server.embedded.pid() is None
+
+
+@pytest.mark.slow
+def test_foreign_socket_dir_refused(long_server):
+    """A 0700 folder of another user (here: root's or a stranger's uid) is refused too."""
+    sock = long_server.embedded.socket_dir
+    sock.mkdir(mode=0o700)
+    os.chown(sock, 12345, 12345)
+    result = long_server.cli("db", "start", check=False)
+    assert result.returncode == 1 and "belongs to uid 12345" in result.stderr
+
+
+@pytest.mark.slow
+def test_planted_socket_symlink_refused_not_followed(long_server):
+    """A symlink of that name is refused, and its target is neither chowned nor chmodded."""
+    target = Path(tempfile.mkdtemp(prefix="gqh-target-", dir="/tmp"))
+    try:
+        target.chmod(0o755)
+        before = os.stat(target)
+        sock = long_server.embedded.socket_dir
+        sock.symlink_to(target)
+        result = long_server.cli("db", "start", check=False)
+        assert result.returncode == 1 and "symbolic link" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        after = os.stat(target)
+        assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+# ------------------------------------------------------------- 5: psql without the password in argv
+def test_psql_password_not_in_argv():
+    db = Database(dsn="host=/nowhere dbname=gptsql user=alice password=s3cret-pw")
+    argv, env = psql_command(db, ["-c", "select 1"])
+    assert not any("s3cret-pw" in arg for arg in argv)
+    assert env["PGPASSWORD"] == "s3cret-pw"
+    assert "user=alice" in argv[1] and "dbname=gptsql" in argv[1] and argv[2:] == ["-c", "select 1"]
+
+
+def test_psql_uri_password_not_in_argv():
+    db = Database(dsn="postgresql://bob:p%40ss@localhost:5433/gptsql")
+    argv, env = psql_command(db, [])
+    assert not any("p@ss" in arg or "p%40ss" in arg for arg in argv)
+    assert env["PGPASSWORD"] == "p@ss"
+
+
+# ------------------------------------------------------------- 1: more clients than the server takes
+from test_faults import PROMPT, Streamed, server  # noqa: E402,F401  (the module's server fixture)
+
+
+def hold_every_slot(s) -> list:
+    """Open connections until the server refuses one; return them (the server is full)."""
+    import psycopg
+
+    held = []
+    while True:
+        try:
+            held.append(psycopg.connect(s.embedded.dsn(), autocommit=True))
+        except psycopg.OperationalError as exc:
+            assert "too many clients" in str(exc) or "connection slots" in str(exc), exc
+            return held
+        assert len(held) < 500, "the server never refused a connection"
+
+
+@pytest.mark.slow
+def test_full_server_is_not_restarted(server):
+    """With every slot taken, a command waits (saying so) instead of restarting the server; a running
+    generation survives, and the command goes on once a slot is free."""
+    import threading
+
+    gen = Streamed(server, "generate", "-m", "random-small", "-n", "40", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 5)
+    pid = server.embedded.pid()
+    held = hold_every_slot(server)
+    try:
+        release = threading.Timer(3.0, lambda: [c.close() for c in held[:3]])
+        release.start()
+        result = server.cli("models", check=False)
+        release.join()
+    finally:
+        for c in held:
+            c.close()
+    assert result.returncode == 0, result.stderr
+    assert "waiting for a free connection" in result.stderr and result.stdout.strip()
+    assert server.embedded.pid() == pid
+    rc, out, err = gen.finish()
+    assert rc == 0, err
+
+
+@pytest.mark.slow
+def test_many_commands_at_once(server):
+    """More generations at once than free slots (all but 5 held until one command says it waits): every one
+    succeeds, the extra ones after waiting for a slot; the server is never restarted."""
+    import threading
+
+    pid = server.embedded.pid()
+    held = hold_every_slot(server)
+    for c in held[:5]:
+        c.close()
+    gens = []
+
+    def release_once_one_waits():
+        wait_for(lambda: any(b"waiting for a free connection" in g.err for g in list(gens)), 60)
+        time.sleep(1)
+        for c in held[5:]:
+            c.close()
+
+    release = threading.Thread(target=release_once_one_waits)
+    release.start()
+    try:
+        gens.extend(Streamed(server, "generate", "-m", "random-tiny", "-n", "3", "-t", "0", PROMPT)
+                    for _ in range(30))
+        results = [gen.finish(timeout=300) for gen in gens]
+    finally:
+        release.join()
+    failed = [err for rc, out, err in results if rc != 0]
+    assert not failed, failed[:3]
+    assert len({out for rc, out, err in results}) == 1
+    assert any("waiting for a free connection" in err for rc, out, err in results)
+    assert server.embedded.pid() == pid
+
+
+# ------------------------------------------------------------- 6: SIGTERM and SIGHUP cancel like Ctrl-C
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_signal_cancels_statement_and_marks_run(server, signum):
+    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 10)
+    gen.proc.send_signal(signum)
+    rc, out, err = gen.finish()
+    assert rc == 130, err
+    run_id = int(re.fullmatch(r"interrupted after \d+ tokens \(run (\d+)\)", err.strip())[1])
+    conn = server.connect()
+    status = conn.execute("select status from gptsql.run where id = %s", [run_id]).fetchone()[0]
+    assert status == "interrupted"
+    active = conn.execute("select count(*) from pg_stat_activity where state = 'active' "
+                          "and query like '%%gptsql.step%%' and pid <> pg_backend_pid()").fetchone()[0]
+    assert active == 0
+
+
+# ------------------------------------------------------------- 7: loading under a name in use
+@pytest.mark.slow
+def test_load_under_existing_name_needs_replace(server):
+    conn = server.connect()
+    before = conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "
+                          "from gptsql.model m where name = 'random-tiny'").fetchone()
+    result = server.cli("load", "random:tiny", "--name", "random-tiny", check=False)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert f"its {before[1]} recorded run" in result.stderr and "--replace" in result.stderr
+    assert conn.execute("select id from gptsql.model where name = 'random-tiny'").fetchone()[0] == before[0]
+
+
+def test_load_with_empty_name_refused(server):
+    result = server.cli("load", "random:tiny", "--name", "", check=False)
+    assert result.returncode == 1 and result.stderr.startswith("Error: --name is empty")
+
+
+# ------------------------------------------------------------- 3: private files, no prompts in the log
+@pytest.mark.slow
+def test_log_is_private_and_holds_no_prompt(server):
+    import stat as st
+
+    secret = "my bank PIN is 4921-zq"
+    result = server.cli("generate", "-m", "no-such-model-here", secret, check=False)
+    assert result.returncode == 1
+    conn = server.connect()
+    with pytest.raises(Exception):
+        # The text as psql sends it: the prompt inside the statement, not a parameter.
+        conn.execute(f"select gptsql.generate('{secret}', 1, model => 'no-such-model-here')".encode())
+    conn.close()
+    log = server.embedded.log
+    assert secret not in log.read_text(errors="replace")
+    assert st.S_IMODE(log.stat().st_mode) == 0o600
+    assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o066 == 0
+
+
+# ------------------------------------------------------------- 8: unload during a generation
+@pytest.mark.slow
+def test_unload_during_generation_says_model_removed(server):
+    server.cli("load", "random:small", "--name", "doomed", "--replace")
+    gen = Streamed(server, "generate", "-m", "doomed", "-n", "250", "-t", "0", PROMPT)
+    gen.wait_for_output(len(PROMPT) + 10)
+    server.cli("unload", "doomed", "--yes")
+    rc, out, err = gen.finish()
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "the model was removed" in err and "dimension" not in err
