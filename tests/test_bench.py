@@ -18,8 +18,18 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     assert set(figures["sql"]["by_context"]) == {"16", "64"}
     assert figures["sql"]["prefill_s"] > 0 and figures["torch"]["decode_s"] > 0
     assert figures["sql"]["weights_pass_s"] > 0 and "decode floor: one pass over all weights" in result.stdout
-    # float16 storage of a random model: the greedy tokens agree with float32 PyTorch
-    assert figures["fidelity"]["top1_same"]
+    # the README's fidelity figures (float32 storage here): logits within 1e-3 of PyTorch, same greedy tokens
+    fidelity = figures["fidelity"]
+    assert fidelity["max_abs_logit_error"] <= 1e-3
+    assert fidelity["top1_same"] and fidelity["greedy_tokens_same"]
+    # each ratio is the quotient of the two timings it names
+    sql, numpy_, torch_, ratios = figures["sql"], figures["numpy"], figures["torch"], figures["ratios"]
+    assert ratios["decode_sql_over_torch"] == sql["decode_s"] / torch_["decode_s"]
+    assert ratios["prefill_sql_over_torch"] == sql["prefill_s"] / torch_["prefill_s"]
+    assert ratios["weights_pass_over_torch_decode"] == sql["weights_pass_s"] / torch_["decode_s"]
+    assert ratios["prefill_weights_pass_over_torch_prefill"] == sql["prefill_weights_pass_s"] / torch_["prefill_s"]
+    assert ratios["decode_sql_over_numpy"] == sql["decode_s"] / numpy_["decode_s"]
+    assert ratios["prefill_sql_over_numpy"] == sql["prefill_s"] / numpy_["prefill_s"]
     # the benchmark's model is dropped afterwards
     assert db.execute("select count(*) from gptsql.model where name like 'bench-%'").fetchone()[0] == 0
 
