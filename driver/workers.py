@@ -1,0 +1,119 @@
+"""One generation over several backends: each worker (a connection of its own) owns a share of
+every block's heads, of the MLP's unit groups and of the vocabulary (sql/10_shards.sql). The
+workers run their shares at the same time, one thread each (psycopg waits without the GIL); between
+the two halves of a block Python hands every worker the others' partial vectors, as pgvector's
+binary values, untouched. SQL sums them and chooses the token."""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from ..errors import UserError
+from .generation import Generation
+
+
+def default_workers() -> int:
+    """GPTSQL_WORKERS, or one worker per core."""
+    raw = os.environ.get("GPTSQL_WORKERS")
+    if raw is None:
+        return os.cpu_count() or 1
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"GPTSQL_WORKERS={raw!r} is not a number of workers; set it to 1 or more (1: one backend)")
+    return value
+
+
+def shares(n: int, workers: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each worker over n things; uneven when workers does not divide n."""
+    return [(n * w // workers, n * (w + 1) // workers) for w in range(workers)]
+
+
+class Workers:
+    """N connections to one server, each with its share of a model."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], n: int, model_id: int, shape: tuple):
+        n_vocab, n_embd, n_head = shape
+        groups = 4  # c_fc's 4 n_embd units come as 4 groups of n_embd (sql/00_schema.sql)
+        if n > min(n_head, groups):
+            raise UserError(f"{n} workers but the model has {n_head} heads and {groups} MLP groups to share; "
+                            f"use --workers {min(n_head, groups)} or fewer")
+        self.model_id, self.n = model_id, n
+        self.heads, self.groups, self.vocab = shares(n_head, n), shares(groups, n), shares(n_vocab, n)
+        self.conns: list[psycopg.Connection] = []
+        try:
+            for _ in range(n):
+                conn = connect()
+                register_vector(conn)
+                self.conns.append(conn)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise UserError(f"the server refused worker connection {len(self.conns) + 1} of {n} "
+                            f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}); "
+                            "use fewer --workers (or GPTSQL_WORKERS=1), or raise max_connections") from exc
+        self.pool = ThreadPoolExecutor(n)
+
+    def each(self, query: str, params: Callable[[int], list]) -> list[tuple]:
+        """Run query on every worker at once (params(w) for worker w); their rows, worker-ordered."""
+        def one(w):
+            return self.conns[w].execute(query, params(w), prepare=True, binary=True).fetchone()
+        return list(self.pool.map(one, range(self.n)))
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        if hasattr(self, "pool"):
+            self.pool.shutdown()
+
+
+def flat(shares: list) -> list:
+    """The workers' arrays end to end (worker-major), as the SQL side reads them."""
+    return [p for share in shares for p in share]
+
+
+class ShardedGeneration(Generation):
+    """A Generation whose steps run over the workers; started and finished on the lead connection."""
+
+    ATTENTION = """select h, partial from gptsql.block_attention_share(%s, %s, %s, %s, %s, %s::vector[],
+                   %s::vector[], %s, %s, %s)"""
+    MLP = "select a, partial from gptsql.block_mlp_share(%s, %s, %s::vector[], %s::vector[], %s, %s)"
+    LOGITS = """select top_tokens, top_logits, peak, z, g_token, g_logit, g_key, all_tokens, all_logits
+                from gptsql.logits_share(%s, %s, %s, %s::vector[], %s::vector[], %s, %s, %s, %s, %s, %s)"""
+
+    def __init__(self, conn, workers: Workers, *args, **kwargs):
+        super().__init__(conn, *args, **kwargs)
+        self.workers = workers
+        self.n_layer, self.temperature, self.top_k, self.top_p = conn.execute(
+            """select m.n_layer, r.temperature, r.top_k, r.top_p from gptsql.run r
+               join gptsql.model m on m.id = r.model_id where r.id = %s""", [self.run_id]).fetchone()
+
+    def step(self, fresh: list[int], start: int):
+        began = time.perf_counter()
+        ws, run, model = self.workers, self.run_id, self.model_id
+        place = start + len(fresh)
+        u = self.conn.execute("select gptsql.draw(%s, %s)", [run, place], prepare=True).fetchone()[0]
+        resid, partials = None, None
+        for block in range(self.n_layer):
+            rows = ws.each(self.ATTENTION, lambda w: [run, model, block, start, fresh, resid, partials and flat(partials),
+                                                      *ws.heads[w], w == 0])
+            resid, partials = rows[0][0], [r[1] for r in rows]
+            rows = ws.each(self.MLP, lambda w: [model, block, resid, flat(partials), *ws.groups[w]])
+            resid, partials = rows[0][0], [r[1] for r in rows]
+        gather = self.temperature > 0 and (self.top_k > 0 or self.top_p < 1)
+        rows = ws.each(self.LOGITS, lambda w: [run, model, start, resid, flat(partials), *ws.vocab[w], w == 0,
+                                               self.temperature, u, gather])
+        columns = list(zip(*rows))
+        merged = [flat(columns[0]), flat(columns[1]), list(columns[2]), list(columns[3]),
+                  list(columns[4]), list(columns[5]), list(columns[6]),
+                  flat(columns[7]) if gather else None, flat(columns[8]) if gather else None]
+        elapsed_ms = (time.perf_counter() - began) * 1000
+        return self.conn.execute(
+            "select token, bytes, probability, logit from gptsql.choose_shards(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s, %s)", [run, place, u, elapsed_ms, *merged], prepare=True).fetchone()
