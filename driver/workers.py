@@ -81,11 +81,15 @@ def flat(shares: list) -> list:
 class ShardedGeneration(Generation):
     """A Generation whose steps run over the workers; started and finished on the lead connection."""
 
-    ATTENTION = """select h, partial from gptsql.block_attention_share(%s, %s, %s, %s, %s, %s::vector[],
-                   %s::vector[], %s, %s, %s)"""
-    MLP = "select a, partial from gptsql.block_mlp_share(%s, %s, %s::vector[], %s::vector[], %s, %s)"
-    LOGITS = """select top_tokens, top_logits, peak, z, g_token, g_logit, g_key, all_tokens, all_logits
-                from gptsql.logits_share(%s, %s, %s, %s::vector[], %s::vector[], %s, %s, %s, %s, %s, %s)"""
+    ATTENTION = """select h, partial from gptsql.block_attention_share(%s, %s, %s, %s, %s, %b::vector[],
+                   %b::vector[], %s, %s, %s)"""
+    MLP = "select a, partial from gptsql.block_mlp_share(%s, %s, %b::vector[], %b::vector[], %s, %s)"
+    LOGITS = """select hidden, top_tokens, top_logits, peak, z, mass, g_token, g_logit, g_key, cand_tokens,
+                cand_logits from gptsql.logits_share(%s, %s, %s, %b::vector[], %b::vector[], %s, %s, %s, %s, %s, %s)"""
+    VOCAB = """select cand_tokens, cand_logits from gptsql.vocab_share(%s, %b::vector, %s, %s, %s, %s, NULL)"""
+    CHOOSE = """select token, bytes, probability, logit
+                from gptsql.choose_shards(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+    CANDIDATES = 1000  # a shard's candidates for top-p (choose() sorts the 1000 best too)
 
     def __init__(self, conn, workers: Workers, *args, **kwargs):
         super().__init__(conn, *args, **kwargs)
@@ -106,14 +110,19 @@ class ShardedGeneration(Generation):
             resid, partials = rows[0][0], [r[1] for r in rows]
             rows = ws.each(self.MLP, lambda w: [model, block, resid, flat(partials), *ws.groups[w]])
             resid, partials = rows[0][0], [r[1] for r in rows]
-        gather = self.temperature > 0 and (self.top_k > 0 or self.top_p < 1)
+        sampling = self.temperature > 0 and (self.top_k > 0 or self.top_p < 1)
+        keep = (self.top_k or self.CANDIDATES) if sampling else 0
         rows = ws.each(self.LOGITS, lambda w: [run, model, start, resid, flat(partials), *ws.vocab[w], w == 0,
-                                               self.temperature, u, gather])
-        columns = list(zip(*rows))
-        merged = [flat(columns[0]), flat(columns[1]), list(columns[2]), list(columns[3]),
-                  list(columns[4]), list(columns[5]), list(columns[6]),
-                  flat(columns[7]) if gather else None, flat(columns[8]) if gather else None]
+                                               self.temperature, u, keep])
+        hidden, *columns = zip(*rows)
+        merged = [flat(columns[0]), flat(columns[1]), *map(list, columns[2:8])]
+        candidates = [flat(c or [] for c in columns[8]), flat(c or [] for c in columns[9])]
         elapsed_ms = (time.perf_counter() - began) * 1000
-        return self.conn.execute(
-            "select token, bytes, probability, logit from gptsql.choose_shards(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s, %s, %s)", [run, place, u, elapsed_ms, *merged], prepare=True).fetchone()
+        chosen = self.conn.execute(self.CHOOSE, [run, place, u, elapsed_ms, *merged, *candidates, False],
+                                   prepare=True).fetchone()
+        if chosen is None:  # a nucleus wider than the shards' candidates: every logit, then again
+            rows = ws.each(self.VOCAB, lambda w: [model, hidden[0], *ws.vocab[w], self.temperature, u])
+            candidates = [flat(r[0] for r in rows), flat(r[1] for r in rows)]
+            chosen = self.conn.execute(self.CHOOSE, [run, place, u, elapsed_ms, *merged, *candidates, True],
+                                       prepare=True).fetchone()
+        return chosen

@@ -24,7 +24,8 @@ LANGUAGE sql IMMUTABLE AS $$
                  ELSE gptsql.add_all(resid, ARRAY(SELECT s FROM summed ORDER BY place)) END
 $$;
 
--- y = x W + b over a share of a layer's units: the groups in `grps` (all when NULL), reading the
+-- y = x W + b over a share of a layer's units: the groups in `grps` (an index condition: a share
+-- reads only its own rows), reading the
 -- input parts part_lo .. part_lo + n_parts - 1 (x holds n_parts vectors per place, place-major).
 -- matmul() with ranges; a unit's bias sits on its part 0 row, so it is counted by the share holding it.
 CREATE OR REPLACE FUNCTION gptsql.matmul_share(model int, block int, layer text, x vector[], grps int[],
@@ -46,7 +47,7 @@ LANGUAGE sql STABLE AS $$
                                      coalesce(inner_product(input.xv, w.w), inner_product(input.xh, w.h)) + w.bias AS a
                              FROM    gptsql.linear w
                              WHERE   w.model_id = model AND w.name = layer AND w.block = matmul_share.block
-                               AND   w.part = input.part AND (grps IS NULL OR w.grp = ANY (grps))
+                               AND   w.part = input.part AND w.grp = ANY (grps)
                              ORDER BY w.grp, w.idx
                              OFFSET  0) AS dot
                     GROUP BY dot.grp
@@ -186,17 +187,19 @@ BEGIN
         )
         SELECT  array_agg(y ORDER BY place)
         FROM    gptsql.matmul_share(model, block, 'mlp_proj', ARRAY(SELECT y FROM hidden ORDER BY place, part),
-                                    NULL, grp_lo, grp_hi - grp_lo));
+                                    ARRAY[0], grp_lo, grp_hi - grp_lo));   -- its n_embd outputs: one group
 END
 $$;
 
 -- The vocabulary share of the last place's hidden state: the logits of the tokens [tok_lo, tok_hi),
 -- their ten best, their peak, their softmax sums relative to that peak (plain and at the
--- temperature), their Gumbel-max candidate, and all of them when `gather` (top-k / top-p).
+-- temperature), their Gumbel-max candidate, and for top-k / top-p their `keep` best (all when NULL,
+-- none when 0): the merged shares' best hold the whole vocabulary's.
+DROP FUNCTION IF EXISTS gptsql.vocab_share(int, vector, int, int, float8, float8, int);
 CREATE OR REPLACE FUNCTION gptsql.vocab_share(model int, hidden vector, tok_lo int, tok_hi int,
-                                              temperature float8, u float8, gather boolean)
-RETURNS TABLE (top_tokens int[], top_logits float8[], peak float8, z float8, g_token int, g_logit float8,
-               g_key float8, all_tokens int[], all_logits float8[])
+                                              temperature float8, u float8, keep int)
+RETURNS TABLE (top_tokens int[], top_logits float8[], peak float8, z float8, mass float8, g_token int,
+               g_logit float8, g_key float8, cand_tokens int[], cand_logits float8[])
 LANGUAGE sql STABLE AS $$
     WITH query AS (
             SELECT  hidden AS hv, hidden::halfvec AS hh
@@ -209,7 +212,11 @@ LANGUAGE sql STABLE AS $$
     ), peak AS (
             SELECT  max(logit) AS top FROM best
     ), total AS (
-            SELECT  sum(gptsql.safe_exp(logit - top)) AS z FROM logits, peak
+            SELECT  sum(gptsql.safe_exp(logit - top)) AS z,
+                    sum(gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12))) AS mass
+            FROM    logits, peak
+    ), candidates AS (
+            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT keep
     ), gumbel AS (                      -- this share's argmax of logit / T + G (the same G as choose())
             SELECT  token, logit, logit / temperature - ln(-ln(gptsql.token_uniform(u, token))) AS key
             FROM    logits
@@ -219,34 +226,34 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT  (SELECT array_agg(token ORDER BY logit DESC, token) FROM best),
             (SELECT array_agg(logit ORDER BY logit DESC, token) FROM best),
-            peak.top, total.z,
+            peak.top, total.z, total.mass,
             (SELECT token FROM gumbel), (SELECT logit FROM gumbel), (SELECT key FROM gumbel),
-            CASE WHEN gather THEN (SELECT array_agg(token ORDER BY token) FROM logits) END,
-            CASE WHEN gather THEN (SELECT array_agg(logit ORDER BY token) FROM logits) END
+            (SELECT array_agg(token) FROM candidates), (SELECT array_agg(logit) FROM candidates)
     FROM    peak, total
 $$;
 
 -- The last stream summed (the lead records the last block's residual row), the last place through
 -- ln_f, then this worker's share of the vocabulary.
+DROP FUNCTION IF EXISTS gptsql.logits_share(bigint, int, int, vector[], vector[], int, int, boolean, float8, float8, int);
 CREATE OR REPLACE FUNCTION gptsql.logits_share(run bigint, model int, start int, resid vector[], partials vector[],
                                                tok_lo int, tok_hi int, lead boolean, temperature float8,
-                                               u float8, gather boolean)
-RETURNS TABLE (top_tokens int[], top_logits float8[], peak float8, z float8, g_token int, g_logit float8,
-               g_key float8, all_tokens int[], all_logits float8[])
+                                               u float8, keep int)
+RETURNS TABLE (hidden vector, top_tokens int[], top_logits float8[], peak float8, z float8, mass float8,
+               g_token int, g_logit float8, g_key float8, cand_tokens int[], cand_logits float8[])
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     m      gptsql.model;
     h      vector[];
-    hidden vector;
+    last   vector;
 BEGIN
     SELECT * INTO m FROM gptsql.model WHERE gptsql.model.id = logits_share.model;
     h := gptsql.sum_partials(resid, partials);
     IF lead THEN
         PERFORM gptsql.record_residual(run, m.n_layer - 1, start, resid, h);
     END IF;
-    SELECT gptsql.layer_norm(h[cardinality(h)], n.gamma, n.beta, m.layer_norm_epsilon) INTO hidden
+    SELECT gptsql.layer_norm(h[cardinality(h)], n.gamma, n.beta, m.layer_norm_epsilon) INTO last
     FROM   gptsql.norm n WHERE n.model_id = logits_share.model AND n.name = 'ln_f';
-    RETURN QUERY SELECT * FROM gptsql.vocab_share(logits_share.model, hidden, tok_lo, tok_hi, temperature, u, gather);
+    RETURN QUERY SELECT last, v.* FROM gptsql.vocab_share(logits_share.model, last, tok_lo, tok_hi, temperature, u, keep) v;
 END
 $$;
 
@@ -258,17 +265,21 @@ LANGUAGE sql VOLATILE AS $$
     FROM   gptsql.run r WHERE r.id = run
 $$;
 
--- top-k / top-p over gathered logits: choose()'s truncated draw, on arrays instead of a scan of wte.
+-- top-k / top-p over the shards' candidates: choose()'s truncated draw, on arrays instead of a scan
+-- of wte. `total` is the whole vocabulary's softmax sum at the temperature (relative to the top
+-- logit, which is among the candidates). With only the candidates (complete = false), a nucleus
+-- they do not hold returns no token: the caller then gathers every logit.
+DROP FUNCTION IF EXISTS gptsql.choose_among(int[], float8[], float8, int, float8, float8);
 CREATE OR REPLACE FUNCTION gptsql.choose_among(tokens int[], logits float8[], temperature float8, top_k int,
-                                               top_p float8, u float8, OUT token int, OUT logit float8)
+                                               top_p float8, u float8, total float8, complete boolean,
+                                               OUT token int, OUT logit float8)
 LANGUAGE sql STABLE AS $$
     WITH logits AS MATERIALIZED (
             SELECT  t AS token, l AS logit FROM unnest(tokens, logits) AS x(t, l)
     ), peak AS (
             SELECT  max(logit) AS top FROM logits
     ), mass AS (
-            SELECT  sum(gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12))) AS z
-            FROM    logits, peak
+            SELECT  total AS z
     ), ranked AS (
             SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)) AS e
             FROM    (SELECT  token, logit
@@ -304,17 +315,21 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT  token, logit
     FROM    drawn
+    WHERE   complete OR (SELECT held FROM enough)
     ORDER BY CASE WHEN cum >= u THEN cum ELSE 2 - cum END
     LIMIT   1
 $$;
 
 -- The shards' answers merged into the step's token (exactly what choose() picks over the whole
 -- vocabulary): greedy is the best of the shards' best, Gumbel-max the max of their maxima, the
--- softmax sum the shards' sums moved to the common peak. Recorded as step() records a token.
+-- softmax sum the shards' sums moved to the common peak, top-k / top-p drawn among the shards'
+-- candidates. Recorded as step() records a token; no row when the candidates were not enough.
+DROP FUNCTION IF EXISTS gptsql.choose_shards(bigint, int, float8, float8, int[], float8[], float8[], float8[], int[],
+                                             float8[], float8[], int[], float8[]);
 CREATE OR REPLACE FUNCTION gptsql.choose_shards(run bigint, place int, u float8, elapsed_ms float8, top_tokens int[],
-                                                top_logits float8[], peaks float8[], zs float8[],
+                                                top_logits float8[], peaks float8[], zs float8[], masses float8[],
                                                 g_tokens int[], g_logits float8[], g_keys float8[],
-                                                all_tokens int[], all_logits float8[])
+                                                cand_tokens int[], cand_logits float8[], complete boolean)
 RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -333,7 +348,13 @@ BEGIN
         SELECT g.t AS token, g.l AS logit INTO c
         FROM unnest(g_tokens, g_logits, g_keys) AS g(t, l, k) ORDER BY g.k DESC, g.t LIMIT 1;
     ELSE
-        SELECT * INTO c FROM gptsql.choose_among(all_tokens, all_logits, r.temperature, r.top_k, r.top_p, u);
+        SELECT * INTO c
+        FROM   gptsql.choose_among(cand_tokens, cand_logits, r.temperature, r.top_k, r.top_p, u,
+                                   (SELECT sum(s.mass * gptsql.safe_exp((s.p - top) / r.temperature))
+                                    FROM unnest(masses, peaks) AS s(mass, p)), complete);
+        IF c.token IS NULL THEN
+            RETURN;                     -- the candidates do not hold the nucleus: gather them all
+        END IF;
     END IF;
     INSERT INTO gptsql.run_token (run_id, place, token, is_prompt, probability, logit, elapsed_ms)
     VALUES (run, place, c.token, false, gptsql.safe_exp(c.logit - top) / total, c.logit, elapsed_ms);
