@@ -17,7 +17,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt
+from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
 from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -259,10 +259,11 @@ def unload(ctx: Context, name, yes):
               help="Too long for the context window: fail, or keep the prompt's end.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
 @click.option("--allow-special", is_flag=True, help="Read <|endoftext|> in the prompt as the special token.")
+@workers_option
 @pass_ctx
 @friendly
 def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p, seed, truncate, no_record,
-             allow_special):
+             allow_special, workers):
     """Continue PROMPT, streaming tokens as the database produces them ("-" reads stdin).
 
     Each token is one SQL statement: gptsql.step(run, tokens, start), which runs the new place
@@ -271,13 +272,14 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     """
     prompt = read_prompt(prompt)
     conn = ctx.conn
-    from ..driver.generation import Generation, ensure_model
+    from ..driver.generation import ensure_model
+    from ..driver.workers import start_generation
     from ..server.memory import warn_if_not_held
 
     ensure_model(ctx, model)
     warn_if_not_held(ctx.db, conn, model)
-    gen = Generation(conn, model, prompt, max_tokens, temperature, top_k, top_p, seed,
-                     record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
+    gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
+                           record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
     click.echo(prompt, nl=False)
     try:
         for text in gen.stream():

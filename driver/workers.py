@@ -17,11 +17,11 @@ from ..errors import UserError
 from .generation import Generation
 
 
-def default_workers() -> int:
-    """GPTSQL_WORKERS, or one worker per core."""
+def default_workers() -> int | None:
+    """GPTSQL_WORKERS, or None: one worker per core (as many as the model has shares)."""
     raw = os.environ.get("GPTSQL_WORKERS")
     if raw is None:
-        return os.cpu_count() or 1
+        return None
     try:
         value = int(raw)
     except ValueError:
@@ -29,6 +29,21 @@ def default_workers() -> int:
     if value < 1:
         raise UserError(f"GPTSQL_WORKERS={raw!r} is not a number of workers; set it to 1 or more (1: one backend)")
     return value
+
+
+def start_generation(db, conn: psycopg.Connection, workers: int | None, *args, **kwargs) -> Generation:
+    """A Generation on one backend (workers = 1), or over `workers` backends of the same server
+    (None: one per core). Worker connections go straight to the server: a refusal is not a crash,
+    so it never restarts the embedded server."""
+    if workers is None:
+        workers = default_workers() or os.cpu_count() or 1
+        clamp = True
+    else:
+        clamp = False
+    if workers == 1:
+        return Generation(conn, *args, **kwargs)
+    return ShardedGeneration(conn, lambda: psycopg.connect(db.dsn(), autocommit=True), workers, clamp,
+                             *args, **kwargs)
 
 
 def shares(n: int, workers: int) -> list[tuple[int, int]]:
@@ -39,14 +54,15 @@ def shares(n: int, workers: int) -> list[tuple[int, int]]:
 class Workers:
     """N connections to one server, each with its share of a model."""
 
+    GROUPS = 4  # c_fc's 4 n_embd units are stored as 4 groups of n_embd (sql/00_schema.sql)
+
     def __init__(self, connect: Callable[[], psycopg.Connection], n: int, model_id: int, shape: tuple):
-        n_vocab, n_embd, n_head = shape
-        groups = 4  # c_fc's 4 n_embd units come as 4 groups of n_embd (sql/00_schema.sql)
-        if n > min(n_head, groups):
-            raise UserError(f"{n} workers but the model has {n_head} heads and {groups} MLP groups to share; "
-                            f"use --workers {min(n_head, groups)} or fewer")
+        n_vocab, n_head = shape
+        if n > min(n_head, self.GROUPS):
+            raise UserError(f"{n} workers but the model has {n_head} heads and {self.GROUPS} MLP groups to share; "
+                            f"use --workers {min(n_head, self.GROUPS)} or fewer")
         self.model_id, self.n = model_id, n
-        self.heads, self.groups, self.vocab = shares(n_head, n), shares(groups, n), shares(n_vocab, n)
+        self.heads, self.groups, self.vocab = shares(n_head, n), shares(self.GROUPS, n), shares(n_vocab, n)
         self.conns: list[psycopg.Connection] = []
         try:
             for _ in range(n):
@@ -55,9 +71,9 @@ class Workers:
                 self.conns.append(conn)
         except psycopg.OperationalError as exc:
             self.close()
-            raise UserError(f"the server refused worker connection {len(self.conns) + 1} of {n} "
-                            f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}); "
-                            "use fewer --workers (or GPTSQL_WORKERS=1), or raise max_connections") from exc
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise UserError(f"the server refused worker connection {len(self.conns) + 1} of {n} ({detail}); "
+                            "use fewer --workers (GPTSQL_WORKERS=1: one backend), or raise max_connections") from exc
         self.pool = ThreadPoolExecutor(n)
 
     def each(self, query: str, params: Callable[[int], list]) -> list[tuple]:
@@ -91,12 +107,22 @@ class ShardedGeneration(Generation):
                 from gptsql.choose_shards(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
     CANDIDATES = 1000  # a shard's candidates for top-p (choose() sorts the 1000 best too)
 
-    def __init__(self, conn, workers: Workers, *args, **kwargs):
+    def __init__(self, conn, connect: Callable[[], psycopg.Connection], n: int, clamp: bool, *args, **kwargs):
         super().__init__(conn, *args, **kwargs)
-        self.workers = workers
-        self.n_layer, self.temperature, self.top_k, self.top_p = conn.execute(
-            """select m.n_layer, r.temperature, r.top_k, r.top_p from gptsql.run r
+        self.n_layer, n_vocab, n_head, self.temperature, self.top_k, self.top_p = conn.execute(
+            """select m.n_layer, m.n_vocab, m.n_head, r.temperature, r.top_k, r.top_p from gptsql.run r
                join gptsql.model m on m.id = r.model_id where r.id = %s""", [self.run_id]).fetchone()
+        if clamp:  # the default (one per core) never asks for more shares than the model has
+            n = min(n, n_head, Workers.GROUPS)
+        try:
+            self.workers = Workers(connect, n, self.model_id, (n_vocab, n_head))
+        except UserError as exc:
+            super().stop("failed", str(exc))
+            raise
+
+    def stop(self, status: str, error: str | None = None) -> None:
+        super().stop(status, error)
+        self.workers.close()
 
     def step(self, fresh: list[int], start: int):
         began = time.perf_counter()
