@@ -386,19 +386,22 @@ def check(ctx: Context, model, prompt, tokens):
 @click.option("--contexts", default="16,128,512,1000", show_default=True,
               help="Context lengths for the time-per-token curve.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
+@workers_option
 @pass_ctx
 @friendly
-def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
+def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out, workers):
     """Measure SQL against numpy and PyTorch on the same random GPT-2 (124M shape by default).
 
     Builds random:SHAPE, loads it, and prints load time, size on disk, prefill of 64 tokens,
     decode time per token (median), time per token by context length, the same for numpy and
-    PyTorch, their ratios, the logit error of the storage, and tokenizer throughput.
+    PyTorch, their ratios, the logit error of the storage, and tokenizer throughput; then one
+    backend and the workers (--workers, default one per core) side by side, measured in turn.
     """
     from rich.console import Console
 
     from ..benchmarks import measure as benchmark
     from ..benchmarks.report import render
+    from ..driver.workers import Workers
 
     from ..loader.sources import random_model
     from ..server import memory
@@ -413,6 +416,8 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
     with console.status("benchmark") as status:
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
                                 contexts=[int(c) for c in contexts.split(",") if c], checkpoint=checkpoint,
+                                workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, Workers.GROUPS),
+                                connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
                                 progress=lambda s: (status.update(s), console.log(s)))
     render(results)
     if json_out:
