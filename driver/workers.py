@@ -83,10 +83,17 @@ class Workers:
         return list(self.pool.map(one, range(self.n)))
 
     def close(self) -> None:
+        """Cancel what the workers still run (Ctrl-C left them mid-step) and wait for it to end, so
+        nothing writes to the KV cache after finish_run empties it."""
+        for conn in self.conns:
+            try:
+                conn.cancel_safe()
+            except (psycopg.Error, AttributeError):
+                pass
+        if hasattr(self, "pool"):
+            self.pool.shutdown(wait=True)
         for conn in self.conns:
             conn.close()
-        if hasattr(self, "pool"):
-            self.pool.shutdown()
 
 
 def flat(shares: list) -> list:
@@ -121,8 +128,8 @@ class ShardedGeneration(Generation):
             raise
 
     def stop(self, status: str, error: str | None = None) -> None:
+        self.workers.close()  # first: a step in flight must not refill the cache afterwards
         super().stop(status, error)
-        self.workers.close()
 
     def step(self, fresh: list[int], start: int):
         began = time.perf_counter()
