@@ -25,16 +25,35 @@ def timed(fn):
     return time.perf_counter() - began, value
 
 
-def sql_decode(conn, model: str, tokens: list[int], n_new: int, record: bool = False):
-    """Prefill time, per-token decode times and greedy tokens through gptsql.step (the CLI's path)."""
-    run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => %s)",
-                          [model, n_new, record]).fetchone()[0]
+def open_run(conn, model: str, n_new: int, record: bool = False, workers: int = 1, connect=None):
+    """A run to step by hand: (run id, step(fresh, start) -> token, finish()). One backend through
+    gptsql.step (the SQL functions' path), or `workers` backends (driver/workers.py)."""
+    if workers == 1:
+        run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => %s)",
+                              [model, n_new, record]).fetchone()[0]
+        step = lambda fresh, start: conn.execute("select token from gptsql.step(%s, %s, %s)",  # noqa: E731
+                                                 [run_id, fresh, start], prepare=True).fetchone()[0]
+        finish = lambda: conn.execute("select gptsql.finish_run(%s)", [run_id])  # noqa: E731
+    else:
+        from ..driver.workers import ShardedGeneration
+
+        gen = ShardedGeneration(conn, connect, workers, False, model, "", n_new, record=record)
+        run_id = gen.run_id
+        step = lambda fresh, start: gen.step(fresh, start)[0]  # noqa: E731
+        finish = lambda: gen.stop("done")  # noqa: E731
     conn.execute("delete from gptsql.run_token where run_id = %s", [run_id])  # the '' prompt's token
+    return run_id, step, finish
+
+
+def sql_decode(conn, model: str, tokens: list[int], n_new: int, record: bool = False, workers: int = 1,
+               connect=None):
+    """Prefill time, per-token decode times and greedy tokens through gptsql.step (the CLI's path
+    with --workers 1) or over `workers` backends."""
+    _run_id, step, finish = open_run(conn, model, n_new, record, workers, connect)
     fresh, start, out, times = list(tokens), 0, [], []
     prefill = None
     for i in range(n_new):
-        elapsed, token = timed(lambda: conn.execute("select token from gptsql.step(%s, %s, %s)",
-                                                    [run_id, fresh, start], prepare=True).fetchone()[0])
+        elapsed, token = timed(lambda: step(fresh, start))
         if i == 0:
             prefill = elapsed
         else:
@@ -42,18 +61,18 @@ def sql_decode(conn, model: str, tokens: list[int], n_new: int, record: bool = F
         start += len(fresh)
         fresh = [token]
         out.append(token)
-    conn.execute("select gptsql.finish_run(%s)", [run_id])
+    finish()
     return prefill, times, out
 
 
-def sql_decode_at_context(conn, model: str, model_id: int, n_ctx: int, n_steps: int = 3) -> float:
+def sql_decode_at_context(conn, model: str, model_id: int, n_ctx: int, n_steps: int = 3, workers: int = 1,
+                          connect=None) -> float:
     """Median time of one decode step with the KV cache already holding n_ctx places. The cache is
     filled with random keys and values (a step's cost does not depend on their values)."""
     cfg = conn.execute("select n_head, n_embd / n_head, n_layer from gptsql.model where id = %s",
                        [model_id]).fetchone()
     n_head, head_dim, n_layer = cfg
-    run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => false)",
-                          [model, n_steps]).fetchone()[0]
+    run_id, step, finish = open_run(conn, model, n_steps, False, workers, connect)
     conn.execute(
         """insert into gptsql.kv_cache (run_id, block, head, place, k, v)
            select %s, b, h, p, r.k, r.v
@@ -62,12 +81,8 @@ def sql_decode_at_context(conn, model: str, model_id: int, n_ctx: int, n_steps: 
                                 array_agg(random()::real - 0.5)::vector as v
                          from generate_series(1, %s) where p >= 0) r""",
         [run_id, n_layer, n_head, n_ctx, head_dim])
-    times = []
-    for i in range(n_steps):
-        elapsed, _ = timed(lambda: conn.execute("select token from gptsql.step(%s, %s, %s)",
-                                                [run_id, [11], n_ctx + i], prepare=True).fetchone())
-        times.append(elapsed)
-    conn.execute("select gptsql.finish_run(%s)", [run_id])
+    times = [timed(lambda: step([11], n_ctx + i))[0] for i in range(n_steps)]
+    finish()
     return statistics.median(times)
 
 
@@ -140,7 +155,8 @@ def torch_decode(model, tokens, n_new):
 
 
 def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
-        shape: str = "gpt2", progress: Progress = lambda s: None, checkpoint=None) -> dict:
+        shape: str = "gpt2", progress: Progress = lambda s: None, checkpoint=None, workers: int = 1,
+        connect=None) -> dict:
     from ..reference.check import sql_logits
     from ..loader.load import load
     from ..loader.sources import random_model
@@ -162,6 +178,9 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
     progress(f"SQL: prefill {PROMPT_LEN} tokens, then {decode_tokens} greedy tokens")
     prefill, times, sql_tokens = sql_decode(conn, name, tokens, decode_tokens + 1)
     results["sql"] = {"prefill_s": prefill, "decode_s": statistics.median(times), "tokens": sql_tokens}
+
+    if workers > 1:
+        results["workers"] = side_by_side(conn, name, model_id, tokens, decode_tokens, workers, connect, progress)
 
     progress("SQL: logits of the prompt's last place")
     run_id = conn.execute("select run_id from gptsql.start_run(%s, '', 0, record => false)", [name]).fetchone()[0]
@@ -215,6 +234,29 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
     progress(f"dropping {name}")
     conn.execute("select gptsql.drop_model(%s)", [name])
     return results
+
+
+def side_by_side(conn, name: str, model_id: int, tokens: list[int], decode_tokens: int, workers: int, connect,
+                 progress: Progress, rounds: int = 3) -> dict:
+    """One backend and `workers` backends measured in turn (A, B, A, B, ...): the ratios of each
+    round, whose neighbours ran under the same load of the machine."""
+    progress(f"{workers} workers: warming up")
+    sql_decode(conn, name, tokens, 4, workers=workers, connect=connect)
+    figures: dict = {"n": workers, "one": [], "workers": []}
+    for i in range(rounds):
+        for who, n in (("one", 1), ("workers", workers)):
+            progress(f"round {i + 1}/{rounds}: {'one backend' if n == 1 else f'{n} workers'}, prefill, decode, "
+                     "decode at context 16")
+            prefill, times, out = sql_decode(conn, name, tokens, decode_tokens + 1, workers=n, connect=connect)
+            at16 = sql_decode_at_context(conn, name, model_id, 16, workers=n, connect=connect)
+            figures[who].append({"prefill_s": prefill, "decode_s": statistics.median(times), "ctx16_s": at16,
+                                 "tokens": out})
+    for key in ("prefill_s", "decode_s", "ctx16_s"):
+        figures[f"{key[:-2]}_ratios"] = [b[key] / a[key] for a, b in zip(figures["one"], figures["workers"])]
+        for who in ("one", "workers"):
+            figures[f"{who}_{key}"] = statistics.median(r[key] for r in figures[who])
+    figures["tokens_same"] = all(r["tokens"] == figures["one"][0]["tokens"] for r in figures["one"] + figures["workers"])
+    return figures
 
 
 def tokenizer_speed(conn, model: str, progress: Progress) -> dict | None:

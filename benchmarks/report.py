@@ -38,6 +38,18 @@ def render(r: dict, console: Console | None = None) -> None:
                           f"{ratios[ratio]:.1f}×" if ratio in ratios else "", "")
     for n_ctx, seconds in r["sql"].get("by_context", {}).items():
         table.add_row(f"decode per token at context {n_ctx}", ms(seconds), "", "", "", "")
+    w = r.get("workers")
+    if w:
+        for label, key, floor in (("prefill 64 tokens", "prefill", "prefill_s"),
+                                  ("decode per token (median)", "decode", "decode_s"),
+                                  ("decode per token at context 16", "ctx16", "decode_s")):
+            ratios_text = ", ".join(f"{x:.2f}" for x in w[f"{key}_ratios"])
+            versus_torch = (f"{w[f'workers_{key}_s'] / torch[floor]:.1f}×" if floor in torch else "")
+            table.add_row(f"{label}: one backend", ms(w[f"one_{key}_s"]), "", "", "", "")
+            table.add_row(f"{label}: {w['n']} workers ({ratios_text}× one, A/B)", ms(w[f"workers_{key}_s"]),
+                          "", ms(torch.get(floor)), versus_torch, "")
+        table.add_row(f"greedy tokens: {w['n']} workers same as one", "yes" if w["tokens_same"] else "NO",
+                      "", "", "", "")
     fidelity = r.get("fidelity")
     if fidelity:
         table.add_row("max |Δlogit| vs float32 PyTorch", f"{fidelity['max_abs_logit_error']:.2e}", "", "", "", "")

@@ -18,7 +18,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt
+from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
 from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -290,10 +290,11 @@ def unload(ctx: Context, name, yes):
               help="Too long for the context window: fail, or keep the prompt's end.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
 @click.option("--allow-special", is_flag=True, help="Read <|endoftext|> in the prompt as the special token.")
+@workers_option
 @pass_ctx
 @friendly
 def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p, seed, truncate, no_record,
-             allow_special):
+             allow_special, workers):
     """Continue PROMPT, streaming tokens as the database produces them ("-" reads stdin).
 
     Each token is one SQL statement: gptsql.step(run, tokens, start), which runs the new place
@@ -302,13 +303,14 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     """
     prompt = read_prompt(prompt)
     conn = ctx.conn
-    from ..driver.generation import Generation, ensure_model
+    from ..driver.generation import ensure_model
+    from ..driver.workers import start_generation
     from ..server.memory import warn_if_not_held
 
     ensure_model(ctx, model)
     warn_if_not_held(ctx.db, conn, model)
-    gen = Generation(conn, model, prompt, max_tokens, temperature, top_k, top_p, seed,
-                     record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
+    gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
+                           record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
     click.echo(prompt, nl=False)
     try:
         for text in gen.stream():
@@ -419,19 +421,22 @@ def check(ctx: Context, model, prompt, tokens):
 @click.option("--contexts", default="16,128,512,1000", show_default=True,
               help="Context lengths for the time-per-token curve.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
+@workers_option
 @pass_ctx
 @friendly
-def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
+def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out, workers):
     """Measure SQL against numpy and PyTorch on the same random GPT-2 (124M shape by default).
 
     Builds random:SHAPE, loads it, and prints load time, size on disk, prefill of 64 tokens,
     decode time per token (median), time per token by context length, the same for numpy and
-    PyTorch, their ratios, the logit error of the storage, and tokenizer throughput.
+    PyTorch, their ratios, the logit error of the storage, and tokenizer throughput; then one
+    backend and the workers (--workers, default one per core) side by side, measured in turn.
     """
     from rich.console import Console
 
     from ..benchmarks import measure as benchmark
     from ..benchmarks.report import render
+    from ..driver.workers import Workers
 
     from ..loader.sources import random_model
     from ..server import memory
@@ -446,6 +451,8 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out):
     with console.status("benchmark") as status:
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
                                 contexts=[int(c) for c in contexts.split(",") if c], checkpoint=checkpoint,
+                                workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, Workers.GROUPS),
+                                connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
                                 progress=lambda s: (status.update(s), console.log(s)))
     render(results)
     if json_out:

@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from ..errors import UserError
-from .common import friendly, read_prompt
+from .common import friendly, read_prompt, workers_meta_option
 
 
 def console():
@@ -76,15 +76,17 @@ def pieces(conn, run_id: int) -> dict[int, str]:
     return dict(conn.execute("select place, piece from gptsql.run_tokens where run = %s", [run_id]).fetchall())
 
 
-def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed) -> int:
+def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed, workers=None) -> int:
     """Generate from PROMPT with every activation recorded; returns the new run's id."""
-    from ..driver.generation import Generation, ensure_model
+    from ..driver.generation import ensure_model
+    from ..driver.workers import start_generation
 
     import psycopg
 
     prompt = read_prompt(prompt)
     ensure_model(ctx, model)
-    gen = Generation(ctx.conn, model, prompt, max_tokens, temperature, top_k, top_p, seed, record=True)
+    gen = start_generation(ctx.db, ctx.conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
+                           record=True)
     try:
         for _ in gen.steps():
             pass
@@ -114,6 +116,7 @@ def run_source(default_tokens: int):
             click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                          help="Sample among the most probable tokens whose mass reaches p."),
             click.option("--seed", type=float, help="Same seed, same text."),
+            workers_meta_option,
         ]
         for option in reversed(options):
             fn = option(fn)
@@ -127,7 +130,8 @@ def source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, s
         raise UserError("give a PROMPT to run, or --run ID to explore a recorded run (not both)")
     if run is not None:
         return resolve_run(ctx.conn, run)
-    return record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed)
+    return record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed,
+                         click.get_current_context().meta.get("workers"))
 
 
 # ---------------------------------------------------------------------------------------- runs

@@ -47,10 +47,7 @@ class Generation:
     def steps(self) -> Iterator[tuple[int, bytes, float]]:
         fresh, start = list(self.prompt_tokens), 0
         for _ in range(self.max_tokens):
-            token, raw, probability, _logit = self.conn.execute(
-                "select token, bytes, probability, logit from gptsql.step(%s, %s, %s)",
-                [self.run_id, fresh, start], prepare=True,
-            ).fetchone()
+            token, raw, probability, _logit = self.step(fresh, start)
             start += len(fresh)
             fresh = [token]
             self.tokens.append(token)
@@ -59,6 +56,11 @@ class Generation:
                 break
             yield token, raw, probability
         self.stop("done")
+
+    def step(self, fresh: list[int], start: int) -> tuple:
+        """Feed `fresh` (places start, ...): (token, bytes, probability, logit) of the next token."""
+        return self.conn.execute("select token, bytes, probability, logit from gptsql.step(%s, %s, %s)",
+                                 [self.run_id, fresh, start], prepare=True).fetchone()
 
     def stream(self) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")

@@ -383,6 +383,7 @@ SQL_FILES = [
     "07_logits.sql",
     "08_generate.sql",
     "09_runs.sql",
+    "10_shards.sql",
 ]
 
 

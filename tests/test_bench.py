@@ -10,7 +10,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     out = tmp_path / "bench.json"
-    result = run_cli("bench", "--shape", "tiny", "--contexts", "16,64", "--decode-tokens", "3", "--json", str(out))
+    result = run_cli("bench", "--shape", "tiny", "--contexts", "16,64", "--decode-tokens", "3", "--json", str(out),
+                     "--workers", "2")
     assert "decode per token" in result.stdout and "SQL / PyTorch" in result.stdout
     figures = json.loads(out.read_text())
     for key in ("load_s", "size_bytes", "sql", "numpy", "torch", "ratios", "fidelity"):
@@ -30,6 +31,9 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     assert ratios["prefill_weights_pass_over_torch_prefill"] == sql["prefill_weights_pass_s"] / torch_["prefill_s"]
     assert ratios["decode_sql_over_numpy"] == sql["decode_s"] / numpy_["decode_s"]
     assert ratios["prefill_sql_over_numpy"] == sql["prefill_s"] / numpy_["prefill_s"]
+    # one backend and the workers side by side (2 on these machines' 2 cores, at least 2 asked here)
+    assert figures["workers"]["n"] >= 2 and len(figures["workers"]["decode_ratios"]) == 3
+    assert figures["workers"]["tokens_same"] and "workers (" in result.stdout
     # the benchmark's model is dropped afterwards
     assert db.execute("select count(*) from gptsql.model where name like 'bench-%'").fetchone()[0] == 0
 

@@ -1,0 +1,161 @@
+"""One generation over several backends: each worker (a connection of its own) owns a share of
+every block's heads, of the MLP's unit groups and of the vocabulary (sql/10_shards.sql). The
+workers run their shares at the same time, one thread each (psycopg waits without the GIL); between
+the two halves of a block Python hands every worker the others' partial vectors, as pgvector's
+binary values, untouched. SQL sums them and chooses the token."""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from ..errors import UserError
+from .generation import Generation
+
+
+def default_workers() -> int | None:
+    """GPTSQL_WORKERS, or None: one worker per core (as many as the model has shares)."""
+    raw = os.environ.get("GPTSQL_WORKERS")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"GPTSQL_WORKERS={raw!r} is not a number of workers; set it to 1 or more (1: one backend)")
+    return value
+
+
+def start_generation(db, conn: psycopg.Connection, workers: int | None, *args, **kwargs) -> Generation:
+    """A Generation on one backend (workers = 1), or over `workers` backends of the same server
+    (None: one per core). Worker connections go straight to the server: a refusal is not a crash,
+    so it never restarts the embedded server."""
+    if workers is None:
+        workers = default_workers() or os.cpu_count() or 1
+        clamp = True
+    else:
+        clamp = False
+    if workers == 1:
+        return Generation(conn, *args, **kwargs)
+    return ShardedGeneration(conn, lambda: psycopg.connect(db.dsn(), autocommit=True), workers, clamp,
+                             *args, **kwargs)
+
+
+def shares(n: int, workers: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each worker over n things; uneven when workers does not divide n."""
+    return [(n * w // workers, n * (w + 1) // workers) for w in range(workers)]
+
+
+class Workers:
+    """N connections to one server, each with its share of a model."""
+
+    GROUPS = 4  # c_fc's 4 n_embd units are stored as 4 groups of n_embd (sql/00_schema.sql)
+
+    def __init__(self, connect: Callable[[], psycopg.Connection], n: int, model_id: int, shape: tuple):
+        n_vocab, n_head = shape
+        if n > min(n_head, self.GROUPS):
+            raise UserError(f"{n} workers but the model has {n_head} heads and {self.GROUPS} MLP groups to share; "
+                            f"use --workers {min(n_head, self.GROUPS)} or fewer")
+        self.model_id, self.n = model_id, n
+        self.heads, self.groups, self.vocab = shares(n_head, n), shares(self.GROUPS, n), shares(n_vocab, n)
+        self.conns: list[psycopg.Connection] = []
+        try:
+            for _ in range(n):
+                conn = connect()
+                register_vector(conn)
+                self.conns.append(conn)
+        except psycopg.OperationalError as exc:
+            self.close()
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise UserError(f"the server refused worker connection {len(self.conns) + 1} of {n} ({detail}); "
+                            "use fewer --workers (GPTSQL_WORKERS=1: one backend), or raise max_connections") from exc
+        self.pool = ThreadPoolExecutor(n)
+
+    def each(self, query: str, params: Callable[[int], list]) -> list[tuple]:
+        """Run query on every worker at once (params(w) for worker w); their rows, worker-ordered."""
+        def one(w):
+            return self.conns[w].execute(query, params(w), prepare=True, binary=True).fetchone()
+        return list(self.pool.map(one, range(self.n)))
+
+    def close(self) -> None:
+        """Cancel what the workers still run (Ctrl-C left them mid-step) and wait for it to end, so
+        nothing writes to the KV cache after finish_run empties it."""
+        for conn in self.conns:
+            try:
+                conn.cancel_safe()
+            except (psycopg.Error, AttributeError):
+                pass
+        if hasattr(self, "pool"):
+            self.pool.shutdown(wait=True)
+        for conn in self.conns:
+            conn.close()
+
+
+def flat(shares: list) -> list:
+    """The workers' arrays end to end (worker-major), as the SQL side reads them."""
+    return [p for share in shares for p in share]
+
+
+class ShardedGeneration(Generation):
+    """A Generation whose steps run over the workers; started and finished on the lead connection."""
+
+    ATTENTION = """select h, partial from gptsql.block_attention_share(%s, %s, %s, %s, %s, %b::vector[],
+                   %b::vector[], %s, %s, %s)"""
+    MLP = "select a, partial from gptsql.block_mlp_share(%s, %s, %b::vector[], %b::vector[], %s, %s)"
+    LOGITS = """select hidden, top_tokens, top_logits, peak, z, mass, g_token, g_logit, g_key, cand_tokens,
+                cand_logits from gptsql.logits_share(%s, %s, %s, %b::vector[], %b::vector[], %s, %s, %s, %s, %s, %s)"""
+    VOCAB = """select cand_tokens, cand_logits from gptsql.vocab_share(%s, %b::vector, %s, %s, %s, %s, NULL)"""
+    CHOOSE = """select token, bytes, probability, logit
+                from gptsql.choose_shards(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+    CANDIDATES = 1000  # a shard's candidates for top-p (choose() sorts the 1000 best too)
+
+    def __init__(self, conn, connect: Callable[[], psycopg.Connection], n: int, clamp: bool, *args, **kwargs):
+        super().__init__(conn, *args, **kwargs)
+        self.n_layer, n_vocab, n_head, self.temperature, self.top_k, self.top_p = conn.execute(
+            """select m.n_layer, m.n_vocab, m.n_head, r.temperature, r.top_k, r.top_p from gptsql.run r
+               join gptsql.model m on m.id = r.model_id where r.id = %s""", [self.run_id]).fetchone()
+        if clamp:  # the default (one per core) never asks for more shares than the model has
+            n = min(n, n_head, Workers.GROUPS)
+        try:
+            self.workers = Workers(connect, n, self.model_id, (n_vocab, n_head))
+        except UserError as exc:
+            super().stop("failed", str(exc))
+            raise
+
+    def stop(self, status: str, error: str | None = None) -> None:
+        self.workers.close()  # first: a step in flight must not refill the cache afterwards
+        super().stop(status, error)
+
+    def step(self, fresh: list[int], start: int):
+        began = time.perf_counter()
+        ws, run, model = self.workers, self.run_id, self.model_id
+        place = start + len(fresh)
+        u = self.conn.execute("select gptsql.draw(%s, %s)", [run, place], prepare=True).fetchone()[0]
+        resid, partials = None, None
+        for block in range(self.n_layer):
+            rows = ws.each(self.ATTENTION, lambda w: [run, model, block, start, fresh, resid, partials and flat(partials),
+                                                      *ws.heads[w], w == 0])
+            resid, partials = rows[0][0], [r[1] for r in rows]
+            rows = ws.each(self.MLP, lambda w: [model, block, resid, flat(partials), *ws.groups[w]])
+            resid, partials = rows[0][0], [r[1] for r in rows]
+        sampling = self.temperature > 0 and (self.top_k > 0 or self.top_p < 1)
+        keep = (self.top_k or self.CANDIDATES) if sampling else 0
+        rows = ws.each(self.LOGITS, lambda w: [run, model, start, resid, flat(partials), *ws.vocab[w], w == 0,
+                                               self.temperature, u, keep])
+        hidden, *columns = zip(*rows)
+        merged = [flat(columns[0]), flat(columns[1]), *map(list, columns[2:8])]
+        candidates = [flat(c or [] for c in columns[8]), flat(c or [] for c in columns[9])]
+        elapsed_ms = (time.perf_counter() - began) * 1000
+        chosen = self.conn.execute(self.CHOOSE, [run, place, u, elapsed_ms, *merged, *candidates, False],
+                                   prepare=True).fetchone()
+        if chosen is None:  # a nucleus wider than the shards' candidates: every logit, then again
+            rows = ws.each(self.VOCAB, lambda w: [model, hidden[0], *ws.vocab[w], self.temperature, u])
+            candidates = [flat(r[0] for r in rows), flat(r[1] for r in rows)]
+            chosen = self.conn.execute(self.CHOOSE, [run, place, u, elapsed_ms, *merged, *candidates, True],
+                                       prepare=True).fetchone()
+        return chosen

@@ -1,0 +1,125 @@
+"""One generation over several backends (driver/workers.py, sql/10_shards.sql) against one backend
+and against transformers: 1, 2 and 3 workers (3 does not divide the 4 heads nor the 4 MLP groups:
+uneven shares), greedy and sampled, and the recorded run (tokens, top logits, attention weights,
+residual stream) the same as one backend records."""
+from __future__ import annotations
+
+import numpy as np
+import psycopg
+import pytest
+import torch
+from pgvector.psycopg import register_vector
+
+from gptsql.driver.workers import start_generation
+from gptsql.errors import UserError
+
+PROMPT = "Happy New Year! I wish"
+MODEL = "hf-workers"
+
+
+@pytest.fixture(scope="module")
+def hf_model(hf_tiny, run_cli, db):
+    directory, model = hf_tiny
+    run_cli("load", str(directory), "--name", MODEL, "--dtype", "float32")
+    register_vector(db)
+    return model
+
+
+def generate(database, db, workers, n=6, **sampling):
+    gen = start_generation(database, db, workers, MODEL, PROMPT, n, record=True, **sampling)
+    tokens = [token for token, _raw, _p in gen.steps()]
+    return gen.run_id, gen.prompt_tokens, tokens
+
+
+def recorded(db, run_id):
+    """Everything a run recorded, in a fixed order."""
+    q = lambda sql: db.execute(sql, [run_id]).fetchall()  # noqa: E731
+    return {
+        "tokens": q("select place, token, probability, logit from gptsql.run_token where run_id = %s order by place"),
+        "top": q("select place, rank, token, logit, probability from gptsql.step_logit where run_id = %s "
+                 "order by place, rank"),
+        "attention": q("select block, head, place, weights from gptsql.attention_row where run_id = %s "
+                       "order by block, head, place"),
+        "residual": q("select block, place, after_attention, after_mlp from gptsql.residual where run_id = %s "
+                      "order by block, place"),
+    }
+
+
+def assert_same_record(got, want, tol=1e-4):
+    for key in want:
+        assert len(got[key]) == len(want[key]) > 0, key
+        for a, b in zip(got[key], want[key]):
+            for x, y in zip(a, b):
+                if isinstance(y, (int, str)) and not isinstance(y, bool):
+                    assert x == y, key
+                elif y is None:
+                    assert x is None, key
+                else:
+                    x, y = (v.to_numpy() if hasattr(v, "to_numpy") else v for v in (x, y))
+                    assert np.abs(np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)).max() <= tol, key
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_workers_match_one_backend_and_transformers(database, db, hf_model, workers):
+    one_id, prompt, one_tokens = generate(database, db, 1, temperature=0)
+    run_id, _, tokens = generate(database, db, workers, temperature=0)
+    assert tokens == one_tokens
+    assert_same_record(recorded(db, run_id), recorded(db, one_id))
+
+    with torch.no_grad():  # every step's ten best logits and probabilities against transformers'
+        logits = hf_model(torch.tensor([prompt + tokens])).logits[0].double()
+    probabilities = torch.softmax(logits, -1)
+    rows = db.execute("select place, token, logit, probability from gptsql.step_logit where run_id = %s",
+                      [run_id]).fetchall()
+    assert len(rows) == 10 * len(tokens)
+    for place, token, logit, probability in rows:
+        assert abs(logit - float(logits[place, token])) <= 1e-3
+        assert abs(probability - float(probabilities[place, token])) <= 1e-4
+    greedy = [int(logits[len(prompt) - 1 + i].argmax()) for i in range(len(tokens))]
+    assert tokens == greedy
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=0.9, seed=3), dict(temperature=0.9, seed=3, top_k=20),
+                                      dict(temperature=1.5, seed=5, top_p=0.6),
+                                      dict(temperature=3.0, seed=2, top_p=0.995)],  # past the 1000 best
+                         ids=["gumbel", "top_k", "top_p", "top_p_wide"])
+def test_sampling_over_split_vocabulary_draws_the_same_tokens(database, db, hf_model, sampling):
+    one_id, _, one_tokens = generate(database, db, 1, n=8, **sampling)
+    for workers in (2, 3):
+        run_id, _, tokens = generate(database, db, workers, n=8, **sampling)
+        assert tokens == one_tokens, workers
+        assert_same_record(recorded(db, run_id), recorded(db, one_id))
+
+
+def test_cli_workers_give_the_same_text(run_cli, hf_model):
+    one = run_cli("generate", "-m", MODEL, "-n", "6", "-t", "0", "--workers", "1", PROMPT).stdout
+    assert run_cli("generate", "-m", MODEL, "-n", "6", "-t", "0", "--workers", "3", PROMPT).stdout == one
+    assert run_cli("generate", "-m", MODEL, "-n", "6", "-t", "0", PROMPT).stdout == one   # the default
+
+
+def test_too_many_workers_is_one_line(run_cli, hf_model):
+    result = run_cli("generate", "-m", MODEL, "-n", "2", "--workers", "5", PROMPT, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: 5 workers but the model has 4 heads")
+    assert "Traceback" not in result.stderr
+
+
+def test_refused_worker_connection_is_one_line_and_fails_the_run(database, db, hf_model):
+    db.execute("drop role if exists gptsql_w12")   # left by an interrupted session: has no grants then
+    db.execute("create role gptsql_w12 login connection limit 2")   # superusers pass the limit
+    db.execute("grant usage on schema gptsql to gptsql_w12")
+    db.execute("grant all on all tables in schema gptsql to gptsql_w12")
+    db.execute("grant all on all sequences in schema gptsql to gptsql_w12")
+    try:
+        conninfo = psycopg.conninfo.make_conninfo(database.dsn(), user="gptsql_w12")
+        lead = psycopg.connect(conninfo, autocommit=True)
+        with pytest.raises(UserError, match=r"^the server refused worker connection 2 of 3 .*use fewer --workers"):
+            start_generation(database.__class__(dsn=conninfo), lead, 3, MODEL, PROMPT, 2)
+        lead.close()
+        status = db.execute("select status from gptsql.run order by id desc limit 1").fetchone()[0]
+        assert status == "failed"
+    finally:
+        for (pid,) in db.execute("select pid from pg_stat_activity where usename = 'gptsql_w12'").fetchall():
+            db.execute("select pg_terminate_backend(%s)", [pid])
+        db.execute("drop owned by gptsql_w12")
+        db.execute("drop role if exists gptsql_w12")
