@@ -42,8 +42,19 @@ def start_generation(db, conn: psycopg.Connection, workers: int | None, *args, *
         clamp = False
     if workers == 1:
         return Generation(conn, *args, **kwargs)
-    return ShardedGeneration(conn, lambda: psycopg.connect(db.dsn(), autocommit=True), workers, clamp,
-                             *args, **kwargs)
+    try:
+        return ShardedGeneration(conn, lambda: psycopg.connect(db.dsn(), autocommit=True), workers, clamp,
+                                 *args, **kwargs)
+    except WorkersRefused:
+        if not clamp:
+            raise
+        # A busy server: the default (one worker per core) gives way to one backend, so a crowd of
+        # commands still all run; only an explicit --workers N insists.
+        return Generation(conn, *args, **kwargs)
+
+
+class WorkersRefused(UserError):
+    """The server would not take the worker connections."""
 
 
 def shares(n: int, workers: int) -> list[tuple[int, int]]:
@@ -72,7 +83,7 @@ class Workers:
         except psycopg.OperationalError as exc:
             self.close()
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            raise UserError(f"the server refused worker connection {len(self.conns) + 1} of {n} ({detail}); "
+            raise WorkersRefused(f"the server refused worker connection {len(self.conns) + 1} of {n} ({detail}); "
                             "use fewer --workers (GPTSQL_WORKERS=1: one backend), or raise max_connections") from exc
         self.pool = ThreadPoolExecutor(n)
 
@@ -98,6 +109,9 @@ class Workers:
 
 def flat(shares: list) -> list:
     """The workers' arrays end to end (worker-major), as the SQL side reads them."""
+    shares = list(shares)
+    if any(share is None for share in shares):  # a share's rows are gone: the model was removed
+        raise psycopg.errors.NoDataFound("a worker's share came back empty")
     return [p for share in shares for p in share]
 
 
