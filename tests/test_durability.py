@@ -1,0 +1,72 @@
+"""The README's promise "once `gptsql load` returns, the model is safe": the server crashes (an
+immediate stop: no shutdown checkpoint, crash recovery at the next start) right after a load
+returns, and the model is found whole.
+
+The embedded server commits asynchronously, so the WAL writer would make an asynchronous commit
+durable by itself within wal_writer_delay (200 ms). This server's WAL writer waits 10 s
+(the most PostgreSQL allows) and never wakes for the volume written: a load that committed
+asynchronously is then still lost in a crash seconds later, and only a synchronous commit (the
+load's `synchronous_commit = on`) survives it. Nothing here depends on sub-second timing.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pgvector.psycopg import register_vector
+
+from test_faults import make_server
+
+NAME = "durable"   # a new name: replacing a model drops its tables, which forces a synchronous commit
+
+
+@pytest.fixture(scope="module")
+def server():
+    data_dir = Path(tempfile.mkdtemp(prefix="gqd-", dir="/tmp"))   # short: the socket lives inside
+    s = make_server(data_dir)
+    conn = s.connect()
+    conn.execute("alter system set wal_writer_delay = '10s'")
+    conn.execute("alter system set wal_writer_flush_after = '1GB'")
+    conn.execute("select pg_reload_conf()")
+    conn.close()
+    yield s
+    s.embedded.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def whole(conn, name: str, checkpoint) -> None:
+    """The model's rows are all there, and its weights add up to the checkpoint's."""
+    register_vector(conn)
+    c, t = checkpoint.config, checkpoint.tensors
+    model_id = conn.execute("select id from gptsql.model where name = %s", [name]).fetchone()
+    assert model_id is not None, f"model {name!r} is gone after the crash"
+    count = lambda table: conn.execute(f"select count(*) from gptsql.{table} where model_id = %s",  # noqa: E731
+                                       model_id).fetchone()[0]
+    assert count("token") == c.n_vocab and count("merge") == len(checkpoint.vocab.merges)
+    assert (count("wte"), count("wpe"), count("norm")) == (c.n_vocab, c.n_ctx, 2 * c.n_layer + 1)
+    assert count("linear") == c.n_layer * 12 * c.n_embd
+    # Checksums: each table's rows summed as vectors, against numpy's sums of the same tensors.
+    total = lambda query: conn.execute(query, model_id).fetchone()[0].to_numpy()  # noqa: E731
+    assert np.allclose(total("select sum(w) from gptsql.wte where model_id = %s"), t["wte.weight"].sum(0),
+                       atol=1e-2)
+    assert np.allclose(total("select sum(w) from gptsql.wpe where model_id = %s"), t["wpe.weight"].sum(0),
+                       atol=1e-3)
+    layers = {"c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "c_fc": "mlp.c_fc", "mlp_proj": "mlp.c_proj"}
+    for lname, key in layers.items():
+        want = sum(t[f"h.{i}.{key}.weight"].reshape(-1, c.n_embd, t[f"h.{i}.{key}.weight"].shape[1]).sum((0, 2))
+                   for i in range(c.n_layer))
+        got = total(f"select sum(w) from gptsql.linear where model_id = %s and name = '{lname}'")
+        assert np.allclose(got, want, atol=1e-2), lname
+
+
+def test_a_load_survives_a_crash_right_after_it_returns(server, tiny_checkpoint):
+    server.cli("load", "random:tiny", "--name", NAME)
+    server.stop_immediately()
+    conn = server.connect()                      # starts the server again: crash recovery
+    assert conn.execute("select count(*) from gptsql.model where name = %s", [NAME]).fetchone()[0] == 1
+    whole(conn, NAME, tiny_checkpoint)
+    assert conn.execute("select gptsql.generate('Hello', 3, model => %s)", [NAME]).fetchone()[0]
+    conn.close()
