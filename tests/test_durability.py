@@ -7,6 +7,9 @@ durable by itself within wal_writer_delay (200 ms). This server's WAL writer wai
 (the most PostgreSQL allows) and never wakes for the volume written: a load that committed
 asynchronously is then still lost in a crash seconds later, and only a synchronous commit (the
 load's `synchronous_commit = on`) survives it. Nothing here depends on sub-second timing.
+
+The same private server also shows what `gptsql db status` and `gptsql db stop` print (stopping
+the session's server would cut off every other test).
 """
 from __future__ import annotations
 
@@ -70,3 +73,16 @@ def test_a_load_survives_a_crash_right_after_it_returns(server, tiny_checkpoint)
     whole(conn, NAME, tiny_checkpoint)
     assert conn.execute("select gptsql.generate('Hello', 3, model => %s)", [NAME]).fetchone()[0]
     conn.close()
+
+
+def test_db_status_and_stop_say_what_they_did(server):
+    """Last in this module: it stops the module's private server (never the session's)."""
+    pid = server.embedded.pid()
+    assert server.cli("db", "start").stdout.strip() == f"embedded PostgreSQL running (pid {pid})"
+    assert server.cli("db", "status").stdout.splitlines() == [
+        f"embedded PostgreSQL: running (pid {pid})", f"data directory: {server.embedded.pgdata}",
+        f"socket directory: {server.embedded.socket_dir}"]
+    assert server.cli("db", "stop").stdout.strip() == "stopped"
+    assert server.embedded.pid() is None
+    assert server.cli("db", "status").stdout.splitlines()[0] == "embedded PostgreSQL: stopped"
+    assert server.cli("db", "stop").stdout.strip() == "not running"
