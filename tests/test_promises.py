@@ -152,7 +152,11 @@ def test_generation_stops_at_endoftext(db, ends, run_cli, workers):
     generated = db.execute("select token from gptsql.run_token where run_id = %s and not is_prompt order by place",
                            [run_id]).fetchall()
     assert [t for (t,) in generated] == before + [EOT]
+    # gptsql.generate's recursive query stops there too (the text leaves <|endoftext|> out either way).
     assert db.execute("select gptsql.generate(%s, 10, model => %s)", [PROMPT, model]).fetchone()[0] == text
+    generated = db.execute("select token from gptsql.run_token where run_id = %s and not is_prompt order by place",
+                           [run_of(db, PROMPT, model)]).fetchall()
+    assert [t for (t,) in generated] == before + [EOT]
 
 
 # --------------------------------------------------------------------------- layer_norm_epsilon
