@@ -369,5 +369,5 @@ def test_detokenize_prints_the_text(db, tiny, run_cli):
     ids = [15496, 11, 995, 0, 220, 8582, 234, 235]        # "Hello, world!" and a character in pieces
     text = run_cli("detokenize", "-m", tiny, *map(str, ids)).stdout
     assert text == db.execute("select gptsql.detokenize(%s, %s)", [ids, tiny]).fetchone()[0] + "\n"
-    assert text.startswith("Hello, world! ")
+    assert text == "Hello, world! \U0001f30d\n"              # the four bytes of U+1F30D, joined
     assert run_cli("detokenize", "-m", tiny, "15496", "11", "995", "0").stdout == "Hello, world!\n"
