@@ -18,7 +18,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
+from .common import Context, PrefillBar, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
 from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -311,16 +311,19 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     warn_if_not_held(ctx.db, conn, model)
     gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
+    gen.on_prefill = bar = PrefillBar()
     click.echo(prompt, nl=False)
     try:
         for text in gen.stream():
             click.echo(text, nl=False)
     except KeyboardInterrupt:
+        bar.close()
         click.echo()
         gen.stop("interrupted")
         click.echo(f"interrupted after {gen.generated} tokens (run {gen.run_id})", err=True)
         sys.exit(130)
     except (psycopg.Error, UserError) as exc:
+        bar.close()
         click.echo()
         gen.stop("failed", str(exc))
         if isinstance(exc, psycopg.Error) and not conn.broken and not conn.closed and conn.execute(

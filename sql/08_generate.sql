@@ -69,21 +69,19 @@ BEGIN
 END
 $$;
 
--- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
-CREATE OR REPLACE FUNCTION gptsql.step(run bigint, tokens int[], start int)
-RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
+-- The checks a step makes before it feeds `tokens` (the places start, start + 1, ...) to a run:
+-- the run is running, the tokens are in the vocabulary, start is where the run's cache ends, and
+-- they fit in the context window. Returns the run.
+CREATE OR REPLACE FUNCTION gptsql.check_step(run bigint, tokens int[], start int)
+RETURNS gptsql.run
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     r        gptsql.run;
     m        gptsql.model;
     bad      int;
     cached   int;
-    hidden   vector;
-    c        record;
-    place    int := start + cardinality(tokens);
-    began    timestamptz := clock_timestamp();
 BEGIN
-    SELECT * INTO r FROM gptsql.run WHERE id = step.run;
+    SELECT * INTO r FROM gptsql.run WHERE id = check_step.run;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no run %', run USING HINT = 'start one with gptsql.start_run(...)';
     END IF;
@@ -101,16 +99,31 @@ BEGIN
             USING HINT = format('token ids go from 0 to %s', m.n_vocab - 1);
     END IF;
     SELECT coalesce(max(k.place) + 1, 0) INTO cached
-    FROM   gptsql.kv_cache k WHERE k.run_id = step.run AND k.block = 0 AND k.head = 0;
+    FROM   gptsql.kv_cache k WHERE k.run_id = check_step.run AND k.block = 0 AND k.head = 0;
     IF start IS DISTINCT FROM cached THEN
         RAISE EXCEPTION 'run % has computed % places, so its next step starts at place %, not %', run, cached, cached,
             coalesce(start::text, 'NULL')
             USING HINT = 'start = how many tokens the run was fed before this step (the prompt included)';
     END IF;
-    IF place > m.n_ctx THEN
+    IF start + cardinality(tokens) > m.n_ctx THEN
         RAISE EXCEPTION 'run % is full: the context window of model "%" ends at % tokens', run, m.name, m.n_ctx
             USING HINT = 'start a new run, or keep the end of the prompt with --truncate left';
     END IF;
+    RETURN r;
+END
+$$;
+
+-- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
+CREATE OR REPLACE FUNCTION gptsql.step(run bigint, tokens int[], start int)
+RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    r        gptsql.run := gptsql.check_step(run, tokens, start);
+    hidden   vector;
+    c        record;
+    place    int := start + cardinality(tokens);
+    began    timestamptz := clock_timestamp();
+BEGIN
     hidden := gptsql.forward(run, tokens, start);
     SELECT * INTO c
     FROM   gptsql.choose(r.model_id, hidden, r.temperature, r.top_k, r.top_p,
@@ -127,6 +140,19 @@ BEGIN
         SELECT c.token, t.bytes, c.probability, c.logit
         FROM   gptsql.token t
         WHERE  t.model_id = r.model_id AND t.token = c.token;
+END
+$$;
+
+-- Part of a step: feed `tokens` into the run's KV cache (and its recorded activations) without
+-- choosing a token. A long prompt goes in as chunks, the last one by step(), so that the client
+-- can show progress and stop between them. Returns where the next chunk starts.
+CREATE OR REPLACE FUNCTION gptsql.feed(run bigint, tokens int[], start int)
+RETURNS int
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM gptsql.check_step(run, tokens, start);
+    PERFORM gptsql.forward(run, tokens, start);
+    RETURN start + cardinality(tokens);
 END
 $$;
 
