@@ -349,8 +349,21 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
 @friendly
 def predict(ctx: Context, prompt, model, top_n, as_json):
     """The next-token distribution after PROMPT (the article's llm(prompt))."""
+    from ..driver.generation import Generation
+
     prompt = read_prompt(prompt)
-    rows = ctx.conn.execute("select * from gptsql.predict(%s, %s, %s)", [prompt, top_n, model]).fetchall()
+    gen = Generation(ctx.conn, model, prompt, 0, record=True, kind="predict")
+    gen.on_prefill = bar = PrefillBar()
+    try:
+        rows = gen.predict(top_n)   # gptsql.predict(prompt), fed in chunks with a progress bar
+    except KeyboardInterrupt:
+        bar.close()
+        gen.stop("interrupted")
+        raise
+    except (psycopg.Error, UserError) as exc:
+        bar.close()
+        gen.stop("failed", str(exc))
+        raise
     if as_json:
         for rank, token, piece, p, logit in rows:
             click.echo(json.dumps({"rank": rank, "token": token, "piece": piece, "probability": p, "logit": logit},

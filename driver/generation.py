@@ -38,13 +38,13 @@ class Generation:
     PREFILL_CHUNK = 64
 
     def __init__(self, conn: psycopg.Connection, model, prompt, max_tokens, temperature=0.0, top_k=0,
-                 top_p=1.0, seed=None, record=True, truncate_left=False, allow_special=False):
+                 top_p=1.0, seed=None, record=True, truncate_left=False, allow_special=False, kind="generate"):
         self.conn = conn
         self.max_tokens = max_tokens
         row = conn.execute(
             """select run_id, model_id, tokens, eot from gptsql.start_run(%s, %s, %s, %s, %s, %s, %s, %s,
-                      truncate_left => %s, allow_special => %s)""",
-            [model, prompt, max_tokens, temperature, top_k, top_p, seed, record, truncate_left, allow_special],
+                      kind => %s, truncate_left => %s, allow_special => %s)""",
+            [model, prompt, max_tokens, temperature, top_k, top_p, seed, record, kind, truncate_left, allow_special],
         ).fetchone()
         self.run_id, self.model_id, self.prompt_tokens, self.eot = row
         self.tokens: list[int] = []
@@ -81,6 +81,17 @@ class Generation:
                 break
             yield token, raw, probability
         self.stop("done")
+
+    def predict(self, top_n: int) -> list[tuple]:
+        """The distribution after the prompt (a run started with kind="predict", max_tokens 0):
+        (rank, token, piece, probability, logit) rows, best first; the run is finished."""
+        fresh, start = self.prefill()
+        rows = self.conn.execute("select * from gptsql.predict_run(%s, %s, %s, %s)",
+                                 [self.run_id, fresh, start, top_n]).fetchall()
+        self.finished = True
+        if self.on_prefill:
+            self.on_prefill(len(self.prompt_tokens), len(self.prompt_tokens))
+        return rows
 
     def step(self, fresh: list[int], start: int) -> tuple:
         """Feed `fresh` (places start, ...): (token, bytes, probability, logit) of the next token."""

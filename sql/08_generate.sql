@@ -195,28 +195,44 @@ BEGIN
 END
 $$;
 
+-- The end of a prediction: feed the prompt's last `tokens` (places start, ...; the places before
+-- them are in the cache, fed by feed()), record the distribution of the token after them, finish
+-- the run. The client that shows progress over a long prompt calls it after feeding the rest.
+CREATE OR REPLACE FUNCTION gptsql.predict_run(run bigint, tokens int[], start int, top_n int DEFAULT 10)
+RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    r      gptsql.run := gptsql.check_step(run, tokens, start);
+    hidden vector;
+BEGIN
+    IF top_n IS NULL OR top_n < 1 THEN
+        RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
+    END IF;
+    hidden := gptsql.forward(run, tokens, start);
+    INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
+    SELECT  run, start + cardinality(tokens) - 1, d.rank, d.token, d.logit, d.probability
+    FROM    gptsql.distribution(r.model_id, hidden, top_n) d;
+    PERFORM gptsql.finish_run(run, 'done');
+    RETURN QUERY
+        SELECT  l.rank, l.token, t.piece, l.probability, l.logit
+        FROM    gptsql.step_logit l
+        JOIN    gptsql.token t ON t.model_id = r.model_id AND t.token = l.token
+        WHERE   l.run_id = predict_run.run
+        ORDER BY l.rank;
+END
+$$;
+
 -- The article's llm(prompt): the distribution of the token after the prompt.
 CREATE OR REPLACE FUNCTION gptsql.predict(prompt text, top_n int DEFAULT 10, model text DEFAULT NULL)
 RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     s      record;
-    hidden vector;
 BEGIN
     IF top_n IS NULL OR top_n < 1 THEN
         RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
     END IF;
     SELECT * INTO s FROM gptsql.start_run(model, prompt, 0, kind => 'predict');
-    hidden := gptsql.forward(s.run_id, s.tokens, 0);
-    INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
-    SELECT  s.run_id, cardinality(s.tokens) - 1, d.rank, d.token, d.logit, d.probability
-    FROM    gptsql.distribution(s.model_id, hidden, top_n) d;
-    PERFORM gptsql.finish_run(s.run_id, 'done');
-    RETURN QUERY
-        SELECT  l.rank, l.token, t.piece, l.probability, l.logit
-        FROM    gptsql.step_logit l
-        JOIN    gptsql.token t ON t.model_id = s.model_id AND t.token = l.token
-        WHERE   l.run_id = s.run_id
-        ORDER BY l.rank;
+    RETURN QUERY SELECT * FROM gptsql.predict_run(s.run_id, s.tokens, 0, top_n);
 END
 $$;

@@ -4,7 +4,14 @@ PREFILL_CHUNK places, then step), against transformers' logits and attention, an
 records against each other."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
+import psycopg
 import pytest
 import torch
 
@@ -107,3 +114,52 @@ def test_chunks_record_what_one_statement_records(db, runs):
 
 def test_the_driver_reports_progress_after_each_chunk(runs):
     assert runs["chunks"][2] == [(n, N_PROMPT) for n in range(CHUNK, N_PROMPT, CHUNK)] + [(N_PROMPT, N_PROMPT)]
+
+
+def test_predict_feeds_a_long_prompt_in_chunks(db, tiny, monkeypatch):
+    """The CLI's predict: the prompt fed in chunks, then gptsql.predict_run; the same distribution
+    and recorded run as gptsql.predict in one statement."""
+    monkeypatch.setattr(Generation, "PREFILL_CHUNK", 4)
+    text = "Happy New Year! I wish you a happy New"
+    want = db.execute("select * from gptsql.predict(%s, 5, %s)", [text, tiny]).fetchall()
+    gen = Generation(db, tiny, text, 0, kind="predict")
+    seen = []
+    gen.on_prefill = lambda done, total: seen.append(done)
+    got = gen.predict(5)
+    assert len(gen.prompt_tokens) > 8 and seen[:2] == [4, 8] and seen[-1] == len(gen.prompt_tokens)
+    assert [r[:3] for r in got] == [r[:3] for r in want]
+    assert max(abs(a[4] - b[4]) for a, b in zip(got, want)) <= 1e-4
+    assert db.execute("select kind, status from gptsql.run where id = %s", [gen.run_id]).fetchone() == ("predict", "done")
+
+
+def test_feed_refuses_a_wrong_start(db, tiny):
+    run_id = db.execute("select run_id from gptsql.start_run(%s, 'Hello', 1)", [tiny]).fetchone()[0]
+    with pytest.raises(psycopg.errors.RaiseException) as err:
+        db.execute("select gptsql.feed(%s, %s, 3)", [run_id, [1, 2]])
+    assert err.value.diag.message_primary == f"run {run_id} has computed 0 places, so its next step starts at place 0, not 3"
+    assert err.value.diag.message_hint.startswith("start = how many tokens the run was fed")
+    db.execute("select gptsql.finish_run(%s)", [run_id])
+
+
+def test_ctrl_c_during_a_long_prefill(backend, db, hf_long, text):
+    """SIGINT while the prompt is being fed: exit 130 with one line, the run marked interrupted and
+    its KV cache emptied."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")} | backend[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gptsql", "generate", "-m", MODEL, "-n", "2", "--workers", "1",
+                             text], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    run_id = None
+    for _ in range(600):               # until the first chunk is in the cache
+        row = db.execute("""select r.id from gptsql.run r join gptsql.model m on m.id = r.model_id
+                            where m.name = %s and r.kind = 'generate' and r.status = 'running'
+                              and exists (select from gptsql.kv_cache k where k.run_id = r.id)""", [MODEL]).fetchone()
+        if row:
+            run_id = row[0]
+            break
+        time.sleep(0.1)
+    assert run_id is not None
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == f"interrupted after 0 tokens (run {run_id})"
+    assert db.execute("select status from gptsql.run where id = %s", [run_id]).fetchone()[0] == "interrupted"
+    assert db.execute("select count(*) from gptsql.kv_cache where run_id = %s", [run_id]).fetchone()[0] == 0
