@@ -13,6 +13,7 @@ from ..reference.gpt2 import GPT2
 
 Progress = Callable[[str], None]
 PROMPT_LEN, DECODE_TOKENS, CONTEXTS = 64, 32, (16, 128, 512, 1000)
+PROMPT_LENGTHS, CURVE_DECODE_STEPS = (64, 256, 1000), 3   # the long-prompt curve
 
 
 def prompt_tokens(n: int, vocab: int = 50257, seed: int = 7) -> list[int]:
@@ -63,6 +64,33 @@ def sql_decode(conn, model: str, tokens: list[int], n_new: int, record: bool = F
         out.append(token)
     finish()
     return prefill, times, out
+
+
+def sql_long_prompt(conn, model: str, tokens: list[int], n_decode: int = CURVE_DECODE_STEPS) -> tuple[float, float]:
+    """(time to first token, median decode step right after it) for a prompt of `tokens` through
+    the CLI's path: gptsql.feed per PREFILL_CHUNK places, the last chunk by gptsql.step."""
+    from ..driver.generation import Generation
+
+    run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => false)",
+                          [model, n_decode + 1]).fetchone()[0]
+    conn.execute("delete from gptsql.run_token where run_id = %s", [run_id])  # the '' prompt's token
+    chunk = Generation.PREFILL_CHUNK
+
+    def first_token():
+        start = 0
+        while len(tokens) - start > chunk:
+            conn.execute("select gptsql.feed(%s, %s, %s)", [run_id, tokens[start:start + chunk], start])
+            start += chunk
+        return conn.execute("select token from gptsql.step(%s, %s, %s)", [run_id, tokens[start:], start]).fetchone()[0]
+
+    ttft, token = timed(first_token)
+    times = []
+    for i in range(n_decode):
+        elapsed, token = timed(lambda: conn.execute("select token from gptsql.step(%s, %s, %s)",
+                                                    [run_id, [token], len(tokens) + i], prepare=True).fetchone()[0])
+        times.append(elapsed)
+    conn.execute("select gptsql.finish_run(%s)", [run_id])
+    return ttft, statistics.median(times)
 
 
 def sql_decode_at_context(conn, model: str, model_id: int, n_ctx: int, n_steps: int = 3, workers: int = 1,
@@ -156,7 +184,7 @@ def torch_decode(model, tokens, n_new):
 
 def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
         shape: str = "gpt2", progress: Progress = lambda s: None, checkpoint=None, workers: int = 1,
-        connect=None) -> dict:
+        connect=None, prompt_lengths=PROMPT_LENGTHS) -> dict:
     from ..reference.check import sql_logits
     from ..loader.load import load
     from ..loader.sources import random_model
@@ -200,6 +228,12 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
         progress(f"SQL: decode step with {n_ctx} places in the KV cache")
         results["sql"]["by_context"][n_ctx] = sql_decode_at_context(conn, name, model_id, n_ctx)
 
+    lengths = [n for n in prompt_lengths if n + CURVE_DECODE_STEPS + 1 <= checkpoint.config.n_ctx]
+    curve: dict = {}
+    for n in lengths:
+        progress(f"SQL: time to first token for a prompt of {n} tokens, then {CURVE_DECODE_STEPS} decode steps")
+        curve[n] = dict(zip(("sql_ttft_s", "sql_decode_s"), sql_long_prompt(conn, name, prompt_tokens(n, seed=n))))
+
     progress("numpy reference: same weights")
     tensors = dict(checkpoint.tensors)  # made once here (shapes over 400M are not kept by the load)
     ref = GPT2(tensors, checkpoint.config.n_head, checkpoint.config.n_layer)
@@ -217,6 +251,13 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
             "greedy_tokens_same": sql_tokens == pt_tokens,
             "greedy_tokens_agreeing": int(sum(a == b for a, b in zip(sql_tokens, pt_tokens))),
         }
+        for n in lengths:
+            progress(f"PyTorch: time to first token for a prompt of {n} tokens, then {CURVE_DECODE_STEPS} decode steps")
+            ttft, times, _, _ = torch_decode(model, prompt_tokens(n, seed=n), CURVE_DECODE_STEPS + 1)
+            point = curve[n]
+            point.update(torch_ttft_s=ttft, torch_decode_s=statistics.median(times))
+            point.update(ttft_ratio=point["sql_ttft_s"] / point["torch_ttft_s"],
+                         decode_ratio=point["sql_decode_s"] / point["torch_decode_s"])
         results["ratios"] = {
             "decode_sql_over_torch": results["sql"]["decode_s"] / results["torch"]["decode_s"],
             "prefill_sql_over_torch": results["sql"]["prefill_s"] / results["torch"]["prefill_s"],
@@ -225,6 +266,10 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
                 results["sql"]["prefill_weights_pass_s"] / results["torch"]["prefill_s"],
         }
     results.setdefault("ratios", {})
+    results["curve"] = curve
+    by_context = results["sql"]["by_context"]
+    if by_context and min(by_context) <= 16:   # how decode grows with the context (issue 11: <= 1.3x)
+        results["ratios"]["decode_longest_over_ctx16"] = by_context[max(by_context)] / by_context[min(by_context)]
     results["ratios"]["decode_sql_over_numpy"] = results["sql"]["decode_s"] / results["numpy"]["decode_s"]
     results["ratios"]["prefill_sql_over_numpy"] = results["sql"]["prefill_s"] / results["numpy"]["prefill_s"]
 

@@ -38,6 +38,16 @@ def render(r: dict, console: Console | None = None) -> None:
                           f"{ratios[ratio]:.1f}×" if ratio in ratios else "", "")
     for n_ctx, seconds in r["sql"].get("by_context", {}).items():
         table.add_row(f"decode per token at context {n_ctx}", ms(seconds), "", "", "", "")
+    if "decode_longest_over_ctx16" in ratios:
+        by_context = r["sql"]["by_context"]
+        table.add_row(f"decode at context {max(by_context)} / at {min(by_context)}",
+                      f"{ratios['decode_longest_over_ctx16']:.2f}×", "", "", "", "")
+    for n, point in r.get("curve", {}).items():
+        table.add_row(f"prompt of {n} tokens: time to first token", ms(point["sql_ttft_s"]), "",
+                      ms(point.get("torch_ttft_s")), f"{point['ttft_ratio']:.1f}×" if "ttft_ratio" in point else "", "")
+        table.add_row(f"prompt of {n} tokens: decode step after it", ms(point["sql_decode_s"]), "",
+                      ms(point.get("torch_decode_s")),
+                      f"{point['decode_ratio']:.1f}×" if "decode_ratio" in point else "", "")
     w = r.get("workers")
     if w:
         for label, key, floor in (("prefill 64 tokens", "prefill", "prefill_s"),

@@ -90,3 +90,39 @@ def workers_meta_option(fn):
     return click.option("--workers", type=click.IntRange(min=1), default=None, envvar="GPTSQL_WORKERS",
                         show_envvar=True, expose_value=False, help=WORKERS_HELP,
                         callback=lambda c, _p, value: c.meta.__setitem__("workers", value))(fn)
+
+
+class PrefillBar:
+    """A progress bar on stderr (a terminal only) while a long prompt is read: it appears once the
+    prefill has taken a second, counts prompt tokens with an estimate of the time left, and goes
+    when the first new token arrives. Set as a Generation's on_prefill."""
+
+    AFTER_S = 1.0
+
+    def __init__(self):
+        import time
+
+        self.clock = time.monotonic
+        self.began = self.clock()
+        self.progress = self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is None and done < total and self.clock() - self.began >= self.AFTER_S \
+                and sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("reading the prompt"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("tokens"), TimeElapsedColumn(), TextColumn("left"),
+                                     TimeRemainingColumn(), transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("prefill", total=total)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done)
+            if done >= total:
+                self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -18,7 +18,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
+from .common import Context, PrefillBar, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
 from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -311,16 +311,19 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     warn_if_not_held(ctx.db, conn, model)
     gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
+    gen.on_prefill = bar = PrefillBar()
     click.echo(prompt, nl=False)
     try:
         for text in gen.stream():
             click.echo(text, nl=False)
     except KeyboardInterrupt:
+        bar.close()
         click.echo()
         gen.stop("interrupted")
         click.echo(f"interrupted after {gen.generated} tokens (run {gen.run_id})", err=True)
         sys.exit(130)
     except (psycopg.Error, UserError) as exc:
+        bar.close()
         click.echo()
         gen.stop("failed", str(exc))
         if isinstance(exc, psycopg.Error) and not conn.broken and not conn.closed and conn.execute(
@@ -346,8 +349,21 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
 @friendly
 def predict(ctx: Context, prompt, model, top_n, as_json):
     """The next-token distribution after PROMPT (the article's llm(prompt))."""
+    from ..driver.generation import Generation
+
     prompt = read_prompt(prompt)
-    rows = ctx.conn.execute("select * from gptsql.predict(%s, %s, %s)", [prompt, top_n, model]).fetchall()
+    gen = Generation(ctx.conn, model, prompt, 0, record=True, kind="predict")
+    gen.on_prefill = bar = PrefillBar()
+    try:
+        rows = gen.predict(top_n)   # gptsql.predict(prompt), fed in chunks with a progress bar
+    except KeyboardInterrupt:
+        bar.close()
+        gen.stop("interrupted")
+        raise
+    except (psycopg.Error, UserError) as exc:
+        bar.close()
+        gen.stop("failed", str(exc))
+        raise
     if as_json:
         for rank, token, piece, p, logit in rows:
             click.echo(json.dumps({"rank": rank, "token": token, "piece": piece, "probability": p, "logit": logit},
@@ -412,6 +428,17 @@ def check(ctx: Context, model, prompt, tokens):
         sys.exit(1)
 
 
+def lengths(option: str, text: str) -> list[int]:
+    """--contexts / --prompts: positive numbers separated by commas."""
+    try:
+        values = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        values = [0]
+    if not values or min(values) < 1:
+        raise UserError(f"--{option} takes numbers of tokens separated by commas (such as 64,256,1000), got {text!r}")
+    return values
+
+
 @cli.command()
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage of the benchmarked model.")
@@ -420,17 +447,20 @@ def check(ctx: Context, model, prompt, tokens):
 @click.option("--decode-tokens", default=32, show_default=True, help="Greedy tokens for the decode median.")
 @click.option("--contexts", default="16,128,512,1000", show_default=True,
               help="Context lengths for the time-per-token curve.")
+@click.option("--prompts", default="64,256,1000", show_default=True,
+              help="Prompt lengths for the time to first token (and the decode step after it).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
 @workers_option
 @pass_ctx
 @friendly
-def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out, workers):
+def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out, workers):
     """Measure SQL against numpy and PyTorch on the same random GPT-2 (124M shape by default).
 
     Builds random:SHAPE, loads it, and prints load time, size on disk, prefill of 64 tokens,
-    decode time per token (median), time per token by context length, the same for numpy and
-    PyTorch, their ratios, the logit error of the storage, and tokenizer throughput; then one
-    backend and the workers (--workers, default one per core) side by side, measured in turn.
+    decode time per token (median), time per token by context length, time to first token for
+    long prompts and the decode step after each (--prompts), the same for numpy and PyTorch, their
+    ratios, the logit error of the storage, and tokenizer throughput; then one backend and the
+    workers (--workers, default one per core) side by side, measured in turn.
     """
     from rich.console import Console
 
@@ -450,7 +480,8 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out, workers
     console = Console(stderr=True)
     with console.status("benchmark") as status:
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
-                                contexts=[int(c) for c in contexts.split(",") if c], checkpoint=checkpoint,
+                                contexts=lengths("contexts", contexts), checkpoint=checkpoint,
+                                prompt_lengths=lengths("prompts", prompts),
                                 workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, Workers.GROUPS),
                                 connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
                                 progress=lambda s: (status.update(s), console.log(s)))

@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from ..errors import UserError
-from .common import friendly, read_prompt, workers_meta_option
+from .common import PrefillBar, friendly, read_prompt, workers_meta_option
 
 
 def console():
@@ -87,13 +87,16 @@ def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, see
     ensure_model(ctx, model)
     gen = start_generation(ctx.db, ctx.conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=True)
+    gen.on_prefill = bar = PrefillBar()
     try:
         for _ in gen.steps():
             pass
     except KeyboardInterrupt:
+        bar.close()
         gen.stop("interrupted")
         raise
     except (psycopg.Error, UserError) as exc:
+        bar.close()
         gen.stop("failed", str(exc))
         raise
     return gen.run_id

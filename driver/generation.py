@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import codecs
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg
 
@@ -26,28 +26,53 @@ def ensure_model(ctx, model: str | None) -> None:
     loader.load(ctx.conn, checkpoint, checkpoint.default_name)
 
 
+Progress = Callable[[int, int], None]  # (prompt places computed, prompt places in all)
+
+
 class Generation:
     """A run of gptsql: started in SQL (tokenized, validated, recorded), then stepped one token at a
-    time. Text is decoded incrementally, so a token that ends mid-character waits for the next."""
+    time. Text is decoded incrementally, so a token that ends mid-character waits for the next.
+    A long prompt is fed PREFILL_CHUNK places per statement (the last chunk by the first step), so
+    that `on_prefill` can show progress between them and Ctrl-C never waits for a whole prompt."""
+
+    PREFILL_CHUNK = 64
 
     def __init__(self, conn: psycopg.Connection, model, prompt, max_tokens, temperature=0.0, top_k=0,
-                 top_p=1.0, seed=None, record=True, truncate_left=False, allow_special=False):
+                 top_p=1.0, seed=None, record=True, truncate_left=False, allow_special=False, kind="generate"):
         self.conn = conn
         self.max_tokens = max_tokens
         row = conn.execute(
             """select run_id, model_id, tokens, eot from gptsql.start_run(%s, %s, %s, %s, %s, %s, %s, %s,
-                      truncate_left => %s, allow_special => %s)""",
-            [model, prompt, max_tokens, temperature, top_k, top_p, seed, record, truncate_left, allow_special],
+                      kind => %s, truncate_left => %s, allow_special => %s)""",
+            [model, prompt, max_tokens, temperature, top_k, top_p, seed, record, kind, truncate_left, allow_special],
         ).fetchone()
         self.run_id, self.model_id, self.prompt_tokens, self.eot = row
         self.tokens: list[int] = []
         self.generated = 0
         self.finished = False
+        self.on_prefill: Progress | None = None
+
+    def prefill(self) -> tuple[list[int], int]:
+        """Feed the prompt's chunks but the last: (the last chunk, its start)."""
+        prompt, chunk = list(self.prompt_tokens), self.PREFILL_CHUNK
+        start = 0
+        while len(prompt) - start > chunk:
+            self.feed(prompt[start:start + chunk], start)
+            start += chunk
+            if self.on_prefill:
+                self.on_prefill(start, len(prompt))
+        return prompt[start:], start
+
+    def feed(self, fresh: list[int], start: int) -> None:
+        """Feed `fresh` (places start, ...) into the run's cache without choosing a token."""
+        self.conn.execute("select gptsql.feed(%s, %s, %s)", [self.run_id, fresh, start], prepare=True)
 
     def steps(self) -> Iterator[tuple[int, bytes, float]]:
-        fresh, start = list(self.prompt_tokens), 0
-        for _ in range(self.max_tokens):
+        fresh, start = self.prefill() if self.max_tokens else ([], 0)
+        for i in range(self.max_tokens):
             token, raw, probability, _logit = self.step(fresh, start)
+            if i == 0 and self.on_prefill:  # the first token ends the prefill
+                self.on_prefill(len(self.prompt_tokens), len(self.prompt_tokens))
             start += len(fresh)
             fresh = [token]
             self.tokens.append(token)
@@ -56,6 +81,17 @@ class Generation:
                 break
             yield token, raw, probability
         self.stop("done")
+
+    def predict(self, top_n: int) -> list[tuple]:
+        """The distribution after the prompt (a run started with kind="predict", max_tokens 0):
+        (rank, token, piece, probability, logit) rows, best first; the run is finished."""
+        fresh, start = self.prefill()
+        rows = self.conn.execute("select * from gptsql.predict_run(%s, %s, %s, %s)",
+                                 [self.run_id, fresh, start, top_n]).fetchall()
+        self.finished = True
+        if self.on_prefill:
+            self.on_prefill(len(self.prompt_tokens), len(self.prompt_tokens))
+        return rows
 
     def step(self, fresh: list[int], start: int) -> tuple:
         """Feed `fresh` (places start, ...): (token, bytes, probability, logit) of the next token."""

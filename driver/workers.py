@@ -126,6 +126,8 @@ class ShardedGeneration(Generation):
     VOCAB = """select cand_tokens, cand_logits from gptsql.vocab_share(%s, %b::vector, %s, %s, %s, %s, NULL)"""
     CHOOSE = """select token, bytes, probability, logit
                 from gptsql.choose_shards(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+    RECORD = """select gptsql.record_residual(%s, %s, %s, %b::vector[],
+                gptsql.sum_partials(%b::vector[], %b::vector[]))"""
     CANDIDATES = 1000  # a shard's candidates for top-p (choose() sorts the 1000 best too)
 
     def __init__(self, conn, connect: Callable[[], psycopg.Connection], n: int, clamp: bool, *args, **kwargs):
@@ -145,11 +147,9 @@ class ShardedGeneration(Generation):
         self.workers.close()  # first: a step in flight must not refill the cache afterwards
         super().stop(status, error)
 
-    def step(self, fresh: list[int], start: int):
-        began = time.perf_counter()
+    def blocks(self, fresh: list[int], start: int) -> tuple[list, list]:
+        """Every block over the workers: the stream before the last MLP and that MLP's partials."""
         ws, run, model = self.workers, self.run_id, self.model_id
-        place = start + len(fresh)
-        u = self.conn.execute("select gptsql.draw(%s, %s)", [run, place], prepare=True).fetchone()[0]
         resid, partials = None, None
         for block in range(self.n_layer):
             rows = ws.each(self.ATTENTION, lambda w: [run, model, block, start, fresh, resid, partials and flat(partials),
@@ -157,6 +157,21 @@ class ShardedGeneration(Generation):
             resid, partials = rows[0][0], [r[1] for r in rows]
             rows = ws.each(self.MLP, lambda w: [model, block, resid, flat(partials), *ws.groups[w]])
             resid, partials = rows[0][0], [r[1] for r in rows]
+        return resid, partials
+
+    def feed(self, fresh: list[int], start: int) -> None:
+        """A chunk of the prompt through every block, its last residual row recorded (by the lead,
+        as logits_share does for a step's last block)."""
+        resid, partials = self.blocks(fresh, start)
+        self.workers.conns[0].execute(self.RECORD, [self.run_id, self.n_layer - 1, start, resid, resid,
+                                                    flat(partials)], prepare=True, binary=True)
+
+    def step(self, fresh: list[int], start: int):
+        began = time.perf_counter()
+        ws, run, model = self.workers, self.run_id, self.model_id
+        place = start + len(fresh)
+        u = self.conn.execute("select gptsql.draw(%s, %s)", [run, place], prepare=True).fetchone()[0]
+        resid, partials = self.blocks(fresh, start)
         sampling = self.temperature > 0 and (self.top_k > 0 or self.top_p < 1)
         keep = (self.top_k or self.CANDIDATES) if sampling else 0
         rows = ws.each(self.LOGITS, lambda w: [run, model, start, resid, flat(partials), *ws.vocab[w], w == 0,

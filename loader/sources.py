@@ -30,6 +30,7 @@ HTTP_CLIENTS = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3
 RANDOM_SHAPES = {
     "tiny": (2, 64, 4, 128),
     "small": (4, 128, 4, 256),
+    "narrow": (2, 64, 4, 1024),         # tiny's width with GPT-2's whole context: long prompts, fast
     "gpt2": (12, 768, 12, 1024),
     "gpt2-medium": (24, 1024, 16, 1024),
     "gpt2-large": (36, 1280, 20, 1024),

@@ -95,8 +95,10 @@ AS $$
                     -- Vectors hold float4, so this one pass is used while no score passes the query's
                     -- own by more than 20 (e^20 scales a value safely); past that, the CASEs above
                     -- read the keys once more, relative to the top score (attention_softmax).
+                    -- FILTER, not CASE: an aggregate under a CASE still sorts and collects every key
+                    -- (a 400-token prefill without recording, 1.73 -> 1.48 s of backend CPU).
                     SELECT  max(s.score) AS top, sum(s.e) AS z, sum(s.v * gptsql.fill(s.e, config.head_dim)) AS mixed,
-                            CASE WHEN config.recording THEN array_agg(s.e ORDER BY s.key_place) END AS e
+                            array_agg(s.e ORDER BY s.key_place) FILTER (WHERE config.recording) AS e
                     FROM    (SELECT  c.key_place, c.v, c.score, gptsql.weight_exp(least(c.score - heads.own_score, 20)) AS e
                              FROM    gptsql.attention_scores(run, block, heads.place, heads.head, heads.q,
                                                              config.head_dim) AS c) AS s

@@ -69,21 +69,19 @@ BEGIN
 END
 $$;
 
--- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
-CREATE OR REPLACE FUNCTION gptsql.step(run bigint, tokens int[], start int)
-RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
+-- The checks a step makes before it feeds `tokens` (the places start, start + 1, ...) to a run:
+-- the run is running, the tokens are in the vocabulary, start is where the run's cache ends, and
+-- they fit in the context window. Returns the run.
+CREATE OR REPLACE FUNCTION gptsql.check_step(run bigint, tokens int[], start int)
+RETURNS gptsql.run
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     r        gptsql.run;
     m        gptsql.model;
     bad      int;
     cached   int;
-    hidden   vector;
-    c        record;
-    place    int := start + cardinality(tokens);
-    began    timestamptz := clock_timestamp();
 BEGIN
-    SELECT * INTO r FROM gptsql.run WHERE id = step.run;
+    SELECT * INTO r FROM gptsql.run WHERE id = check_step.run;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no run %', run USING HINT = 'start one with gptsql.start_run(...)';
     END IF;
@@ -101,16 +99,31 @@ BEGIN
             USING HINT = format('token ids go from 0 to %s', m.n_vocab - 1);
     END IF;
     SELECT coalesce(max(k.place) + 1, 0) INTO cached
-    FROM   gptsql.kv_cache k WHERE k.run_id = step.run AND k.block = 0 AND k.head = 0;
+    FROM   gptsql.kv_cache k WHERE k.run_id = check_step.run AND k.block = 0 AND k.head = 0;
     IF start IS DISTINCT FROM cached THEN
         RAISE EXCEPTION 'run % has computed % places, so its next step starts at place %, not %', run, cached, cached,
             coalesce(start::text, 'NULL')
             USING HINT = 'start = how many tokens the run was fed before this step (the prompt included)';
     END IF;
-    IF place > m.n_ctx THEN
+    IF start + cardinality(tokens) > m.n_ctx THEN
         RAISE EXCEPTION 'run % is full: the context window of model "%" ends at % tokens', run, m.name, m.n_ctx
             USING HINT = 'start a new run, or keep the end of the prompt with --truncate left';
     END IF;
+    RETURN r;
+END
+$$;
+
+-- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
+CREATE OR REPLACE FUNCTION gptsql.step(run bigint, tokens int[], start int)
+RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    r        gptsql.run := gptsql.check_step(run, tokens, start);
+    hidden   vector;
+    c        record;
+    place    int := start + cardinality(tokens);
+    began    timestamptz := clock_timestamp();
+BEGIN
     hidden := gptsql.forward(run, tokens, start);
     SELECT * INTO c
     FROM   gptsql.choose(r.model_id, hidden, r.temperature, r.top_k, r.top_p,
@@ -127,6 +140,19 @@ BEGIN
         SELECT c.token, t.bytes, c.probability, c.logit
         FROM   gptsql.token t
         WHERE  t.model_id = r.model_id AND t.token = c.token;
+END
+$$;
+
+-- Part of a step: feed `tokens` into the run's KV cache (and its recorded activations) without
+-- choosing a token. A long prompt goes in as chunks, the last one by step(), so that the client
+-- can show progress and stop between them. Returns where the next chunk starts.
+CREATE OR REPLACE FUNCTION gptsql.feed(run bigint, tokens int[], start int)
+RETURNS int
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM gptsql.check_step(run, tokens, start);
+    PERFORM gptsql.forward(run, tokens, start);
+    RETURN start + cardinality(tokens);
 END
 $$;
 
@@ -169,28 +195,44 @@ BEGIN
 END
 $$;
 
+-- The end of a prediction: feed the prompt's last `tokens` (places start, ...; the places before
+-- them are in the cache, fed by feed()), record the distribution of the token after them, finish
+-- the run. The client that shows progress over a long prompt calls it after feeding the rest.
+CREATE OR REPLACE FUNCTION gptsql.predict_run(run bigint, tokens int[], start int, top_n int DEFAULT 10)
+RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    r      gptsql.run := gptsql.check_step(run, tokens, start);
+    hidden vector;
+BEGIN
+    IF top_n IS NULL OR top_n < 1 THEN
+        RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
+    END IF;
+    hidden := gptsql.forward(run, tokens, start);
+    INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
+    SELECT  run, start + cardinality(tokens) - 1, d.rank, d.token, d.logit, d.probability
+    FROM    gptsql.distribution(r.model_id, hidden, top_n) d;
+    PERFORM gptsql.finish_run(run, 'done');
+    RETURN QUERY
+        SELECT  l.rank, l.token, t.piece, l.probability, l.logit
+        FROM    gptsql.step_logit l
+        JOIN    gptsql.token t ON t.model_id = r.model_id AND t.token = l.token
+        WHERE   l.run_id = predict_run.run
+        ORDER BY l.rank;
+END
+$$;
+
 -- The article's llm(prompt): the distribution of the token after the prompt.
 CREATE OR REPLACE FUNCTION gptsql.predict(prompt text, top_n int DEFAULT 10, model text DEFAULT NULL)
 RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     s      record;
-    hidden vector;
 BEGIN
     IF top_n IS NULL OR top_n < 1 THEN
         RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
     END IF;
     SELECT * INTO s FROM gptsql.start_run(model, prompt, 0, kind => 'predict');
-    hidden := gptsql.forward(s.run_id, s.tokens, 0);
-    INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
-    SELECT  s.run_id, cardinality(s.tokens) - 1, d.rank, d.token, d.logit, d.probability
-    FROM    gptsql.distribution(s.model_id, hidden, top_n) d;
-    PERFORM gptsql.finish_run(s.run_id, 'done');
-    RETURN QUERY
-        SELECT  l.rank, l.token, t.piece, l.probability, l.logit
-        FROM    gptsql.step_logit l
-        JOIN    gptsql.token t ON t.model_id = s.model_id AND t.token = l.token
-        WHERE   l.run_id = s.run_id
-        ORDER BY l.rank;
+    RETURN QUERY SELECT * FROM gptsql.predict_run(s.run_id, s.tokens, 0, top_n);
 END
 $$;

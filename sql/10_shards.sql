@@ -112,7 +112,7 @@ AS $$
             FROM    config, heads
             CROSS JOIN LATERAL (
                     SELECT  max(s.score) AS top, sum(s.e) AS z, sum(s.v * gptsql.fill(s.e, config.head_dim)) AS mixed,
-                            CASE WHEN config.recording THEN array_agg(s.e ORDER BY s.key_place) END AS e
+                            array_agg(s.e ORDER BY s.key_place) FILTER (WHERE config.recording) AS e
                     FROM    (SELECT  c.key_place, c.v, c.score, gptsql.weight_exp(least(c.score - heads.own_score, 20)) AS e
                              FROM    gptsql.attention_scores(run, block, heads.place, heads.head, heads.q,
                                                              config.head_dim) AS c) AS s

@@ -11,7 +11,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     out = tmp_path / "bench.json"
     result = run_cli("bench", "--shape", "tiny", "--contexts", "16,64", "--decode-tokens", "3", "--json", str(out),
-                     "--workers", "2")
+                     "--workers", "2", "--prompts", "16,100,200")
     assert "decode per token" in result.stdout and "SQL / PyTorch" in result.stdout
     figures = json.loads(out.read_text())
     for key in ("load_s", "size_bytes", "sql", "numpy", "torch", "ratios", "fidelity"):
@@ -31,11 +31,26 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     assert ratios["prefill_weights_pass_over_torch_prefill"] == sql["prefill_weights_pass_s"] / torch_["prefill_s"]
     assert ratios["decode_sql_over_numpy"] == sql["decode_s"] / numpy_["decode_s"]
     assert ratios["prefill_sql_over_numpy"] == sql["prefill_s"] / numpy_["prefill_s"]
+    assert ratios["decode_longest_over_ctx16"] == sql["by_context"]["64"] / sql["by_context"]["16"]
+    # the long-prompt curve: time to first token and the decode step after it, SQL and PyTorch (200
+    # does not fit tiny's context of 128 with the steps after it, so it is left out)
+    assert set(figures["curve"]) == {"16", "100"}
+    for point in figures["curve"].values():
+        assert point["ttft_ratio"] == point["sql_ttft_s"] / point["torch_ttft_s"]
+        assert point["decode_ratio"] == point["sql_decode_s"] / point["torch_decode_s"]
+    assert "prompt of 100 tokens: time to first token" in result.stdout
+    assert "prompt of 100 tokens: decode step after it" in result.stdout
     # one backend and the workers side by side (2 on these machines' 2 cores, at least 2 asked here)
     assert figures["workers"]["n"] >= 2 and len(figures["workers"]["decode_ratios"]) == 3
     assert figures["workers"]["tokens_same"] and "workers (" in result.stdout
     # the benchmark's model is dropped afterwards
     assert db.execute("select count(*) from gptsql.model where name like 'bench-%'").fetchone()[0] == 0
+
+
+def test_bench_refuses_bad_lengths(run_cli):
+    result = run_cli("bench", "--shape", "tiny", "--prompts", "64,x", check=False)
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "Error: --prompts takes numbers of tokens separated by commas (such as 64,256,1000), got '64,x'"]
 
 
 def test_hnsw_script_reports_agreement_and_drops_its_index(backend, db, tiny):
