@@ -20,6 +20,7 @@ from test_faults import make_server
 @pytest.fixture
 def long_server():
     base = Path(tempfile.mkdtemp(prefix="gqh-", dir="/tmp"))
+    base.chmod(0o711)   # as root the server's user passes it (gptsql refuses, not widens, a 0700 folder)
     s = make_server(base / ("long-" * 20))
     assert str(s.embedded.socket_dir).startswith("/tmp/gptsql-")
     yield s
@@ -305,3 +306,39 @@ def test_unload_of_another_model_blocks_no_generation(database, db, tiny, tiny_c
     assert db.execute("select count(*) from pg_class where relname ~ '^(wte|linear)_[0-9]+$' and "
                       "relnamespace = 'gptsql'::regnamespace").fetchone()[0] == \
         2 * db.execute("select count(*) from gptsql.model").fetchone()[0]
+
+
+# ------------------------------------------------------------- 3: the folders above the data directory
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
+def test_root_does_not_widen_folders_above_the_data_dir():
+    """A data directory under a 0700 folder of root's: one line naming the folder and the fix, the
+    folder left 0700; after that fix, the server starts there."""
+    import subprocess
+    import sys
+
+    base = Path(tempfile.mkdtemp(prefix="gqp-", dir="/tmp"))   # 0700
+    data_dir = base / "inner" / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env["GPTSQL_DATA_DIR"] = str(data_dir)
+    try:
+        result = subprocess.run([sys.executable, "-m", "gptsql", "db", "start"], capture_output=True, text=True,
+                                env=env, timeout=120)
+        assert result.returncode == 1, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.stderr, lines
+        assert f"cannot pass {base} (mode 0700)" in lines[0] and f"chmod o+x {base}" in lines[0], lines[0]
+        assert stat_mode(base) == 0o700 and not (base / "inner").exists()
+        base.chmod(0o701)   # the fix the line names
+        result = subprocess.run([sys.executable, "-m", "gptsql", "db", "start"], capture_output=True, text=True,
+                                env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert stat_mode(base) == 0o701
+    finally:
+        subprocess.run([sys.executable, "-m", "gptsql", "db", "stop"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def stat_mode(path: Path) -> int:
+    import stat
+
+    return stat.S_IMODE(path.stat().st_mode)
