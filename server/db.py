@@ -161,8 +161,10 @@ class Embedded:
         for folder in folders:
             try:
                 info = folder.stat()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue   # made later by mkdir with the umask's mode, and checked then
+            if not stat.S_ISDIR(info.st_mode):
+                return   # a file in the way: mkdir refuses it in its own words
             bit = 0o100 if info.st_uid == uid else 0o010 if info.st_gid == gid else 0o001
             if not info.st_mode & bit:
                 blocked.insert(0, (folder, stat.S_IMODE(info.st_mode)))   # the topmost first
