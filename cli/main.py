@@ -269,7 +269,9 @@ def unload(ctx: Context, name, yes):
         if not click.confirm(f"Remove {what}?"):
             click.echo("nothing removed")
             return
-    ctx.conn.execute("select gptsql.drop_model(%s)", [name])
+    from ..loader.load import unload as remove
+
+    remove(ctx.conn, name)
     click.echo(f"removed {what}")
 
 

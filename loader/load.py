@@ -1,6 +1,9 @@
 """Write a checkpoint into the database: one transaction, binary COPY, pgvector types.
 
 A failed or killed load rolls back and leaves the previously loaded model of that name intact.
+Neither a load nor an unload makes a generation on another model wait: the big tables are built
+apart and attached at the end, and a removed model's tables are detached concurrently, after the
+commit (see gptsql.new_partitions in sql/00_schema.sql).
 """
 from __future__ import annotations
 
@@ -83,6 +86,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
         done += rows
         progress(stage, done, total_rows)
 
+    remove_leftovers(conn)
     with conn.transaction():
         # The embedded server commits asynchronously (fast steps); a load is durable once it returns.
         conn.execute("set local synchronous_commit = on")
@@ -95,7 +99,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
             [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer,
              c.layer_norm_epsilon, dtype, ck.n_params()],
         ).fetchone()[0]
-        conn.execute("select gptsql.create_partitions(%s)", [model_id])
+        conn.execute("select gptsql.new_partitions(%s)", [model_id])
 
         with conn.cursor() as cur:
             with cur.copy("copy gptsql.token (model_id, token, bytes, piece) from stdin (format binary)") as cp:
@@ -108,7 +112,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                     cp.write_row((model_id, first, second, rank, merged))
             tick("vocabulary", 2 * len(ck.vocab))
 
-            # The big tables go straight into the partitions created above, frozen: their rows are
+            # The big tables go straight into the partitions-to-be created above, frozen: their rows are
             # visible to all from the start, so neither the first steps (setting hint bits, each a
             # full-page write with checksums on) nor an autovacuum right after the load rewrite
             # 500 MB while a generation runs.
@@ -151,10 +155,34 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                             cp.write(chunk)
                     cp.write(COPY_TRAILER)
                 tick(f"block {i + 1}/{c.n_layer}", 12 * n)
+        conn.execute("select gptsql.attach_partitions(%s)", [model_id])
         progress("analyze", total_rows, total_rows)
+    remove_leftovers(conn)   # the tables of the model this one replaced
     for table in ("token", "merge", f"wte_{model_id}", "wpe", "norm", f"linear_{model_id}"):
         conn.execute(f"analyze gptsql.{table}")
     return model_id
+
+
+def unload(conn: psycopg.Connection, name: str) -> bool:
+    """Remove model `name` (its runs go with it); False when there is none."""
+    found = conn.execute("select gptsql.drop_model(%s)", [name]).fetchone()[0]
+    remove_leftovers(conn)
+    return found
+
+
+def remove_leftovers(conn: psycopg.Connection) -> None:
+    """Detach and drop the big tables of models that are gone (an unload, a replaced model, or one
+    of these interrupted). Each statement runs on its own: DETACH CONCURRENTLY refuses a
+    transaction block, and waits for the queries in flight on the parent without blocking any.
+    Inside a caller's transaction it does nothing: the next load or unload removes them."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return
+    autocommit, conn.autocommit = conn.autocommit, True
+    try:
+        for (statement,) in conn.execute("select * from gptsql.leftover_statements()").fetchall():
+            conn.execute(statement)
+    finally:
+        conn.autocommit = autocommit
 
 
 def frozen_copy(table: str, columns: list[str]) -> sql.Composed:

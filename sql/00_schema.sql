@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS gptsql.unicode_class (
 -- Token and position embeddings. The big tables (wte, linear) are partitioned by model: a scan
 -- of the vocabulary reads only its own model's rows, and replacing a model drops a partition.
 CREATE TABLE IF NOT EXISTS gptsql.wte (
-    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    model_id int NOT NULL,           -- no foreign key: see new_partitions()
     token    int NOT NULL,
     w        vector,                 -- float32 models
     h        halfvec,                -- float16 models
@@ -88,7 +88,7 @@ CREATE TABLE IF NOT EXISTS gptsql.norm (
 -- Output units are grouped (grp) into the vectors the next stage wants: c_attn's units come back
 -- as one vector per head of q, k and v; c_fc's as parts of n_embd.
 CREATE TABLE IF NOT EXISTS gptsql.linear (
-    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    model_id int NOT NULL,           -- no foreign key: see new_partitions()
     name     text NOT NULL CHECK (name IN ('c_attn', 'attn_proj', 'c_fc', 'mlp_proj')),
     block    int NOT NULL,
     part     int NOT NULL,           -- which n_embd-wide slice of the input this row reads
@@ -106,36 +106,100 @@ ALTER TABLE gptsql.wte    ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET S
 ALTER TABLE gptsql.wpe    ALTER COLUMN w SET STORAGE PLAIN;
 ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
 
--- A model's own partitions of the big tables (called by the loader inside its transaction).
-CREATE OR REPLACE FUNCTION gptsql.create_partitions(model int)
+-- A model's own partitions of the big tables. Creating a partition, or dropping one, takes an
+-- ACCESS EXCLUSIVE lock on the parent, and every query of every model waits for it until the
+-- load commits. So a load builds its partitions as plain tables, fills them (COPY FREEZE: they
+-- are new in its transaction) and attaches them at the end: ATTACH takes SHARE UPDATE EXCLUSIVE
+-- on the parent, which readers do not wait for, and the CHECK matching the bound spares it the
+-- validation scan. The big tables have no foreign key to gptsql.model: attaching would check one
+-- row by row, and dropping one locks gptsql.model; a model's partitions go with it, by name.
+DO $$
+DECLARE
+    fk record;
+BEGIN
+    FOR fk IN SELECT c.conrelid::regclass AS tab, c.conname
+              FROM   pg_constraint c
+              WHERE  c.contype = 'f' AND c.conparentid = 0
+              AND    c.conrelid IN ('gptsql.wte'::regclass, 'gptsql.linear'::regclass) LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', fk.tab, fk.conname);   -- databases made before
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gptsql.new_partitions(model int)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['wte', 'linear'] LOOP
-        EXECUTE format('CREATE TABLE gptsql.%I PARTITION OF gptsql.%I FOR VALUES IN (%s)', t || '_' || model, t, model);
-        EXECUTE format('ALTER TABLE gptsql.%I ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN',
-                       t || '_' || model);
+        EXECUTE format('CREATE TABLE gptsql.%I (LIKE gptsql.%I INCLUDING ALL, CONSTRAINT %I CHECK (model_id = %s))',
+                       t || '_' || model, t, t || '_' || model || '_bound', model);
     END LOOP;
 END
 $$;
 
--- Remove a model: its partitions go at once, the rest by cascade.
+CREATE OR REPLACE FUNCTION gptsql.attach_partitions(model int)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['wte', 'linear'] LOOP
+        EXECUTE format('ALTER TABLE gptsql.%I ATTACH PARTITION gptsql.%I FOR VALUES IN (%s)', t, t || '_' || model, model);
+    END LOOP;
+END
+$$;
+
+-- Both at once, for a model made by hand (a few rows, nobody reading).
+CREATE OR REPLACE FUNCTION gptsql.create_partitions(model int)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT gptsql.new_partitions(model);
+    SELECT gptsql.attach_partitions(model);
+$$;
+
+-- Remove a model: its row, and by cascade its vocabulary, small weights and runs. Its two big
+-- tables are left over until leftover_statements() runs (gptsql unload and gptsql load do):
+-- dropping them here would lock out every generation until this transaction ends.
 CREATE OR REPLACE FUNCTION gptsql.drop_model(model_name text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
-DECLARE
-    old int;
 BEGIN
-    SELECT m.id INTO old FROM gptsql.model m WHERE m.name = model_name;
-    IF old IS NULL THEN
-        RETURN false;
-    END IF;
-    EXECUTE format('DROP TABLE IF EXISTS gptsql.%I, gptsql.%I', 'wte_' || old, 'linear_' || old);
-    DELETE FROM gptsql.model m WHERE m.id = old;
-    RETURN true;
+    DELETE FROM gptsql.model m WHERE m.name = model_name;
+    RETURN FOUND;
 END
+$$;
+
+-- The statements that remove the big tables of models no longer in gptsql.model, each to run on
+-- its own outside a transaction block (from psql: SELECT * FROM gptsql.leftover_statements() \gexec).
+-- DETACH ... CONCURRENTLY waits for the queries that use the parent but blocks none of them;
+-- FINALIZE completes one that was interrupted; the detached table then drops with no lock on
+-- anything else.
+CREATE OR REPLACE FUNCTION gptsql.leftover_statements()
+RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+    WITH leftover AS (
+            SELECT  c.oid, c.relname, substring(c.relname FROM '^(wte|linear)_') AS parent,
+                    i.inhdetachpending AS pending, i.inhrelid IS NOT NULL AS attached
+            FROM    pg_class c
+            JOIN    pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'gptsql'
+            LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+            WHERE   c.relkind = 'r'
+            AND     c.relname ~ '^(wte|linear)_[0-9]+$'
+            AND     NOT EXISTS (SELECT FROM gptsql.model m WHERE m.id = substring(c.relname FROM '[0-9]+$')::int)
+    ),
+    statement AS (
+            SELECT  relname, 1 AS step,
+                    format('ALTER TABLE gptsql.%I DETACH PARTITION gptsql.%I %s', parent, relname,
+                           CASE WHEN pending THEN 'FINALIZE' ELSE 'CONCURRENTLY' END) AS sql
+            FROM    leftover
+            WHERE   attached
+        UNION ALL
+            SELECT  relname, 2, format('DROP TABLE gptsql.%I', relname)
+            FROM    leftover
+    )
+    SELECT sql FROM statement ORDER BY relname, step
 $$;
 
 -- Runs: every generation and prediction is recorded (see 08_runs.sql for the views).

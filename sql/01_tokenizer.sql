@@ -61,54 +61,17 @@ EXCEPTION WHEN duplicate_object THEN NULL;
 END
 $$;
 
--- Concatenation of int arrays, in the aggregate's ORDER BY.
-CREATE OR REPLACE AGGREGATE gptsql.concat_arrays(int[]) (
-    SFUNC    = array_cat,
-    STYPE    = int[],
-    INITCOND = '{}'
-);
+DROP AGGREGATE IF EXISTS gptsql.concat_arrays(int[]);   -- quadratic: see the last step of a round
 
--- Text to token ids. model NULL: the most recently loaded model. With allow_special, the text
--- <|endoftext|> is the special token (50256 in GPT-2); by default it is ordinary text.
-CREATE OR REPLACE FUNCTION gptsql.tokenize(prompt text, model text DEFAULT NULL, allow_special boolean DEFAULT false)
-RETURNS int[]
-LANGUAGE plpgsql STABLE AS $fn$
-DECLARE
-    vocabulary int := gptsql.model_id(model);
-    pattern    text := gptsql.piece_pattern();
-    byte_ids   int[];    -- byte b -> the id of its one-byte token, at b + 1
-    result     int[];
-BEGIN
-    IF pattern IS NULL THEN
-        RAISE EXCEPTION 'the tokenizer''s Unicode classes are missing (gptsql.unicode_class is empty)'
-            USING HINT = 'loading a model fills them: gptsql load random:tiny';
-    END IF;
-    IF prompt IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT  array_agg(t.token ORDER BY b)
-    INTO    byte_ids
-    FROM    generate_series(0, 255) AS b
-    JOIN    gptsql.token t ON t.model_id = vocabulary AND t.bytes = set_byte('\x00'::bytea, 0, b);
+-- Byte-level BPE of distinct byte strings, side by side: each string and its token ids.
+-- byte_ids[b + 1] is the id of the one-byte token b.
+CREATE OR REPLACE FUNCTION gptsql.bpe(pieces bytea[], vocabulary int, byte_ids int[])
+RETURNS TABLE (bytes bytea, tokens int[])
+LANGUAGE sql STABLE AS $fn$
     WITH RECURSIVE
-    special AS (          -- the special token's id, when the text may contain it
-            SELECT  t.token
-            FROM    gptsql.token t
-            WHERE   t.model_id = vocabulary AND t.bytes = '<|endoftext|>'::bytea
-    ),
-    segment AS (          -- the texts between special tokens: pieces never cross one
-            SELECT  s.text, s.n
-            FROM    unnest(CASE WHEN allow_special THEN string_to_array(prompt, '<|endoftext|>')
-                                ELSE ARRAY[prompt] END) WITH ORDINALITY AS s(text, n)
-    ),
-    piece AS (            -- GPT-2's pre-tokenizer: the matches tile the text, in order
-            SELECT  segment.n AS segment, m.n AS place, convert_to(m.match[1], 'UTF8') AS bytes
-            FROM    segment
-            CROSS JOIN LATERAL regexp_matches(segment.text, pattern, 'g') WITH ORDINALITY AS m(match, n)
-    ),
-    distinct_piece AS MATERIALIZED (   -- prose repeats its words: encode each piece once
-            SELECT  row_number() OVER () AS id, bytes
-            FROM    (SELECT DISTINCT bytes FROM piece) AS d
+    distinct_piece AS MATERIALIZED (
+            SELECT  row_number() OVER () AS id, p AS bytes
+            FROM    unnest(pieces) AS p
     ),
     whole AS (            -- a piece that is a token needs no merging
             SELECT  d.id, t.token
@@ -120,7 +83,7 @@ BEGIN
             SELECT  d.id, d.bytes, b.tokens, b.parts, b.ranks
             FROM    distinct_piece d
             CROSS JOIN LATERAL (
-                    SELECT  array_agg(byte_ids[get_byte(d.bytes, i) + 1] ORDER BY i) AS tokens,
+                    SELECT  array_agg(bpe.byte_ids[get_byte(d.bytes, i) + 1] ORDER BY i) AS tokens,
                             array_agg(i ORDER BY i) || length(d.bytes) AS parts,
                             array_agg((SELECT t.token
                                        FROM   gptsql.token t
@@ -197,20 +160,27 @@ BEGIN
                         last AS (
                                 SELECT  q, right_rank FROM kept ORDER BY j DESC LIMIT 1
                         )
-                        SELECT  ROW(gptsql.concat_arrays(m.tokens[k.previous + 2 : k.q - 1] || m.best ORDER BY k.j)
+                        -- Each merge contributes a short slice; the slices join up by array_agg over
+                        -- their elements (concatenating arrays one by one copies the whole so far
+                        -- each time: quadratic in the number of merges, minutes on a 1 MB word).
+                        SELECT  ROW((SELECT array_agg(e ORDER BY k.j, u.o)
+                                     FROM   kept k
+                                     CROSS JOIN LATERAL unnest(m.tokens[k.previous + 2 : k.q - 1] || m.best)
+                                                        WITH ORDINALITY AS u(e, o))
                                         || m.tokens[last.q + 2 :],
-                                    gptsql.concat_arrays(m.parts[k.previous + 2 : k.q] ORDER BY k.j)
+                                    (SELECT array_agg(e ORDER BY k.j, u.o)
+                                     FROM   kept k
+                                     CROSS JOIN LATERAL unnest(m.parts[k.previous + 2 : k.q]) WITH ORDINALITY AS u(e, o))
                                         || m.parts[last.q + 2 :],
-                                    gptsql.concat_arrays(
+                                    (SELECT coalesce(array_agg(e ORDER BY k.j, u.o), '{}')
+                                     FROM   kept k
+                                     CROSS JOIN LATERAL unnest(
                                         CASE WHEN k.j > 1 AND k.q - k.previous >= 3 THEN ARRAY[k.previous_right_rank] ELSE '{}' END
                                         || m.ranks[k.previous + 2 : k.q - 2]
-                                        || CASE WHEN k.q > 1 THEN ARRAY[k.left_rank] ELSE '{}' END
-                                        ORDER BY k.j)
+                                        || CASE WHEN k.q > 1 THEN ARRAY[k.left_rank] ELSE '{}' END) WITH ORDINALITY AS u(e, o))
                                         || CASE WHEN last.q + 2 <= cardinality(m.tokens) THEN ARRAY[last.right_rank] ELSE '{}' END
                                         || m.ranks[last.q + 2 :])::gptsql.bpe_state
-                        FROM    kept k
-                        CROSS JOIN last
-                        GROUP BY last.q, last.right_rank)
+                        FROM    last)
                     END AS next
                     FROM    (SELECT found.at[1] AS q) AS single
                     OFFSET  0                       -- keep `next` one value, computed once
@@ -221,20 +191,164 @@ BEGIN
             SELECT  d.bytes, ARRAY[w.token] AS tokens FROM whole w JOIN distinct_piece d USING (id)
         UNION ALL
             SELECT  bytes, tokens FROM merging WHERE best IS NULL
+    )
+    SELECT  bytes, tokens FROM encoded
+$fn$;
+
+-- BPE of one long piece (a word of thousands of letters) in time linear in its length: merging it
+-- whole takes one round per merged rank over the whole piece, quadratic. Instead it is cut into
+-- overlapping windows [k size, (k + 1) size + size / 2), all encoded side by side (identical
+-- windows once: a run of one letter is one window), and stitched where two neighbours agree. That
+-- gives BPE's own ids: a stretch of a valid encoding is the valid encoding of its bytes, and two
+-- valid encodings that share a token at the same place join into the valid encoding of their
+-- union (github/rust-gems, crates/bpe, corollaries II and III). Windows that never agree (a
+-- stretch of tokens longer than the overlap) are retried wider, and last the piece whole.
+-- With last, only the windows that hold the piece's last `last` tokens are encoded (whole is
+-- then false): the tokens after the first seam among them are the piece's own last tokens.
+DROP FUNCTION IF EXISTS gptsql.bpe_long(bytea, int, int[]);
+CREATE OR REPLACE FUNCTION gptsql.bpe_long(piece bytea, vocabulary int, byte_ids int[], last int DEFAULT NULL,
+                                           OUT tokens int[], OUT whole boolean)
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    size    int;
+    overlap int;
+    longest int;     -- bytes of the longest token: `last` tokens take at most last * longest
+    first_k int;     -- the first window encoded
+BEGIN
+    IF last IS NOT NULL THEN
+        SELECT max(octet_length(t.bytes)) INTO longest FROM gptsql.token t WHERE t.model_id = vocabulary;
+    END IF;
+    FOREACH size IN ARRAY ARRAY[64, 512, 4096] LOOP
+        overlap := size / 2;
+        CONTINUE WHEN length(piece) <= size + overlap;
+        -- The seam after window k ends by (k + 1) size + overlap; past it are enough bytes.
+        first_k := greatest(0, coalesce((length(piece) - last * longest - overlap) / size - 1, 0));
+        whole := first_k = 0;
+        WITH stretch AS (     -- window k: its first byte (0-based) in the piece and its bytes
+                SELECT  k, k * size AS first, substring(piece FROM k * size + 1 FOR size + overlap) AS bytes
+                FROM    generate_series(first_k, (length(piece) - overlap - 1) / size) AS k
+        ),
+        encoded AS MATERIALIZED (
+                SELECT  * FROM gptsql.bpe(ARRAY(SELECT DISTINCT w.bytes FROM stretch w), vocabulary, byte_ids)
+        ),
+        placed AS MATERIALIZED (   -- each window's tokens and the bytes [start, stop) they cover
+                SELECT  w.k, u.token,
+                        w.first + sum(octet_length(t.bytes)) OVER run - octet_length(t.bytes) AS start,
+                        w.first + sum(octet_length(t.bytes)) OVER run AS stop
+                FROM    stretch w
+                JOIN    encoded e ON e.bytes = w.bytes
+                CROSS JOIN LATERAL unnest(e.tokens) WITH ORDINALITY AS u(token, n)
+                JOIN    gptsql.token t ON t.model_id = vocabulary AND t.token = u.token
+                WINDOW  run AS (PARTITION BY w.k ORDER BY u.n)
+        ),
+        seam AS (             -- window k hands over to k + 1 after the first token both have in place
+                SELECT  a.k, min(a.stop) AS cut
+                FROM    placed a
+                JOIN    placed b ON b.k = a.k + 1 AND b.start = a.start AND b.stop = a.stop AND b.token = a.token
+                GROUP BY a.k
+        )
+        SELECT  CASE WHEN (SELECT count(*) FROM seam) = (SELECT max(k) - min(k) FROM stretch) THEN (
+                    SELECT  array_agg(p.token ORDER BY p.start)
+                    FROM    placed p
+                    LEFT JOIN seam before ON before.k = p.k - 1
+                    LEFT JOIN seam after ON after.k = p.k
+                    WHERE   (whole OR p.k > first_k)      -- a tail starts at the first seam
+                    AND     p.start >= coalesce(before.cut, 0)
+                    AND     p.stop <= coalesce(after.cut, length(piece)))
+                END
+        INTO    tokens;
+        IF tokens IS NOT NULL THEN
+            RETURN;
+        END IF;
+    END LOOP;
+    tokens := (SELECT b.tokens FROM gptsql.bpe(ARRAY[piece], vocabulary, byte_ids) AS b);
+    whole := true;
+END
+$fn$;
+
+-- Text to token ids. model NULL: the most recently loaded model. With allow_special, the text
+-- <|endoftext|> is the special token (50256 in GPT-2); by default it is ordinary text. With last,
+-- only the pieces that make the last `last` tokens are encoded (each piece is at least one token):
+-- the result ends with the same ids as the whole text's, and holds at least `last` of them.
+DROP FUNCTION IF EXISTS gptsql.tokenize(text, text, boolean);
+CREATE OR REPLACE FUNCTION gptsql.tokenize(prompt text, model text DEFAULT NULL, allow_special boolean DEFAULT false,
+                                           last int DEFAULT NULL)
+RETURNS int[]
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    vocabulary int := gptsql.model_id(model);
+    pattern    text := gptsql.piece_pattern();
+    byte_ids   int[];    -- byte b -> the id of its one-byte token, at b + 1
+    result     int[];
+BEGIN
+    IF pattern IS NULL THEN
+        RAISE EXCEPTION 'the tokenizer''s Unicode classes are missing (gptsql.unicode_class is empty)'
+            USING HINT = 'loading a model fills them: gptsql load random:tiny';
+    END IF;
+    IF prompt IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT  array_agg(t.token ORDER BY b)
+    INTO    byte_ids
+    FROM    generate_series(0, 255) AS b
+    JOIN    gptsql.token t ON t.model_id = vocabulary AND t.bytes = set_byte('\x00'::bytea, 0, b);
+    WITH
+    special AS (          -- the special token's id, when the text may contain it
+            SELECT  t.token
+            FROM    gptsql.token t
+            WHERE   t.model_id = vocabulary AND t.bytes = '<|endoftext|>'::bytea
+    ),
+    segment AS (          -- the texts between special tokens: pieces never cross one
+            SELECT  s.text, s.n
+            FROM    unnest(CASE WHEN allow_special THEN string_to_array(prompt, '<|endoftext|>')
+                                ELSE ARRAY[prompt] END) WITH ORDINALITY AS s(text, n)
+    ),
+    unit AS (             -- GPT-2's pre-tokenizer: the matches tile the text, in order; a special
+                          -- token (bytes NULL) at place 0 of every segment after the first
+            SELECT  segment.n AS segment, m.n AS place, convert_to(m.match[1], 'UTF8') AS bytes
+            FROM    segment
+            CROSS JOIN LATERAL regexp_matches(segment.text, pattern, 'g') WITH ORDINALITY AS m(match, n)
+        UNION ALL
+            SELECT  segment.n, 0, NULL
+            FROM    segment
+            WHERE   segment.n > 1
+    ),
+    kept AS MATERIALIZED (   -- all of them, or the last `last`
+            SELECT  u.segment, u.place, u.bytes
+            FROM    (SELECT unit.*, row_number() OVER (ORDER BY segment DESC, place DESC) AS from_end
+                     FROM   unit) AS u
+            WHERE   tokenize.last IS NULL OR u.from_end <= tokenize.last
+    ),
+    distinct_piece AS MATERIALIZED (   -- prose repeats its words: encode each piece once
+            SELECT  DISTINCT bytes FROM kept WHERE bytes IS NOT NULL
+    ),
+    encoded AS MATERIALIZED (   -- a long piece with `last` may come back as its tail only
+            SELECT  b.bytes, b.tokens, true AS whole
+            FROM    gptsql.bpe(ARRAY(SELECT bytes FROM distinct_piece WHERE length(bytes) <= 256),
+                               vocabulary, byte_ids) AS b
+        UNION ALL
+            SELECT  d.bytes, l.tokens, l.whole
+            FROM    distinct_piece d
+            CROSS JOIN LATERAL gptsql.bpe_long(d.bytes, vocabulary, byte_ids, tokenize.last) AS l
+            WHERE   length(d.bytes) > 256
     ),
     output AS (
-            SELECT  piece.segment, piece.place, e.k, e.token
-            FROM    piece
+            SELECT  kept.segment, kept.place, e.k, e.token, encoded.whole
+            FROM    kept
             JOIN    encoded USING (bytes)
             CROSS JOIN LATERAL unnest(encoded.tokens) WITH ORDINALITY AS e(token, k)
         UNION ALL
-            SELECT  segment.n, 0, 1, special.token
-            FROM    segment, special
-            WHERE   segment.n > 1
+            SELECT  kept.segment, 0, 1, special.token, true
+            FROM    kept, special
+            WHERE   kept.bytes IS NULL
+    ),
+    since AS (            -- a piece's tail holds `last` tokens: what comes before it is not needed
+            SELECT  max(ROW(segment, place)) AS unit FROM output WHERE NOT whole
     )
     SELECT  coalesce(array_agg(output.token ORDER BY segment, place, k), '{}')
     INTO    result
-    FROM    output;
+    FROM    output, since
+    WHERE   since.unit IS NULL OR ROW(output.segment, output.place) >= since.unit;
     RETURN result;
 END
 $fn$;

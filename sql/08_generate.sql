@@ -16,6 +16,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     m gptsql.model;
     room int;
+    longest int;     -- bytes of the vocabulary's longest token
 BEGIN
     SELECT * INTO m FROM gptsql.model WHERE id = gptsql.model_id(start_run.model);
     IF prompt IS NULL THEN
@@ -39,12 +40,23 @@ BEGIN
             USING HINT = 'sample among the most probable tokens whose probabilities add up to top_p; 1 keeps them all';
     END IF;
     SELECT t.token INTO eot FROM gptsql.token t WHERE t.model_id = m.id AND t.bytes = '<|endoftext|>'::bytea;
+    room := m.n_ctx - max_tokens;
+    -- No token is longer than the vocabulary's longest, so the prompt's bytes divided by that
+    -- length bound its token count from below: a prompt that cannot fit is refused before it is
+    -- tokenized, in time linear in its length; --truncate left tokenizes only the tail it keeps.
+    IF octet_length(prompt) > m.n_ctx AND NOT (truncate_left AND room > 0) THEN
+        SELECT max(octet_length(t.bytes)) INTO longest FROM gptsql.token t WHERE t.model_id = m.id;
+        IF ceil(octet_length(prompt)::numeric / longest) > m.n_ctx THEN
+            RAISE EXCEPTION 'the prompt is at least % tokens (% bytes, no token is longer than %) but model "%" has a context window of % tokens',
+                ceil(octet_length(prompt)::numeric / longest), octet_length(prompt), longest, m.name, m.n_ctx
+                USING HINT = 'shorten the prompt, or keep its end with --truncate left';
+        END IF;
+    END IF;
     IF prompt = '' THEN
         tokens := ARRAY[eot];           -- GPT-2 starts a text after <|endoftext|>
     ELSE
-        tokens := gptsql.tokenize(prompt, m.name, allow_special);
+        tokens := gptsql.tokenize(prompt, m.name, allow_special, last => CASE WHEN truncate_left AND room > 0 THEN room END);
     END IF;
-    room := m.n_ctx - max_tokens;
     IF cardinality(tokens) > room THEN
         IF truncate_left AND room > 0 THEN
             tokens := tokens[cardinality(tokens) - room + 1:];

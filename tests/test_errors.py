@@ -88,6 +88,46 @@ def test_prompt_longer_than_the_context_window(db, tiny, run_cli):
     assert status == "done" and prompt_tokens(db, run_id) == full[-126:]
 
 
+def test_megabyte_prompt_refused_before_tokenizing(database, db, tiny, run_cli):
+    """Issue 13: a 1 MB word took minutes to tokenize before 'longer than the context window'. Its
+    byte length over the longest token's bounds its token count: refused at once, in SQL and in the
+    CLI; --truncate left tokenizes only the tail it keeps, and keeps tiktoken's last ids."""
+    import math
+
+    import tiktoken
+    from test_tokenizer import PATTERN, gpt2_ranks
+
+    rng = random.Random(13)
+    prompt = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(2**20))
+    longest = db.execute("select max(octet_length(bytes)) from gptsql.token where model_id = gptsql.model_id(%s)",
+                         [tiny]).fetchone()[0]
+    with database.connect() as conn:
+        conn.execute("set statement_timeout = '10s'")   # tokenizing all of it takes minutes
+        message, hint = sql_error(conn, "select * from gptsql.start_run(%s, %s, 2)", [tiny, prompt])
+    assert f"at least {math.ceil(2**20 / longest)} tokens" in message and "context window of 128" in message
+    assert "--truncate left" in hint
+    one_line_error(run_cli("generate", "-m", tiny, "-", input=prompt.encode(), check=False, timeout=60),
+                   "at least", "context window of 128 tokens", "--truncate left")
+    result = run_cli("generate", "-m", tiny, "-n", "2", "-t", "0", "--truncate", "left", "-", input=prompt.encode(),
+                     timeout=120)
+    assert result.returncode == 0 and result.stdout.decode().startswith(prompt)
+    reference = tiktoken.Encoding(name="gpt2_local", pat_str=PATTERN, mergeable_ranks=gpt2_ranks(), special_tokens={})
+    assert prompt_tokens(db, last_run(db)[0]) == reference.encode_ordinary(prompt)[-126:]
+
+
+def test_truncate_left_of_many_pieces_and_special_tokens(db, tiny):
+    """--truncate left encodes only the last pieces (a special token counts as one): the same ids as
+    the end of the whole text's."""
+    text = "<|endoftext|>".join(["Once upon a time " * 40, " there was" + "x" * 700, "", "the end" * 30])
+    for allow_special in (False, True):
+        full = db.execute("select gptsql.tokenize(%s, %s, %s)", [text, tiny, allow_special]).fetchone()[0]
+        for last in (1, 5, 60, 126, 400, len(full), len(full) + 5):
+            tail = db.execute("select gptsql.tokenize(%s, %s, %s, last => %s)",
+                              [text, tiny, allow_special, last]).fetchone()[0]
+            assert len(tail) >= min(last, len(full)) and tail == full[len(full) - len(tail):], (allow_special, last)
+            assert last > 5 or len(tail) < len(full) / 2      # the rest was never encoded
+
+
 def test_max_tokens_past_the_context_window(db, tiny, run_cli):
     one_line_error(run_cli("generate", "-m", tiny, "-n", "200", "hi", check=False),
                    "plus max_tokens (200)", "context window of 128 tokens", "at most 127 new tokens")
