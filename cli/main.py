@@ -18,7 +18,8 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
+from .common import (INT4, SEED, Context, check_utf8, console, count, db_error_message, fail, friendly, IntList,
+                     OutFile, pass_ctx, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -37,12 +38,16 @@ class OneLineErrors(click.Group):
     """Usage errors too (a bad option value, a missing argument) are one line on stderr with exit
     status 1, like every other error; --help still prints the usage."""
 
-    def main(self, *args, standalone_mode=True, **kwargs):
+    def main(self, args=None, *rest, standalone_mode=True, **kwargs):
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, *rest, standalone_mode=False, **kwargs)
         end_like_ctrl_c()
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            check_utf8(sys.argv[1:] if args is None else list(args))
+        except UserError as exc:
+            fail(str(exc))
+        try:
+            rv = super().main(args, *rest, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
@@ -236,14 +241,26 @@ def models(ctx: Context, as_json):
     if not rows:
         click.echo("no models loaded; try: gptsql load random:tiny")
         return
-    from rich.console import Console
+    headers = ["name", "source", "layers", "width", "heads", "context", "parameters", "size on disk"]
+    cells = [[r[0], r[1], str(r[2]), str(r[3]), str(r[4]), str(r[5]), f"{r[7] / 1e6:.1f}M", f"{r[8] / 2**20:.0f} MB"]
+             for r in rows]
+    if not sys.stdout.isatty():     # scripts read it: whole values, one tab-separated line per model
+        print_tsv(headers, cells)
+        return
+    print_models(console(), headers, cells)
+
+
+def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
+    """At a terminal: names never cut (the source wraps instead, and the numbers are short)."""
     from rich.table import Table
 
-    table = Table("name", "source", "layers", "width", "heads", "context", "parameters", "size on disk")
-    for r in rows:
-        table.add_row(r[0], r[1], str(r[2]), str(r[3]), str(r[4]), str(r[5]), f"{r[7] / 1e6:.1f}M",
-                      f"{r[8] / 2**20:.0f} MB")
-    Console().print(table)
+    table = Table(*headers)
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max(len(c[0]) for c in cells)
+    table.columns[1].overflow = "fold"
+    for row in cells:
+        table.add_row(*row)
+    out.print(table)
 
 
 @cli.command()
@@ -277,15 +294,15 @@ def unload(ctx: Context, name, yes):
 @cli.command()
 @click.argument("prompt")
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
-@click.option("-n", "--max-tokens", default=20, show_default=True, type=click.IntRange(min=0),
+@click.option("-n", "--max-tokens", default=20, show_default=True, type=count(0),
               help="How many tokens to generate.")
 @click.option("-t", "--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0),
               help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--top-k", default=0, show_default=True, type=count(0),
               help="Sample only among the k most probable tokens (0: all).")
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Sample only among the most probable tokens whose mass reaches p.")
-@click.option("--seed", type=float, help="Same seed, same text.")
+@click.option("--seed", type=SEED, help="An integer: same seed, same text.")
 @click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
               help="Too long for the context window: fail, or keep the prompt's end.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
@@ -338,7 +355,7 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
 @cli.command()
 @click.argument("prompt")
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
-@click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(min=1),
+@click.option("--top", "top_n", default=10, show_default=True, type=count(1),
               help="How many candidates.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: rank, token, piece, probability, logit.")
@@ -353,13 +370,12 @@ def predict(ctx: Context, prompt, model, top_n, as_json):
             click.echo(json.dumps({"rank": rank, "token": token, "piece": piece, "probability": p, "logit": logit},
                                   ensure_ascii=False))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("rank", "token", "piece", "probability", "logit")
     for rank, token, piece, p, logit in rows:
         table.add_row(str(rank), str(token), repr(piece), f"{p:.6f}", f"{logit:.4f}")
-    Console().print(table)
+    console().print(table)
 
 
 @cli.command()
@@ -385,7 +401,7 @@ def tokenize(ctx: Context, text, model, as_json, allow_special):
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True, type=int)
+@click.argument("ids", nargs=-1, required=True, type=count(0))
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @pass_ctx
 @friendly
@@ -397,7 +413,7 @@ def detokenize(ctx: Context, ids, model):
 @cli.command()
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("--prompt", default="Happy New Year! I wish", show_default=True)
-@click.option("--tokens", default=5, show_default=True, help="Greedy tokens to compare.")
+@click.option("--tokens", default=5, show_default=True, type=count(0), help="Greedy tokens to compare.")
 @pass_ctx
 @friendly
 def check(ctx: Context, model, prompt, tokens):
@@ -417,10 +433,10 @@ def check(ctx: Context, model, prompt, tokens):
               help="Storage of the benchmarked model.")
 @click.option("--shape", default="gpt2", show_default=True,
               help="random:SHAPE to build: tiny, small, gpt2 (the 124M shape), gpt2-medium, gpt2-large, gpt2-xl.")
-@click.option("--decode-tokens", default=32, show_default=True, help="Greedy tokens for the decode median.")
-@click.option("--contexts", default="16,128,512,1000", show_default=True,
+@click.option("--decode-tokens", default=32, show_default=True, type=count(1), help="Greedy tokens for the decode median.")
+@click.option("--contexts", default="16,128,512,1000", show_default=True, type=IntList(),
               help="Context lengths for the time-per-token curve.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
+@click.option("--json", "json_out", type=OutFile(), help="Also write the figures to this file.")
 @workers_option
 @pass_ctx
 @friendly
@@ -432,8 +448,6 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out, workers
     PyTorch, their ratios, the logit error of the storage, and tokenizer throughput; then one
     backend and the workers (--workers, default one per core) side by side, measured in turn.
     """
-    from rich.console import Console
-
     from ..benchmarks import measure as benchmark
     from ..benchmarks.report import render
     from ..driver.workers import Workers
@@ -447,17 +461,20 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out, workers
     if memory.follow_models(ctx.db, ctx.conn, incoming=memory.estimate_model_bytes(checkpoint.config, dtype),
                             replacing=name):
         ctx.reconnect()
-    console = Console(stderr=True)
-    with console.status("benchmark") as status:
+    err = console(stderr=True)
+    with err.status("benchmark") as status:
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
-                                contexts=[int(c) for c in contexts.split(",") if c], checkpoint=checkpoint,
+                                contexts=contexts, checkpoint=checkpoint,
                                 workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, Workers.GROUPS),
                                 connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
-                                progress=lambda s: (status.update(s), console.log(s)))
+                                progress=lambda s: (status.update(s), err.print(s)))
     render(results)
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump(results, f, indent=2, default=str)
+        try:
+            with open(json_out, "w") as f:
+                json.dump(results, f, indent=2, default=str)
+        except OSError as exc:
+            raise write_failed(json_out, exc) from exc
         click.echo(f"wrote {json_out}", err=True)
 
 

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..errors import UserError
-from .common import friendly, read_prompt, workers_meta_option
-
-
-def console():
-    from rich.console import Console
-
-    return Console()
+from .common import INT8, SEED, OutFile, console, count, friendly, print_tsv, read_prompt, workers_meta_option
 
 
 def short(text: str | None, width: int = 40) -> str:
@@ -107,15 +102,15 @@ def run_source(default_tokens: int):
             click.argument("prompt", required=False),
             click.option("--run", "run", metavar="ID", help="Use a recorded run (an id, or 'latest') instead of a PROMPT."),
             click.option("-m", "--model", help="Model name (default: the most recently loaded)."),
-            click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=click.IntRange(min=1),
+            click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=count(1),
                          help="Tokens to generate after the prompt."),
             click.option("-t", "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
                          help="Sampling temperature (0: greedy, the most probable token)."),
-            click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+            click.option("--top-k", default=0, show_default=True, type=count(0),
                          help="Sample among the k most probable tokens (0: all)."),
             click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                          help="Sample among the most probable tokens whose mass reaches p."),
-            click.option("--seed", type=float, help="Same seed, same text."),
+            click.option("--seed", type=SEED, help="An integer: same seed, same text."),
             workers_meta_option,
         ]
         for option in reversed(options):
@@ -148,7 +143,7 @@ def runs():
 
 
 @runs.command("list")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many runs, newest first.")
+@click.option("--limit", default=20, show_default=True, type=count(1), help="How many runs, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 @click.pass_obj
 @friendly
@@ -163,6 +158,14 @@ def list_runs(ctx, limit, as_json):
         return
     if not rows:
         click.echo("no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
+        return
+    if not sys.stdout.isatty():     # scripts read it: whole prompts and texts, tab-separated
+        print_tsv(["run", "model", "kind", "status", "recorded", "started", "prompt_tokens", "generated_tokens",
+                   "ms_per_token", "prompt", "generated"],
+                  [[str(r["run"]), r["model"], r["kind"], r["status"], "yes" if r["recorded"] else "no",
+                    r["started_at"].astimezone().isoformat(timespec="seconds"), str(r["prompt_tokens"]),
+                    str(r["generated_tokens"]), "" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.1f}",
+                    r["prompt"], r["generated_text"] or ""] for r in rows])
         return
     from rich.table import Table
 
@@ -208,7 +211,7 @@ def show_run(ctx, run):
     params.add_column()
     sampling = "none: the next-token table" if r["kind"] == "predict" else "greedy" if r["temperature"] == 0 else (
         f"temperature {r['temperature']:g}, top-k {r['top_k'] or 'all'}, top-p {r['top_p']:g}, "
-        f"seed {'random' if r['seed'] is None else format(r['seed'], 'g')}")
+        f"seed {'random' if r['seed'] is None else str(r['seed'])}")
     recorded = conn.execute(
         """select (select count(*) from gptsql.residual where run_id = %(r)s),
                   (select count(*) from gptsql.attention_row where run_id = %(r)s),
@@ -265,7 +268,7 @@ def parse_age(text: str) -> str:
 
 
 @runs.command("drop")
-@click.argument("run_ids", nargs=-1, type=int, metavar="[ID]...")
+@click.argument("run_ids", nargs=-1, type=count(1, INT8), metavar="[ID]...")
 @click.option("--older-than", metavar="AGE", help="Drop every finished run started longer ago than AGE (30m, 12h, 7d, 2w).")
 @click.pass_obj
 @friendly
@@ -302,7 +305,7 @@ def drop_runs(ctx, run_ids, older_than):
 @run_source(default_tokens=5)
 @click.option("--top", "top_n", default=5, show_default=True, type=click.IntRange(1, 10),
               help="Candidates per step and per block.")
-@click.option("--place", type=int, help="Place of the logit lens (default: the last one the model read).")
+@click.option("--place", type=count(0), help="Place of the logit lens (default: the last one the model read).")
 @click.pass_obj
 @friendly
 def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, top_n, place):
@@ -417,9 +420,9 @@ def draw_lens(conn, run_id: int, out: Path):
 
 @click.command()
 @run_source(default_tokens=1)
-@click.option("--block", "-b", default=0, show_default=True, type=int, help="Which block.")
+@click.option("--block", "-b", default=0, show_default=True, type=count(0), help="Which block.")
 @click.option("--head", default="all", show_default=True, help="Which head (a number), or 'all' for a grid.")
-@click.option("--out", "-o", default="attention.png", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--out", "-o", default="attention.png", show_default=True, type=OutFile(),
               help="PNG file to write.")
 @click.pass_obj
 @friendly
@@ -443,7 +446,7 @@ def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, se
 
 @click.command()
 @run_source(default_tokens=1)
-@click.option("--out", "-o", default="lens.png", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--out", "-o", default="lens.png", show_default=True, type=OutFile(),
               help="PNG file to write.")
 @click.pass_obj
 @friendly

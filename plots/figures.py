@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 DPI = 100
 
 
@@ -51,12 +53,17 @@ def _pyplot():
 
 def _save(fig, out: Path, title: str, panels: list[Panel]) -> Picture:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():     # tokens in scripts DejaVu Sans lacks (CJK...) draw as boxes
-        warnings.filterwarnings("ignore", message="Glyph .* missing")
-        fig.savefig(out, dpi=DPI, format="png")
-    width, height = (int(round(v)) for v in fig.get_size_inches() * DPI)
-    _pyplot().close(fig)
+    try:
+        if not out.parent.is_dir():     # never made: a mistyped folder is the user's to fix
+            raise UserError(f"the folder {str(out.parent)!r} does not exist: create it first, or write elsewhere")
+        with warnings.catch_warnings():     # tokens in scripts DejaVu Sans lacks (CJK...) draw as boxes
+            warnings.filterwarnings("ignore", message="Glyph .* missing")
+            fig.savefig(out, dpi=DPI, format="png")
+    except OSError as exc:
+        raise UserError(f"cannot write {str(out)!r}: {exc.strerror or exc}; choose another path") from exc
+    finally:
+        width, height = (int(round(v)) for v in fig.get_size_inches() * DPI)
+        _pyplot().close(fig)
     return Picture(out, width, height, title, panels)
 
 
