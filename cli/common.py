@@ -71,6 +71,11 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
 
 
+def plural(n: int, word: str) -> str:
+    """'1 token', '2 tokens'."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
 def print_tsv(headers: list[str], cells: list[list[str]]) -> None:
     """Piped output: a header line and one line per row, tabs between whole values (tabs and
     newlines inside a value made visible, so each row stays one line)."""

@@ -13,13 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import click
 import psycopg
 
 from ..errors import UserError
 from .common import (INT4, SEED, Context, check_utf8, console, count, db_error_message, fail, friendly, IntList,
-                     OutFile, pass_ctx, print_tsv, read_prompt, workers_option, write_failed)
+                     OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -241,7 +242,7 @@ def models(ctx: Context, as_json):
     if not rows:
         click.echo("no models loaded; try: gptsql load random:tiny")
         return
-    headers = ["name", "source", "layers", "width", "heads", "context", "parameters", "size on disk"]
+    headers = ["name", "source", "layers", "width", "heads", "context", "params", "size"]
     cells = [[r[0], r[1], str(r[2]), str(r[3]), str(r[4]), str(r[5]), f"{r[7] / 1e6:.1f}M", f"{r[8] / 2**20:.0f} MB"]
              for r in rows]
     if not sys.stdout.isatty():     # scripts read it: whole values, one tab-separated line per model
@@ -251,15 +252,26 @@ def models(ctx: Context, as_json):
 
 
 def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
-    """At a terminal: names never cut (the source wraps instead, and the numbers are short)."""
+    """At a terminal: one column per field when they fit whole; otherwise the name (never cut) and
+    beside it the rest, wrapped."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(*headers)
-    table.columns[0].no_wrap = True
-    table.columns[0].min_width = max(len(c[0]) for c in cells)
-    table.columns[1].overflow = "fold"
+    from rich.measure import Measurement
+
+    table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in table.columns:
+        column.no_wrap = True
     for row in cells:
         table.add_row(*row)
+    if Measurement.get(out, out.options.update_width(10_000), table).maximum > out.width:
+        table = Table("name", "source, shape, size", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.columns[0].no_wrap = True
+        table.columns[0].min_width = min(max(len(c[0]) for c in cells), out.width - 12)
+        table.columns[1].overflow = "fold"
+        for name, source, layers, width, heads, context, params, size in cells:
+            table.add_row(name, f"{source}; {layers} layers × {width}, {heads} heads, context {context}; "
+                                f"{params} parameters, {size}")
     out.print(table)
 
 
@@ -307,12 +319,15 @@ def unload(ctx: Context, name, yes):
               help="Too long for the context window: fail, or keep the prompt's end.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
 @click.option("--allow-special", is_flag=True, help="Read <|endoftext|> in the prompt as the special token.")
+@click.option("--no-prompt", is_flag=True, help="Print only the continuation (as gptsql.generate returns it), "
+                                               "not the prompt before it.")
 @workers_option
 @pass_ctx
 @friendly
 def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p, seed, truncate, no_record,
-             allow_special, workers):
-    """Continue PROMPT, streaming tokens as the database produces them ("-" reads stdin).
+             allow_special, no_prompt, workers):
+    """Print PROMPT and stream its continuation as the database produces it ("-" reads stdin;
+    --no-prompt prints the continuation only).
 
     Each token is one SQL statement: gptsql.step(run, tokens, start), which runs the new place
     through every block with the KV cache and samples the next token. The run is recorded:
@@ -328,14 +343,15 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     warn_if_not_held(ctx.db, conn, model)
     gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
-    click.echo(prompt, nl=False)
+    if not no_prompt:
+        click.echo(prompt, nl=False)
     try:
         for text in gen.stream():
             click.echo(text, nl=False)
     except KeyboardInterrupt:
         click.echo()
         gen.stop("interrupted")
-        click.echo(f"interrupted after {gen.generated} tokens (run {gen.run_id})", err=True)
+        click.echo(f"interrupted after {plural(gen.recorded(), 'token')} (run {gen.run_id})", err=True)
         sys.exit(130)
     except (psycopg.Error, UserError) as exc:
         click.echo()
@@ -343,9 +359,9 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
         if isinstance(exc, psycopg.Error) and not conn.broken and not conn.closed and conn.execute(
                 "select not exists (select from gptsql.model where id = %s)", [gen.model_id]).fetchone()[0]:
             raise UserError(f"the model was removed (gptsql unload or a load under its name) after "
-                            f"{gen.generated} tokens; the text so far is above") from exc
+                            f"{plural(gen.generated, 'token')}; the text so far is above") from exc
         if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
-            raise UserError(f"lost the database after {gen.generated} tokens (run {gen.run_id}): "
+            raise UserError(f"lost the database after {plural(gen.generated, 'token')} (run {gen.run_id}): "
                             f"{db_error_message(exc)}; the text so far is above, and the run is marked "
                             "failed when the server is back") from exc
         raise
@@ -389,15 +405,17 @@ def tokenize(ctx: Context, text, model, as_json, allow_special):
     """Split TEXT into GPT-2 tokens (in SQL); prints ids and pieces ("-" reads stdin)."""
     text = read_prompt(text)
     rows = ctx.conn.execute(
-        """select t.token, tok.piece
+        """select t.token, tok.bytes
            from unnest(gptsql.tokenize(%s, %s, %s)) with ordinality as t(token, n)
            join gptsql.token tok on tok.model_id = gptsql.model_id(%s) and tok.token = t.token
            order by n""", [text, model, allow_special, model]).fetchall()
     if as_json:
         click.echo(json.dumps([r[0] for r in rows]))
         return
-    for token, piece in rows:
-        click.echo(f"{token}\t{piece!r}")
+    from ..pieces import readable
+
+    for token, raw in rows:             # a piece that is part of a character shows its bytes: <e4 bd>
+        click.echo(f"{token}\t{readable(raw)!r}")
 
 
 @cli.command()
@@ -418,11 +436,19 @@ def detokenize(ctx: Context, ids, model):
 @friendly
 def check(ctx: Context, model, prompt, tokens):
     """Compare the SQL engine with the numpy reference on the loaded model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from ..reference.check import check_model
 
-    result = check_model(ctx.conn, model, prompt, tokens)
+    prompt = read_prompt(prompt)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("check", total=None)
+        result = check_model(ctx.conn, model, prompt, tokens,
+                             lambda stage, done, total: bar.update(task, description=f"check: {stage}",
+                                                                   completed=done, total=total))
     click.echo(f"model {result['model']}: max |Δlogit| {result['max_abs_diff']:.2e} over "
-               f"{result['positions']} places; greedy SQL {result['sql_tokens']} vs numpy "
+               f"{plural(result['positions'], 'place')}; greedy SQL {result['sql_tokens']} vs numpy "
                f"{result['numpy_tokens']}: {'same' if result['same_tokens'] else 'DIFFERENT'}")
     if not result["ok"]:
         sys.exit(1)
@@ -462,7 +488,9 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, json_out, workers
                             replacing=name):
         ctx.reconnect()
     err = console(stderr=True)
-    with err.status("benchmark") as status:
+    # transformers' FutureWarnings (deprecations inside its GPT-2) are not the benchmark's output
+    with err.status("benchmark") as status, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
                                 contexts=contexts, checkpoint=checkpoint,
                                 workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, Workers.GROUPS),

@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from ..errors import UserError
-from .common import INT8, SEED, OutFile, console, count, friendly, print_tsv, read_prompt, workers_meta_option
+from .common import INT8, SEED, OutFile, console, count, friendly, plural, print_tsv, read_prompt, workers_meta_option
 
 
 def short(text: str | None, width: int = 40) -> str:
@@ -63,12 +63,18 @@ def recorded_places(conn, run_id: int) -> int:
     n = conn.execute("select max(place) + 1 from gptsql.residual where run_id = %s", [run_id]).fetchone()[0]
     if not n:
         raise UserError(f"run {run_id} recorded no activations (nothing went through the blocks: "
-                        f"status {info['status']}, {info['generated_tokens']} tokens generated)")
+                        f"status {info['status']}, {plural(info['generated_tokens'], 'token')} generated)")
     return n
 
 
 def pieces(conn, run_id: int) -> dict[int, str]:
-    return dict(conn.execute("select place, piece from gptsql.run_tokens where run = %s", [run_id]).fetchall())
+    """The run's tokens by place, readable: a piece that is part of a character shows its bytes."""
+    from ..pieces import readable
+
+    return {place: readable(raw) for place, raw in conn.execute(
+        """select rt.place, tok.bytes from gptsql.run_token rt join gptsql.run r on r.id = rt.run_id
+           join gptsql.token tok on tok.model_id = r.model_id and tok.token = rt.token
+           where rt.run_id = %s""", [run_id])}
 
 
 def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed, workers=None) -> int:
@@ -288,7 +294,8 @@ def drop_runs(ctx, run_ids, older_than):
             found = {r[0]: r[1] for r in conn.execute("select id, status from gptsql.run where id = any(%s)", [ids])}
             missing = [i for i in ids if i not in found]
             if missing:
-                raise UserError(f"there is no run {', '.join(map(str, missing))}; list them with: gptsql runs list")
+                raise UserError(f"there is no run {', '.join(map(str, missing))}, so nothing was dropped; "
+                                "list the runs with: gptsql runs list")
             running = [i for i in ids if found[i] == "running"]
             if running:
                 raise UserError(f"run {', '.join(map(str, running))} is still running; stop it first (Ctrl-C)")
@@ -359,7 +366,7 @@ def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, 
         "select place, piece, probability from gptsql.run_tokens where run = %s and not is_prompt", [run_id])}
     for step, row in sorted(rows.items()):
         piece, p = chosen_tokens.get(r["prompt_tokens"] - 1 + step, (None, None))
-        steps.add_row(str(step), repr(row["after"]), "—" if piece is None else f"{piece!r}\n{p:.3f}", *row["cells"])
+        steps.add_row(str(step), repr(row["after"]), "—" if piece is None else f"{piece!r}\n{fmt_p(p) if p is None else f'{p:.3f}'}", *row["cells"])
     out.print(steps)
 
 
@@ -402,6 +409,7 @@ def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path):
 
 def draw_lens(conn, run_id: int, out: Path):
     """The logit lens of a recorded run: blocks by places, the top token and its probability."""
+    from ..pieces import readable
     from ..plots import figures as plots
 
     n = recorded_places(conn, run_id)
@@ -409,9 +417,10 @@ def draw_lens(conn, run_id: int, out: Path):
     top = [[""] * n for _ in range(n_layer)]
     probability = np.zeros((n_layer, n))
     is_next = np.zeros((n_layer, n), dtype=bool)
-    for block, place, piece, p, hit in conn.execute(
-            "select block, place, predicted_piece, probability, is_next from gptsql.logit_lens(%s, 1)", [run_id]):
-        top[block][place], probability[block, place], is_next[block, place] = piece, p, hit
+    for block, place, raw, p, hit in conn.execute(
+            """select l.block, l.place, tok.bytes, l.probability, l.is_next from gptsql.logit_lens(%s, 1) l
+               join gptsql.token tok on tok.model_id = %s and tok.token = l.token""", [run_id, run_model(conn, run_id)]):
+        top[block][place], probability[block, place], is_next[block, place] = readable(raw), p, hit
     names = pieces(conn, run_id)
     return plots.lens([names[p] for p in range(n)], [names.get(p + 1) for p in range(n)], top, probability,
                       is_next, Path(out), "Logit lens: the most probable next token after each block, and its probability",
@@ -441,7 +450,7 @@ def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, se
     run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
     picture = draw_attention(ctx.conn, run_id, block, head, Path(out))
     click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): {picture.title.lower()}, "
-               f"{len(picture.panels[0].xlabels)} tokens of run {run_id}")
+               f"{plural(len(picture.panels[0].xlabels), 'token')} of run {run_id}")
 
 
 @click.command()

@@ -207,12 +207,12 @@ def test_every_view_and_column_is_documented(db):
     assert db.execute("select obj_description('gptsql.logit_lens(bigint, int, int)'::regprocedure)").fetchone()[0]
 
 
-def test_latest_run_is_the_newest_generation(db, tiny, greedy):
+def test_latest_run_is_the_newest_run_of_any_kind(db, tiny, greedy):
     run_id, _, _ = generate(db, tiny, n=1)
     db.execute("select * from gptsql.predict('Hello', 3, %s)", [tiny])
-    assert db.execute("select gptsql.latest_run()").fetchone()[0] == run_id
+    assert db.execute("select gptsql.latest_run('generate')").fetchone()[0] == run_id
     assert db.execute("select gptsql.latest_run('predict')").fetchone()[0] > run_id
-    assert db.execute("select gptsql.latest_run(null)").fetchone()[0] > run_id
+    assert db.execute("select gptsql.latest_run()").fetchone()[0] > run_id         # as the CLI's `latest`
 
 
 def test_an_unrecorded_run_keeps_tokens_only(db, tiny, run_cli):
