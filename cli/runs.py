@@ -389,42 +389,79 @@ def run_model(conn, run_id: int) -> int:
     return conn.execute("select model_id from gptsql.run where id = %s", [run_id]).fetchone()[0]
 
 
-def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path):
-    """The attention heatmap of a recorded run: one head, or every head (head None) as a grid."""
+LENS_PLACES = 64        # the lens picture's default window: the last places of a longer run
+
+
+def window(spec: str | None, n: int, run_id: int, default_last: int | None = None) -> range:
+    """--places A:B (as in Python: A to B - 1; A: or :B leave an end open) within the n places the
+    run recorded; without it every place, or the last `default_last` of them."""
+    if spec is None:
+        return range(max(0, n - default_last) if default_last else 0, n)
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", spec)
+    a, b = (int(m.group(1) or 0), int(m.group(2) or n)) if m else (None, None)
+    if a is None or not 0 <= a < b <= n:
+        raise UserError(f"--places {spec!r}: run {run_id} recorded places 0 to {n - 1}; give A:B with "
+                        f"0 <= A < B <= {n} (places A to B - 1; e.g. {max(0, n - 40)}:{n}, or {max(0, n - 40)}: for the end)")
+    return range(a, b)
+
+
+def window_note(places: range, n: int) -> str:
+    return "" if len(places) == n else f", places {places.start}-{places.stop - 1} of {n} (--places A:B for others)"
+
+
+def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path, places: str | None = None):
+    """The attention heatmap of a recorded run: one head, or every head (head None) as a grid; of
+    every place, or of a window (--places A:B)."""
     from ..plots import figures as plots
 
     _, n_head = check_block_head(conn, run_model(conn, run_id), block, head)
     n = recorded_places(conn, run_id)
+    shown = window(places, n, run_id)
+    a, size = shown.start, len(shown)
     heads = list(range(n_head)) if head is None else [head]
-    matrices = {h: np.full((n, n), np.nan) for h in heads}      # NaN: masked (a key after the query)
+    matrices = {h: np.full((size, size), np.nan) for h in heads}      # NaN: masked (a key after the query)
     for h, q, k, w in conn.execute(
             """select head, query_place, key_place, weight from gptsql.attention_weights
-               where run = %s and block = %s and head = any(%s)""", [run_id, block, heads]):
-        matrices[h][q, k] = w
+               where run = %s and block = %s and head = any(%s)
+                 and query_place between %s and %s and key_place >= %s""",
+            [run_id, block, heads, shown.start, shown.stop - 1, shown.start]):
+        matrices[h][q - a, k - a] = w
     names = pieces(conn, run_id)
     which = f"head {head}" if head is not None else f"all {n_head} heads"
-    return plots.attention([names[p] for p in range(n)], matrices, block, Path(out),
-                           f"Attention weights of block {block}, {which}", subtitle(run_info(conn, run_id)))
+    picture = plots.attention([names.get(p) for p in shown], matrices, block, Path(out),
+                              f"Attention weights of block {block}, {which}{window_note(shown, n)}",
+                              subtitle(run_info(conn, run_id)), first=a)
+    picture.note = window_note(shown, n)
+    return picture
 
 
-def draw_lens(conn, run_id: int, out: Path):
-    """The logit lens of a recorded run: blocks by places, the top token and its probability."""
+def draw_lens(conn, run_id: int, out: Path, places: str | None = None):
+    """The logit lens of a recorded run: blocks by places, the top token and its probability; the
+    last LENS_PLACES places of a longer run unless --places says which."""
     from ..pieces import readable
     from ..plots import figures as plots
 
     n = recorded_places(conn, run_id)
-    n_layer, _ = check_block_head(conn, run_model(conn, run_id), None, None)
-    top = [[""] * n for _ in range(n_layer)]
-    probability = np.zeros((n_layer, n))
-    is_next = np.zeros((n_layer, n), dtype=bool)
-    for block, place, raw, p, hit in conn.execute(
-            """select l.block, l.place, tok.bytes, l.probability, l.is_next from gptsql.logit_lens(%s, 1) l
-               join gptsql.token tok on tok.model_id = %s and tok.token = l.token""", [run_id, run_model(conn, run_id)]):
-        top[block][place], probability[block, place], is_next[block, place] = readable(raw), p, hit
+    shown = window(places, n, run_id, default_last=LENS_PLACES)
+    model_id = run_model(conn, run_id)
+    n_layer, _ = check_block_head(conn, model_id, None, None)
+    top = [[""] * len(shown) for _ in range(n_layer)]
+    probability = np.zeros((n_layer, len(shown)))
+    is_next = np.zeros((n_layer, len(shown)), dtype=bool)
+    # one place at a time when it is a window: the lens scans the vocabulary once per block and place
+    calls = [[run_id, model_id, None]] if len(shown) == n else [[run_id, model_id, p] for p in shown]
+    for args in calls:
+        for block, place, raw, p, hit in conn.execute(
+                """select l.block, l.place, tok.bytes, l.probability, l.is_next from gptsql.logit_lens(%s, 1, %s) l
+                   join gptsql.token tok on tok.model_id = %s and tok.token = l.token""", [args[0], args[2], args[1]]):
+            x = place - shown.start
+            top[block][x], probability[block, x], is_next[block, x] = readable(raw), p, hit
     names = pieces(conn, run_id)
-    return plots.lens([names[p] for p in range(n)], [names.get(p + 1) for p in range(n)], top, probability,
-                      is_next, Path(out), "Logit lens: the most probable next token after each block, and its probability",
-                      subtitle(run_info(conn, run_id)))
+    picture = plots.lens([names.get(p) for p in shown], [names.get(p + 1) for p in shown], top, probability,
+                         is_next, Path(out), "Logit lens: the most probable next token after each block, and its "
+                         f"probability{window_note(shown, n)}", subtitle(run_info(conn, run_id)), first=shown.start)
+    picture.note = window_note(shown, n)
+    return picture
 
 
 @click.command()
@@ -433,9 +470,10 @@ def draw_lens(conn, run_id: int, out: Path):
 @click.option("--head", default="all", show_default=True, help="Which head (a number), or 'all' for a grid.")
 @click.option("--out", "-o", default="attention.png", show_default=True, type=OutFile(),
               help="PNG file to write.")
+@click.option("--places", metavar="A:B", help="Draw places A to B - 1 only (A: to the end; default: every place).")
 @click.pass_obj
 @friendly
-def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, block, head, out):
+def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, block, head, out, places):
     """Heatmap of attention weights: which earlier token each place looked at.
 
     Runs PROMPT (-n tokens, greedy; activations recorded) or reads --run ID, and draws for BLOCK
@@ -448,18 +486,21 @@ def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, se
     if run is None and prompt is not None:      # a bad block or head fails before the prompt runs
         check_block_head(ctx.conn, ctx.conn.execute("select gptsql.model_id(%s)", [model]).fetchone()[0], block, head)
     run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
-    picture = draw_attention(ctx.conn, run_id, block, head, Path(out))
-    click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): {picture.title.lower()}, "
-               f"{plural(len(picture.panels[0].xlabels), 'token')} of run {run_id}")
+    picture = draw_attention(ctx.conn, run_id, block, head, Path(out), places)
+    click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): "
+               f"{picture.title.removesuffix(picture.note).lower()}, "
+               f"{plural(len(picture.panels[0].xlabels), 'token')} of run {run_id}{picture.note}")
 
 
 @click.command()
 @run_source(default_tokens=1)
 @click.option("--out", "-o", default="lens.png", show_default=True, type=OutFile(),
               help="PNG file to write.")
+@click.option("--places", metavar="A:B",
+              help=f"Draw places A to B - 1 only (A: to the end; default: the last {LENS_PLACES}).")
 @click.pass_obj
 @friendly
-def lens(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, out):
+def lens(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, out, places):
     """Picture of the logit lens: the top token after each block, at each place.
 
     Runs PROMPT (-n tokens, greedy; activations recorded) or reads --run ID, and draws blocks
@@ -467,7 +508,9 @@ def lens(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, o
     after that block, and its probability. Cells that guessed the run's next token are boxed.
     """
     run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
-    picture = draw_lens(ctx.conn, run_id, Path(out))
+    picture = draw_lens(ctx.conn, run_id, Path(out), places)
     panel = picture.panels[0]
+    columns = sum(len(p.xlabels) for p in picture.panels)
+    rows = f" in {len(picture.panels)} rows" if len(picture.panels) > 1 else ""
     click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): {len(panel.ylabels)} blocks × "
-               f"{len(panel.xlabels)} places of run {run_id}")
+               f"{columns} places{rows} of run {run_id}{picture.note}")

@@ -255,3 +255,66 @@ def test_generate_with_a_null_option_names_it_without_the_prompt(db, tiny):
         db.execute("select gptsql.generate(%s, 2, record => NULL, model => %s)", [secret, tiny])
     assert err.value.diag.message_primary == "record is NULL"
     assert err.value.diag.message_hint and secret not in str(err.value) + (err.value.diag.message_detail or "")
+
+
+# ------------------------------------------------------------------------ pictures at length
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_a_200_token_attention_map_stays_readable(tmp_path):
+    from gptsql.plots import figures
+
+    n = 200
+    labels = [f" w{i}" for i in range(n)]
+    weights = np.tril(np.full((n, n), 1.0 / n))
+    weights[np.triu_indices(n, 1)] = np.nan
+    one = figures.attention(labels, {0: weights}, 0, tmp_path / "one.png", "t")
+    grid = figures.attention(labels, {h: weights for h in range(12)}, 0, tmp_path / "grid.png", "t")
+    assert png_size(one.path) == (one.width, one.height)
+    assert one.width <= (figures.MAX_SIDE + 1.2) * figures.DPI and one.height <= (figures.MAX_SIDE + 0.8) * figures.DPI
+    assert grid.width <= (figures.MAX_WIDTH + 0.4) * figures.DPI
+    for picture in (one, grid):
+        panel = picture.panels[0]
+        assert panel.label_size >= figures.MIN_FONT and len(panel.xlabels) == n
+        step = panel.ticks[1] - panel.ticks[0]
+        inches_per_label = (one.width / figures.DPI) * 0.7 * step / n if picture is one else None
+        assert 1 < len(panel.ticks) < n and panel.ticks == list(range(0, n, step))
+        if inches_per_label:                 # labels do not overlap: each has at least its own height
+            assert inches_per_label * 72 >= panel.label_size
+
+
+def test_a_200_place_lens_wraps_into_rows(tmp_path):
+    from gptsql.plots import figures
+
+    n, blocks = 200, 12
+    labels = [f" w{i}" for i in range(n)]
+    top = [[f" t{b}.{p}" for p in range(n)] for b in range(blocks)]
+    p = np.random.default_rng(0).random((blocks, n))
+    picture = figures.lens(labels, labels[1:] + [None], top, p, p > 0.9, tmp_path / "lens.png", "t")
+    assert len(picture.panels) == 5 and all(len(panel.xlabels) == 40 for panel in picture.panels)
+    assert [panel.first for panel in picture.panels] == [0, 40, 80, 120, 160]
+    assert all(panel.label_size >= figures.MIN_FONT for panel in picture.panels)
+    assert picture.width <= 40 * 0.8 * figures.DPI + 250
+    assert np.allclose(np.hstack([panel.values for panel in picture.panels]), p)
+
+
+def test_pictures_draw_a_window_of_places(db, tiny, run_cli, tmp_path):
+    run_cli("generate", "-m", tiny, "-n", "6", "-t", "0", PROMPT)
+    run_id = db.execute("select gptsql.latest_run()").fetchone()[0]
+    out = run_cli("attention", "--run", str(run_id), "--head", "1", "--places", "3:9", "-o", str(tmp_path / "a.png"))
+    assert "places 3-8 of 11" in out.stdout and "6 tokens" in out.stdout
+    from gptsql.cli.runs import draw_attention, draw_lens
+
+    whole = draw_attention(db, run_id, 0, 1, tmp_path / "whole.png").panels[0]
+    part = draw_attention(db, run_id, 0, 1, tmp_path / "part.png", "3:9").panels[0]
+    assert part.xlabels == whole.xlabels[3:9] and part.first == 3
+    assert np.allclose(part.values, whole.values[3:9, 3:9], equal_nan=True)
+    lens_whole = draw_lens(db, run_id, tmp_path / "lw.png").panels[0]
+    lens_part = draw_lens(db, run_id, tmp_path / "lp.png", "5:").panels[0]
+    assert np.allclose(lens_part.values, lens_whole.values[:, 5:])
+    for bad in ("9:3", "0:99", "x"):
+        one_line_error(run_cli("lens", "--run", str(run_id), "--places", bad, "-o", str(tmp_path / "b.png"),
+                               check=False), f"--places '{bad}'", "0 <= A < B <= 11")
