@@ -318,3 +318,19 @@ def test_pictures_draw_a_window_of_places(db, tiny, run_cli, tmp_path):
     for bad in ("9:3", "0:99", "x"):
         one_line_error(run_cli("lens", "--run", str(run_id), "--places", bad, "-o", str(tmp_path / "b.png"),
                                check=False), f"--places '{bad}'", "0 <= A < B <= 11")
+
+
+def test_the_readme_step_candidates_query_always_shows_the_taken_token(db, tiny, run_cli):
+    from tests.test_readme_queries import QUERIES
+
+    [query] = [q for q in QUERIES if "gptsql.step_candidates" in q and "rank <= 5" in q]
+    run_cli("generate", "-m", tiny, "-n", "8", "-t", "5", "--seed", "1", PROMPT)   # hot: ranks far below 5
+    run_id = db.execute("select gptsql.latest_run()").fetchone()[0]
+    taken = db.execute("select piece, rank from gptsql.run_tokens where run = %s and not is_prompt order by place",
+                       [run_id]).fetchall()
+    assert any(rank is None or rank > 5 for _, rank in taken)          # the case the old query lost
+    answer = db.execute(query).fetchall()
+    assert len(answer) == len(taken)
+    for (step, _after, chosen, _top), (piece, rank) in zip(answer, taken):
+        assert chosen.startswith(db.execute("select quote_literal(%s::text)", [piece]).fetchone()[0] + " ")
+        assert f"(rank {rank if rank is not None else '> 10'})" in chosen
