@@ -36,6 +36,10 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     assert figures["workers"]["tokens_same"] and "workers (" in result.stdout
     # the benchmark's model is dropped afterwards
     assert db.execute("select count(*) from gptsql.model where name like 'bench-%'").fetchone()[0] == 0
+    # progress is plain lines (issue 14): no caller path from console.log, no transformers warnings
+    assert "building random:tiny" in result.stderr
+    for leak in ("main.py:", "FutureWarning", "[transformers]", "deprecated"):
+        assert leak not in result.stderr, result.stderr
 
 
 def test_hnsw_script_reports_agreement_and_drops_its_index(backend, db, tiny):

@@ -312,6 +312,11 @@ def test_pictures_draw_a_window_of_places(db, tiny, run_cli, tmp_path):
     part = draw_attention(db, run_id, 0, 1, tmp_path / "part.png", "3:9").panels[0]
     assert part.xlabels == whole.xlabels[3:9] and part.first == 3
     assert np.allclose(part.values, whole.values[3:9, 3:9], equal_nan=True)
+    raw = dict(db.execute("select place, weights from gptsql.attention_row where run_id = %s and block = 0 "
+                          "and head = 1", [run_id]).fetchall())
+    for q in range(3, 9):                    # the window's cells are the recorded weights of those places
+        assert np.allclose(part.values[q - 3, :q - 2], raw[q][3:q + 1])
+        assert np.isnan(part.values[q - 3, q - 2:]).all()
     lens_whole = draw_lens(db, run_id, tmp_path / "lw.png").panels[0]
     lens_part = draw_lens(db, run_id, tmp_path / "lp.png", "5:").panels[0]
     assert np.allclose(lens_part.values, lens_whole.values[:, 5:])
@@ -334,3 +339,4 @@ def test_the_readme_step_candidates_query_always_shows_the_taken_token(db, tiny,
     for (step, _after, chosen, _top), (piece, rank) in zip(answer, taken):
         assert chosen.startswith(db.execute("select quote_literal(%s::text)", [piece]).fetchone()[0] + " ")
         assert f"(rank {rank if rank is not None else '> 10'})" in chosen
+
