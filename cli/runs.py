@@ -190,11 +190,13 @@ def list_runs(ctx, limit, as_json):
     table = Table(title="gptsql runs, newest first", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     for i, (name, width) in enumerate(zip(headers, widths)):
         table.add_column(name, no_wrap=True, width=width, justify="right" if i in (0, 4, 5) else "left")
-    table.add_column("prompt + generated", overflow="ellipsis", no_wrap=True, width=room)
+    table.add_column("prompt + generated", overflow="fold", width=room)   # up to 3 lines; piped: whole
+    budget = 3 * room - 1
     for r, c in zip(rows, cells):
         text = Text("[predict] " if r["kind"] == "predict" else "", style="dim")
-        text.append(short(r["prompt"], 60))
-        text.append(short(r["generated_text"], 60), style="green")
+        generated = short(r["generated_text"], max(room, budget - len(text) - len(r["prompt"] or "")))
+        text.append(short(r["prompt"], max(1, budget - len(text) - len(generated))))
+        text.append(generated, style="green")
         table.add_row(*c, text)
     out.print(table)
 
