@@ -246,10 +246,12 @@ def show_run(ctx, run):
     out.print()
     tokens = Table("place", "token", "piece", "", "probability", "rank", "step ms",
                    title="tokens (probability: the model's, when the token was chosen)")
+    readable_pieces = pieces(conn, run_id)      # part of a character: its bytes, <e4 bd>
     for place, token, piece, is_prompt, p, rank, ms in conn.execute(
             """select place, token, piece, is_prompt, probability, rank, elapsed_ms
                from gptsql.run_tokens where run = %s order by place""", [run_id]):
-        tokens.add_row(str(place), str(token), repr(piece), "prompt" if is_prompt else "generated",
+        tokens.add_row(str(place), str(token), repr(readable_pieces.get(place, piece)),
+                       "prompt" if is_prompt else "generated" if p is not None or rank is not None else "fed",
                        "" if is_prompt else fmt_p(p), "" if rank is None else str(rank),
                        "" if ms is None else f"{ms:.1f}")
     out.print(tokens)

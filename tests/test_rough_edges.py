@@ -100,6 +100,7 @@ def test_a_step_fed_several_tokens_records_them(db, tiny, run_cli):
         assert f"of run {run_id}" in run_cli(*command).stdout
     trace = run_cli("trace", "--run", str(run_id)).stdout
     assert "after None" not in trace
+    assert len(re.findall(r"│ fed\s+│", run_cli("runs", "show", str(run_id)).stdout)) == 2
 
 
 # ------------------------------------------------------------------------- piped output whole
