@@ -158,7 +158,11 @@ def utf8_problem(value: str) -> str | None:
 
 def shown_arg(value: str) -> str:
     """An argument as the user typed it, bad bytes as \\xff, cut to 40 characters."""
-    text = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:          # a surrogate no byte became (not from argv): shown as \udXXX
+        raw = value.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
     return "'" + (text if len(text) <= 40 else text[:39] + "…") + "'"
 
 

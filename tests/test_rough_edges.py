@@ -341,3 +341,12 @@ def test_the_readme_step_candidates_query_always_shows_the_taken_token(db, tiny,
         assert chosen.startswith(db.execute("select quote_literal(%s::text)", [piece]).fetchone()[0] + " ")
         assert f"(rank {rank if rank is not None else '> 10'})" in chosen
 
+
+
+def test_the_utf8_check_names_lone_surrogates_too():
+    from gptsql.cli.common import check_utf8
+    from gptsql.errors import UserError
+
+    with pytest.raises(UserError, match=r"lone surrogate \(U\+D800\)"):
+        check_utf8(["fine", "a\ud800b"])
+    check_utf8(["Hello, 世界", "-"])
