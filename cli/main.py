@@ -19,7 +19,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import (INT4, SEED, Context, check_utf8, console, count, db_error_message, fail, friendly, IntList,
+from .common import (SEED, Context, check_utf8, console, count, db_error_message, fail, friendly, IntList,
                      OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, trace
 
