@@ -149,8 +149,10 @@ def torch_model(checkpoint, tensors: dict[str, np.ndarray]):
     try:
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
     except ImportError:
         return None
+    hf_logging.set_verbosity_error()    # its deprecation notes (past_key_values...) are not bench output
     c = checkpoint.config
     config = GPT2Config(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, n_positions=c.n_ctx,
                         vocab_size=c.n_vocab, layer_norm_epsilon=c.layer_norm_epsilon)

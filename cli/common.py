@@ -1,8 +1,11 @@
 """What every command shares: the connection it works on, one-line errors, reading a prompt."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
+from pathlib import Path
 
 import click
 import psycopg
@@ -61,7 +64,120 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+def console(stderr: bool = False):
+    """Rich output for data: names, prompts and pieces are printed as they are, never read as
+    markup ('[/bold]') or emoji codes (':smile:')."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
+
+
+def plural(n: int, word: str) -> str:
+    """'1 token', '2 tokens'."""
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def print_tsv(headers: list[str], cells: list[list[str]]) -> None:
+    """Piped output: a header line and one line per row, tabs between whole values (tabs and
+    newlines inside a value made visible, so each row stays one line)."""
+    for row in [headers, *cells]:
+        click.echo("\t".join(v.replace("\t", "⇥").replace("\n", "↵") for v in row))
+
+
+INT4 = 2**31 - 1          # PostgreSQL int: counts, token ids, places
+INT8 = 2**63 - 1          # bigint: run ids, seeds
+
+
+class Whole(click.IntRange):
+    name = "integer"            # click says "'1.5' is not a valid integer"
+
+
+def count(minimum: int = 0, maximum: int = INT4) -> click.IntRange:
+    """An integer option that fits the SQL int it becomes: out of range is click's one line naming
+    the value and the range, not 'function ... (bigint) does not exist' from the server."""
+    return Whole(min=minimum, max=maximum)
+
+
+SEED = Whole(min=-INT8 - 1, max=INT8)
+
+
+class OutFile(click.Path):
+    """A file to write: its folder must exist (no folders are made, even as root), checked before
+    any work starts; writing it can still fail later (see write_failed)."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        path = Path(super().convert(value, param, ctx))
+        folder = path.parent
+        if not folder.is_dir():
+            self.fail(f"the folder {str(folder)!r} does not exist (or is not a folder): create it first, "
+                      "or write elsewhere", param, ctx)
+        try:                    # can it be written? (a new file is made and removed; an old one kept)
+            if path.exists():
+                if not path.is_file() or not os.access(path, os.W_OK):
+                    raise PermissionError(13, "not a writable file")
+            else:
+                path.open("x").close()
+                path.unlink()
+        except OSError as exc:
+            self.fail(f"cannot write {str(path)!r}: {exc.strerror or exc}; choose another path", param, ctx)
+        return str(path)
+
+
+def write_failed(path, exc: OSError) -> UserError:
+    return UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; choose another path")
+
+
+class IntList(click.ParamType):
+    """Comma-separated positive integers: --contexts 16,128,512."""
+
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        parts = [p.strip() for p in str(value).split(",") if p.strip()]
+        if not parts or not all(p.isdigit() and 0 < int(p) <= INT4 for p in parts):
+            self.fail(f"{value!r} is not a list of positive whole numbers separated by commas, "
+                      "like 16,128,512", param, ctx)
+        return [int(p) for p in parts]
+
+
+def utf8_problem(value: str) -> str | None:
+    """Why `value` (argv, which Python decodes with surrogateescape) cannot be sent as UTF-8 text:
+    the first byte that is not UTF-8 and its offset in bytes; None when it can."""
+    for i, char in enumerate(value):
+        if "\udc80" <= char <= "\udcff":
+            offset = len(value[:i].encode("utf-8", "surrogateescape"))
+            return f"byte 0x{ord(char) - 0xdc00:02x} at offset {offset}"
+        if "\ud800" <= char <= "\udfff":
+            return f"character {i} is a lone surrogate (U+{ord(char):04X})"
+    return None
+
+
+def shown_arg(value: str) -> str:
+    """An argument as the user typed it, bad bytes as \\xff, cut to 40 characters."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:          # a surrogate no byte became (not from argv): shown as \udXXX
+        raw = value.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "'" + (text if len(text) <= 40 else text[:39] + "…") + "'"
+
+
+def check_utf8(args: list[str]) -> None:
+    """Every argument reaches SQL (or a path) as UTF-8: one line naming the first bad one."""
+    for arg in args:
+        problem = utf8_problem(arg)
+        if problem:
+            raise UserError(f"the argument {shown_arg(arg)} is not UTF-8 text ({problem}); "
+                            "gptsql takes UTF-8 text: convert it, e.g. with iconv -t UTF-8")
+
+
 def read_prompt(prompt: str) -> str:
+    check_utf8([prompt])
     if prompt == "-":
         data = sys.stdin.buffer.read()
         try:
@@ -126,3 +242,21 @@ class PrefillBar:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+@contextlib.contextmanager
+def finishing(gen, newline: bool = False):
+    """Around a Generation's loop: shows the prefill bar; on Ctrl-C or an error it takes the bar
+    away, ends the line of text if `newline`, marks the run interrupted or failed, and re-raises."""
+    bar = gen.on_prefill = PrefillBar()
+    try:
+        yield
+    except (KeyboardInterrupt, psycopg.Error, UserError) as exc:
+        bar.close()
+        if newline:
+            click.echo()
+        if isinstance(exc, KeyboardInterrupt):
+            gen.stop("interrupted")
+        else:
+            gen.stop("failed", str(exc))
+        raise

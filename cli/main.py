@@ -5,7 +5,6 @@ loop (one SQL statement per token) and prints what the database computed.
 """
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import os
@@ -13,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import click
 import psycopg
 
 from ..errors import UserError
-from .common import Context, PrefillBar, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
+from .common import (SEED, Context, check_utf8, console, count, db_error_message, fail, finishing, friendly,
+                     IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, trace
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -37,12 +38,16 @@ class OneLineErrors(click.Group):
     """Usage errors too (a bad option value, a missing argument) are one line on stderr with exit
     status 1, like every other error; --help still prints the usage."""
 
-    def main(self, *args, standalone_mode=True, **kwargs):
+    def main(self, args=None, *rest, standalone_mode=True, **kwargs):
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, *rest, standalone_mode=False, **kwargs)
         end_like_ctrl_c()
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
+            check_utf8(sys.argv[1:] if args is None else list(args))
+        except UserError as exc:
+            fail(str(exc))
+        try:
+            rv = super().main(args, *rest, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(exc.exit_code)
@@ -236,14 +241,37 @@ def models(ctx: Context, as_json):
     if not rows:
         click.echo("no models loaded; try: gptsql load random:tiny")
         return
-    from rich.console import Console
+    headers = ["name", "source", "layers", "width", "heads", "context", "params", "size"]
+    cells = [[r[0], r[1], str(r[2]), str(r[3]), str(r[4]), str(r[5]), f"{r[7] / 1e6:.1f}M", f"{r[8] / 2**20:.0f} MB"]
+             for r in rows]
+    if not sys.stdout.isatty():     # scripts read it: whole values, one tab-separated line per model
+        print_tsv(headers, cells)
+        return
+    print_models(console(), headers, cells)
+
+
+def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
+    """At a terminal: one column per field when they fit whole; otherwise the name (never cut) and
+    beside it the rest, wrapped."""
+    from rich import box
     from rich.table import Table
 
-    table = Table("name", "source", "layers", "width", "heads", "context", "parameters", "size on disk")
-    for r in rows:
-        table.add_row(r[0], r[1], str(r[2]), str(r[3]), str(r[4]), str(r[5]), f"{r[7] / 1e6:.1f}M",
-                      f"{r[8] / 2**20:.0f} MB")
-    Console().print(table)
+    from rich.measure import Measurement
+
+    table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in table.columns:
+        column.no_wrap = True
+    for row in cells:
+        table.add_row(*row)
+    if Measurement.get(out, out.options.update_width(10_000), table).maximum > out.width:
+        table = Table("name", "source, shape, size", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.columns[0].no_wrap = True
+        table.columns[0].min_width = min(max(len(c[0]) for c in cells), out.width - 12)
+        table.columns[1].overflow = "fold"
+        for name, source, layers, width, heads, context, params, size in cells:
+            table.add_row(name, f"{source}; {layers} layers × {width}, {heads} heads, context {context}; "
+                                f"{params} parameters, {size}")
+    out.print(table)
 
 
 @cli.command()
@@ -279,25 +307,28 @@ def unload(ctx: Context, name, yes):
 @cli.command()
 @click.argument("prompt")
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
-@click.option("-n", "--max-tokens", default=20, show_default=True, type=click.IntRange(min=0),
+@click.option("-n", "--max-tokens", default=20, show_default=True, type=count(0),
               help="How many tokens to generate.")
 @click.option("-t", "--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0),
               help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
-@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--top-k", default=0, show_default=True, type=count(0),
               help="Sample only among the k most probable tokens (0: all).")
 @click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
               help="Sample only among the most probable tokens whose mass reaches p.")
-@click.option("--seed", type=float, help="Same seed, same text.")
+@click.option("--seed", type=SEED, help="An integer: same seed, same text.")
 @click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
               help="Too long for the context window: fail, or keep the prompt's end.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
 @click.option("--allow-special", is_flag=True, help="Read <|endoftext|> in the prompt as the special token.")
+@click.option("--no-prompt", is_flag=True, help="Print only the continuation (as gptsql.generate returns it), "
+                                               "not the prompt before it.")
 @workers_option
 @pass_ctx
 @friendly
 def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p, seed, truncate, no_record,
-             allow_special, workers):
-    """Continue PROMPT, streaming tokens as the database produces them ("-" reads stdin).
+             allow_special, no_prompt, workers):
+    """Print PROMPT and stream its continuation as the database produces it ("-" reads stdin;
+    --no-prompt prints the continuation only).
 
     Each token is one SQL statement: gptsql.step(run, tokens, start), which runs the new place
     through every block with the KV cache and samples the next token. The run is recorded:
@@ -313,27 +344,22 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     warn_if_not_held(ctx.db, conn, model)
     gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
-    gen.on_prefill = bar = PrefillBar()
-    click.echo(prompt, nl=False)
     try:
-        for text in gen.stream():
-            click.echo(text, nl=False)
+        with finishing(gen, newline=True):
+            if not no_prompt:
+                click.echo(prompt, nl=False)
+            for text in gen.stream():
+                click.echo(text, nl=False)
     except KeyboardInterrupt:
-        bar.close()
-        click.echo()
-        gen.stop("interrupted")
-        click.echo(f"interrupted after {gen.generated} tokens (run {gen.run_id})", err=True)
+        click.echo(f"interrupted after {plural(gen.recorded(), 'token')} (run {gen.run_id})", err=True)
         sys.exit(130)
     except (psycopg.Error, UserError) as exc:
-        bar.close()
-        click.echo()
-        gen.stop("failed", str(exc))
         if isinstance(exc, psycopg.Error) and not conn.broken and not conn.closed and conn.execute(
                 "select not exists (select from gptsql.model where id = %s)", [gen.model_id]).fetchone()[0]:
             raise UserError(f"the model was removed (gptsql unload or a load under its name) after "
-                            f"{gen.generated} tokens; the text so far is above") from exc
+                            f"{plural(gen.generated, 'token')}; the text so far is above") from exc
         if isinstance(exc, psycopg.OperationalError) and (conn.broken or conn.closed):
-            raise UserError(f"lost the database after {gen.generated} tokens (run {gen.run_id}): "
+            raise UserError(f"lost the database after {plural(gen.generated, 'token')} (run {gen.run_id}): "
                             f"{db_error_message(exc)}; the text so far is above, and the run is marked "
                             "failed when the server is back") from exc
         raise
@@ -343,7 +369,7 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
 @cli.command()
 @click.argument("prompt")
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
-@click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(min=1),
+@click.option("--top", "top_n", default=10, show_default=True, type=count(1),
               help="How many candidates.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: rank, token, piece, probability, logit.")
@@ -355,29 +381,19 @@ def predict(ctx: Context, prompt, model, top_n, as_json):
 
     prompt = read_prompt(prompt)
     gen = Generation(ctx.conn, model, prompt, 0, record=True, kind="predict")
-    gen.on_prefill = bar = PrefillBar()
-    try:
+    with finishing(gen):
         rows = gen.predict(top_n)   # gptsql.predict(prompt), fed in chunks with a progress bar
-    except KeyboardInterrupt:
-        bar.close()
-        gen.stop("interrupted")
-        raise
-    except (psycopg.Error, UserError) as exc:
-        bar.close()
-        gen.stop("failed", str(exc))
-        raise
     if as_json:
         for rank, token, piece, p, logit in rows:
             click.echo(json.dumps({"rank": rank, "token": token, "piece": piece, "probability": p, "logit": logit},
                                   ensure_ascii=False))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("rank", "token", "piece", "probability", "logit")
     for rank, token, piece, p, logit in rows:
         table.add_row(str(rank), str(token), repr(piece), f"{p:.6f}", f"{logit:.4f}")
-    Console().print(table)
+    console().print(table)
 
 
 @cli.command()
@@ -391,19 +407,21 @@ def tokenize(ctx: Context, text, model, as_json, allow_special):
     """Split TEXT into GPT-2 tokens (in SQL); prints ids and pieces ("-" reads stdin)."""
     text = read_prompt(text)
     rows = ctx.conn.execute(
-        """select t.token, tok.piece
+        """select t.token, tok.bytes
            from unnest(gptsql.tokenize(%s, %s, %s)) with ordinality as t(token, n)
            join gptsql.token tok on tok.model_id = gptsql.model_id(%s) and tok.token = t.token
            order by n""", [text, model, allow_special, model]).fetchall()
     if as_json:
         click.echo(json.dumps([r[0] for r in rows]))
         return
-    for token, piece in rows:
-        click.echo(f"{token}\t{piece!r}")
+    from ..pieces import readable
+
+    for token, raw in rows:             # a piece that is part of a character shows its bytes: <e4 bd>
+        click.echo(f"{token}\t{readable(raw)!r}")
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, required=True, type=int)
+@click.argument("ids", nargs=-1, required=True, type=count(0))
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @pass_ctx
 @friendly
@@ -415,30 +433,27 @@ def detokenize(ctx: Context, ids, model):
 @cli.command()
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("--prompt", default="Happy New Year! I wish", show_default=True)
-@click.option("--tokens", default=5, show_default=True, help="Greedy tokens to compare.")
+@click.option("--tokens", default=5, show_default=True, type=count(0), help="Greedy tokens to compare.")
 @pass_ctx
 @friendly
 def check(ctx: Context, model, prompt, tokens):
     """Compare the SQL engine with the numpy reference on the loaded model."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from ..reference.check import check_model
 
-    result = check_model(ctx.conn, model, prompt, tokens)
+    prompt = read_prompt(prompt)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("check", total=None)
+        result = check_model(ctx.conn, model, prompt, tokens,
+                             lambda stage, done, total: bar.update(task, description=f"check: {stage}",
+                                                                   completed=done, total=total))
     click.echo(f"model {result['model']}: max |Δlogit| {result['max_abs_diff']:.2e} over "
-               f"{result['positions']} places; greedy SQL {result['sql_tokens']} vs numpy "
+               f"{plural(result['positions'], 'place')}; greedy SQL {result['sql_tokens']} vs numpy "
                f"{result['numpy_tokens']}: {'same' if result['same_tokens'] else 'DIFFERENT'}")
     if not result["ok"]:
         sys.exit(1)
-
-
-def lengths(option: str, text: str) -> list[int]:
-    """--contexts / --prompts: positive numbers separated by commas."""
-    try:
-        values = [int(n) for n in text.split(",") if n.strip()]
-    except ValueError:
-        values = [0]
-    if not values or min(values) < 1:
-        raise UserError(f"--{option} takes numbers of tokens separated by commas (such as 64,256,1000), got {text!r}")
-    return values
 
 
 @cli.command()
@@ -446,12 +461,12 @@ def lengths(option: str, text: str) -> list[int]:
               help="Storage of the benchmarked model.")
 @click.option("--shape", default="gpt2", show_default=True,
               help="random:SHAPE to build: tiny, small, gpt2 (the 124M shape), gpt2-medium, gpt2-large, gpt2-xl.")
-@click.option("--decode-tokens", default=32, show_default=True, help="Greedy tokens for the decode median.")
-@click.option("--contexts", default="16,128,512,1000", show_default=True,
+@click.option("--decode-tokens", default=32, show_default=True, type=count(1), help="Greedy tokens for the decode median.")
+@click.option("--contexts", default="16,128,512,1000", show_default=True, type=IntList(),
               help="Context lengths for the time-per-token curve.")
-@click.option("--prompts", default="64,256,1000", show_default=True,
+@click.option("--prompts", default="64,256,1000", show_default=True, type=IntList(),
               help="Prompt lengths for the time to first token (and the decode step after it).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the figures to this file.")
+@click.option("--json", "json_out", type=OutFile(), help="Also write the figures to this file.")
 @workers_option
 @pass_ctx
 @friendly
@@ -464,8 +479,6 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
     ratios, the logit error of the storage, and tokenizer throughput; then one backend and the
     workers (--workers, default one per core) side by side, measured in turn.
     """
-    from rich.console import Console
-
     from ..benchmarks import measure as benchmark
     from ..benchmarks.report import render
     from ..driver.workers import Workers
@@ -479,18 +492,22 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
     if memory.follow_models(ctx.db, ctx.conn, incoming=memory.estimate_model_bytes(checkpoint.config, dtype),
                             replacing=name):
         ctx.reconnect()
-    console = Console(stderr=True)
-    with console.status("benchmark") as status:
+    err = console(stderr=True)
+    # transformers' FutureWarnings (deprecations inside its GPT-2) are not the benchmark's output
+    with err.status("benchmark") as status, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
-                                contexts=lengths("contexts", contexts), checkpoint=checkpoint,
-                                prompt_lengths=lengths("prompts", prompts),
+                                contexts=contexts, checkpoint=checkpoint, prompt_lengths=prompts,
                                 workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, Workers.GROUPS),
                                 connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
-                                progress=lambda s: (status.update(s), console.log(s)))
+                                progress=lambda s: (status.update(s), err.print(s)))
     render(results)
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump(results, f, indent=2, default=str)
+        try:
+            with open(json_out, "w") as f:
+                json.dump(results, f, indent=2, default=str)
+        except OSError as exc:
+            raise write_failed(json_out, exc) from exc
         click.echo(f"wrote {json_out}", err=True)
 
 

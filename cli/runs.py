@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ..errors import UserError
-from .common import PrefillBar, friendly, read_prompt, workers_meta_option
-
-
-def console():
-    from rich.console import Console
-
-    return Console()
+from .common import INT8, SEED, OutFile, console, finishing, count, friendly, plural, print_tsv, read_prompt, workers_meta_option
 
 
 def short(text: str | None, width: int = 40) -> str:
@@ -68,12 +63,18 @@ def recorded_places(conn, run_id: int) -> int:
     n = conn.execute("select max(place) + 1 from gptsql.residual where run_id = %s", [run_id]).fetchone()[0]
     if not n:
         raise UserError(f"run {run_id} recorded no activations (nothing went through the blocks: "
-                        f"status {info['status']}, {info['generated_tokens']} tokens generated)")
+                        f"status {info['status']}, {plural(info['generated_tokens'], 'token')} generated)")
     return n
 
 
 def pieces(conn, run_id: int) -> dict[int, str]:
-    return dict(conn.execute("select place, piece from gptsql.run_tokens where run = %s", [run_id]).fetchall())
+    """The run's tokens by place, readable: a piece that is part of a character shows its bytes."""
+    from ..pieces import readable
+
+    return {place: readable(raw) for place, raw in conn.execute(
+        """select rt.place, tok.bytes from gptsql.run_token rt join gptsql.run r on r.id = rt.run_id
+           join gptsql.token tok on tok.model_id = r.model_id and tok.token = rt.token
+           where rt.run_id = %s""", [run_id])}
 
 
 def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed, workers=None) -> int:
@@ -81,24 +82,13 @@ def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, see
     from ..driver.generation import ensure_model
     from ..driver.workers import start_generation
 
-    import psycopg
-
     prompt = read_prompt(prompt)
     ensure_model(ctx, model)
     gen = start_generation(ctx.db, ctx.conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=True)
-    gen.on_prefill = bar = PrefillBar()
-    try:
+    with finishing(gen):
         for _ in gen.steps():
             pass
-    except KeyboardInterrupt:
-        bar.close()
-        gen.stop("interrupted")
-        raise
-    except (psycopg.Error, UserError) as exc:
-        bar.close()
-        gen.stop("failed", str(exc))
-        raise
     return gen.run_id
 
 
@@ -110,15 +100,15 @@ def run_source(default_tokens: int):
             click.argument("prompt", required=False),
             click.option("--run", "run", metavar="ID", help="Use a recorded run (an id, or 'latest') instead of a PROMPT."),
             click.option("-m", "--model", help="Model name (default: the most recently loaded)."),
-            click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=click.IntRange(min=1),
+            click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=count(1),
                          help="Tokens to generate after the prompt."),
             click.option("-t", "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
                          help="Sampling temperature (0: greedy, the most probable token)."),
-            click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0),
+            click.option("--top-k", default=0, show_default=True, type=count(0),
                          help="Sample among the k most probable tokens (0: all)."),
             click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
                          help="Sample among the most probable tokens whose mass reaches p."),
-            click.option("--seed", type=float, help="Same seed, same text."),
+            click.option("--seed", type=SEED, help="An integer: same seed, same text."),
             workers_meta_option,
         ]
         for option in reversed(options):
@@ -151,7 +141,7 @@ def runs():
 
 
 @runs.command("list")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="How many runs, newest first.")
+@click.option("--limit", default=20, show_default=True, type=count(1), help="How many runs, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 @click.pass_obj
 @friendly
@@ -166,6 +156,14 @@ def list_runs(ctx, limit, as_json):
         return
     if not rows:
         click.echo("no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
+        return
+    if not sys.stdout.isatty():     # scripts read it: whole prompts and texts, tab-separated
+        print_tsv(["run", "model", "kind", "status", "recorded", "started", "prompt_tokens", "generated_tokens",
+                   "ms_per_token", "prompt", "generated"],
+                  [[str(r["run"]), r["model"], r["kind"], r["status"], "yes" if r["recorded"] else "no",
+                    r["started_at"].astimezone().isoformat(timespec="seconds"), str(r["prompt_tokens"]),
+                    str(r["generated_tokens"]), "" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.1f}",
+                    r["prompt"], r["generated_text"] or ""] for r in rows])
         return
     from rich.table import Table
 
@@ -184,11 +182,13 @@ def list_runs(ctx, limit, as_json):
     table = Table(title="gptsql runs, newest first", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     for i, (name, width) in enumerate(zip(headers, widths)):
         table.add_column(name, no_wrap=True, width=width, justify="right" if i in (0, 4, 5) else "left")
-    table.add_column("prompt + generated", overflow="ellipsis", no_wrap=True, width=room)
+    table.add_column("prompt + generated", overflow="fold", width=room)   # up to 3 lines; piped: whole
+    budget = 3 * room - 1
     for r, c in zip(rows, cells):
         text = Text("[predict] " if r["kind"] == "predict" else "", style="dim")
-        text.append(short(r["prompt"], 60))
-        text.append(short(r["generated_text"], 60), style="green")
+        generated = short(r["generated_text"], max(room, budget - len(text) - len(r["prompt"] or "")))
+        text.append(short(r["prompt"], max(1, budget - len(text) - len(generated))))
+        text.append(generated, style="green")
         table.add_row(*c, text)
     out.print(table)
 
@@ -211,7 +211,7 @@ def show_run(ctx, run):
     params.add_column()
     sampling = "none: the next-token table" if r["kind"] == "predict" else "greedy" if r["temperature"] == 0 else (
         f"temperature {r['temperature']:g}, top-k {r['top_k'] or 'all'}, top-p {r['top_p']:g}, "
-        f"seed {'random' if r['seed'] is None else format(r['seed'], 'g')}")
+        f"seed {'random' if r['seed'] is None else str(r['seed'])}")
     recorded = conn.execute(
         """select (select count(*) from gptsql.residual where run_id = %(r)s),
                   (select count(*) from gptsql.attention_row where run_id = %(r)s),
@@ -238,10 +238,12 @@ def show_run(ctx, run):
     out.print()
     tokens = Table("place", "token", "piece", "", "probability", "rank", "step ms",
                    title="tokens (probability: the model's, when the token was chosen)")
+    readable_pieces = pieces(conn, run_id)      # part of a character: its bytes, <e4 bd>
     for place, token, piece, is_prompt, p, rank, ms in conn.execute(
             """select place, token, piece, is_prompt, probability, rank, elapsed_ms
                from gptsql.run_tokens where run = %s order by place""", [run_id]):
-        tokens.add_row(str(place), str(token), repr(piece), "prompt" if is_prompt else "generated",
+        tokens.add_row(str(place), str(token), repr(readable_pieces.get(place, piece)),
+                       "prompt" if is_prompt else "generated" if p is not None or rank is not None else "fed",
                        "" if is_prompt else fmt_p(p), "" if rank is None else str(rank),
                        "" if ms is None else f"{ms:.1f}")
     out.print(tokens)
@@ -268,7 +270,7 @@ def parse_age(text: str) -> str:
 
 
 @runs.command("drop")
-@click.argument("run_ids", nargs=-1, type=int, metavar="[ID]...")
+@click.argument("run_ids", nargs=-1, type=count(1, INT8), metavar="[ID]...")
 @click.option("--older-than", metavar="AGE", help="Drop every finished run started longer ago than AGE (30m, 12h, 7d, 2w).")
 @click.pass_obj
 @friendly
@@ -288,7 +290,8 @@ def drop_runs(ctx, run_ids, older_than):
             found = {r[0]: r[1] for r in conn.execute("select id, status from gptsql.run where id = any(%s)", [ids])}
             missing = [i for i in ids if i not in found]
             if missing:
-                raise UserError(f"there is no run {', '.join(map(str, missing))}; list them with: gptsql runs list")
+                raise UserError(f"there is no run {', '.join(map(str, missing))}, so nothing was dropped; "
+                                "list the runs with: gptsql runs list")
             running = [i for i in ids if found[i] == "running"]
             if running:
                 raise UserError(f"run {', '.join(map(str, running))} is still running; stop it first (Ctrl-C)")
@@ -305,7 +308,7 @@ def drop_runs(ctx, run_ids, older_than):
 @run_source(default_tokens=5)
 @click.option("--top", "top_n", default=5, show_default=True, type=click.IntRange(1, 10),
               help="Candidates per step and per block.")
-@click.option("--place", type=int, help="Place of the logit lens (default: the last one the model read).")
+@click.option("--place", type=count(0), help="Place of the logit lens (default: the last one the model read).")
 @click.pass_obj
 @friendly
 def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, top_n, place):
@@ -359,7 +362,7 @@ def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, 
         "select place, piece, probability from gptsql.run_tokens where run = %s and not is_prompt", [run_id])}
     for step, row in sorted(rows.items()):
         piece, p = chosen_tokens.get(r["prompt_tokens"] - 1 + step, (None, None))
-        steps.add_row(str(step), repr(row["after"]), "—" if piece is None else f"{piece!r}\n{p:.3f}", *row["cells"])
+        steps.add_row(str(step), repr(row["after"]), "—" if piece is None else f"{piece!r}\n{fmt_p(p) if p is None else f'{p:.3f}'}", *row["cells"])
     out.print(steps)
 
 
@@ -382,51 +385,91 @@ def run_model(conn, run_id: int) -> int:
     return conn.execute("select model_id from gptsql.run where id = %s", [run_id]).fetchone()[0]
 
 
-def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path):
-    """The attention heatmap of a recorded run: one head, or every head (head None) as a grid."""
+LENS_PLACES = 64        # the lens picture's default window: the last places of a longer run
+
+
+def window(spec: str | None, n: int, run_id: int, default_last: int | None = None) -> range:
+    """--places A:B (as in Python: A to B - 1; A: or :B leave an end open) within the n places the
+    run recorded; without it every place, or the last `default_last` of them."""
+    if spec is None:
+        return range(max(0, n - default_last) if default_last else 0, n)
+    m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", spec)
+    a, b = (int(m.group(1) or 0), int(m.group(2) or n)) if m else (None, None)
+    if a is None or not 0 <= a < b <= n:
+        raise UserError(f"--places {spec!r}: run {run_id} recorded places 0 to {n - 1}; give A:B with "
+                        f"0 <= A < B <= {n} (places A to B - 1; e.g. {max(0, n - 40)}:{n}, or {max(0, n - 40)}: for the end)")
+    return range(a, b)
+
+
+def window_note(places: range, n: int) -> str:
+    return "" if len(places) == n else f", places {places.start}-{places.stop - 1} of {n} (--places A:B for others)"
+
+
+def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path, places: str | None = None):
+    """The attention heatmap of a recorded run: one head, or every head (head None) as a grid; of
+    every place, or of a window (--places A:B)."""
     from ..plots import figures as plots
 
     _, n_head = check_block_head(conn, run_model(conn, run_id), block, head)
     n = recorded_places(conn, run_id)
+    shown = window(places, n, run_id)
+    a, size = shown.start, len(shown)
     heads = list(range(n_head)) if head is None else [head]
-    matrices = {h: np.full((n, n), np.nan) for h in heads}      # NaN: masked (a key after the query)
+    matrices = {h: np.full((size, size), np.nan) for h in heads}      # NaN: masked (a key after the query)
     for h, q, k, w in conn.execute(
             """select head, query_place, key_place, weight from gptsql.attention_weights
-               where run = %s and block = %s and head = any(%s)""", [run_id, block, heads]):
-        matrices[h][q, k] = w
+               where run = %s and block = %s and head = any(%s)
+                 and query_place between %s and %s and key_place >= %s""",
+            [run_id, block, heads, shown.start, shown.stop - 1, shown.start]):
+        matrices[h][q - a, k - a] = w
     names = pieces(conn, run_id)
     which = f"head {head}" if head is not None else f"all {n_head} heads"
-    return plots.attention([names[p] for p in range(n)], matrices, block, Path(out),
-                           f"Attention weights of block {block}, {which}", subtitle(run_info(conn, run_id)))
+    picture = plots.attention([names.get(p) for p in shown], matrices, block, Path(out),
+                              f"Attention weights of block {block}, {which}{window_note(shown, n)}",
+                              subtitle(run_info(conn, run_id)), first=a)
+    picture.note = window_note(shown, n)
+    return picture
 
 
-def draw_lens(conn, run_id: int, out: Path):
-    """The logit lens of a recorded run: blocks by places, the top token and its probability."""
+def draw_lens(conn, run_id: int, out: Path, places: str | None = None):
+    """The logit lens of a recorded run: blocks by places, the top token and its probability; the
+    last LENS_PLACES places of a longer run unless --places says which."""
+    from ..pieces import readable
     from ..plots import figures as plots
 
     n = recorded_places(conn, run_id)
-    n_layer, _ = check_block_head(conn, run_model(conn, run_id), None, None)
-    top = [[""] * n for _ in range(n_layer)]
-    probability = np.zeros((n_layer, n))
-    is_next = np.zeros((n_layer, n), dtype=bool)
-    for block, place, piece, p, hit in conn.execute(
-            "select block, place, predicted_piece, probability, is_next from gptsql.logit_lens(%s, 1)", [run_id]):
-        top[block][place], probability[block, place], is_next[block, place] = piece, p, hit
+    shown = window(places, n, run_id, default_last=LENS_PLACES)
+    model_id = run_model(conn, run_id)
+    n_layer, _ = check_block_head(conn, model_id, None, None)
+    top = [[""] * len(shown) for _ in range(n_layer)]
+    probability = np.zeros((n_layer, len(shown)))
+    is_next = np.zeros((n_layer, len(shown)), dtype=bool)
+    # one place at a time when it is a window: the lens scans the vocabulary once per block and place
+    calls = [[run_id, model_id, None]] if len(shown) == n else [[run_id, model_id, p] for p in shown]
+    for args in calls:
+        for block, place, raw, p, hit in conn.execute(
+                """select l.block, l.place, tok.bytes, l.probability, l.is_next from gptsql.logit_lens(%s, 1, %s) l
+                   join gptsql.token tok on tok.model_id = %s and tok.token = l.token""", [args[0], args[2], args[1]]):
+            x = place - shown.start
+            top[block][x], probability[block, x], is_next[block, x] = readable(raw), p, hit
     names = pieces(conn, run_id)
-    return plots.lens([names[p] for p in range(n)], [names.get(p + 1) for p in range(n)], top, probability,
-                      is_next, Path(out), "Logit lens: the most probable next token after each block, and its probability",
-                      subtitle(run_info(conn, run_id)))
+    picture = plots.lens([names.get(p) for p in shown], [names.get(p + 1) for p in shown], top, probability,
+                         is_next, Path(out), "Logit lens: the most probable next token after each block, and its "
+                         f"probability{window_note(shown, n)}", subtitle(run_info(conn, run_id)), first=shown.start)
+    picture.note = window_note(shown, n)
+    return picture
 
 
 @click.command()
 @run_source(default_tokens=1)
-@click.option("--block", "-b", default=0, show_default=True, type=int, help="Which block.")
+@click.option("--block", "-b", default=0, show_default=True, type=count(0), help="Which block.")
 @click.option("--head", default="all", show_default=True, help="Which head (a number), or 'all' for a grid.")
-@click.option("--out", "-o", default="attention.png", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--out", "-o", default="attention.png", show_default=True, type=OutFile(),
               help="PNG file to write.")
+@click.option("--places", metavar="A:B", help="Draw places A to B - 1 only (A: to the end; default: every place).")
 @click.pass_obj
 @friendly
-def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, block, head, out):
+def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, block, head, out, places):
     """Heatmap of attention weights: which earlier token each place looked at.
 
     Runs PROMPT (-n tokens, greedy; activations recorded) or reads --run ID, and draws for BLOCK
@@ -439,18 +482,21 @@ def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, se
     if run is None and prompt is not None:      # a bad block or head fails before the prompt runs
         check_block_head(ctx.conn, ctx.conn.execute("select gptsql.model_id(%s)", [model]).fetchone()[0], block, head)
     run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
-    picture = draw_attention(ctx.conn, run_id, block, head, Path(out))
-    click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): {picture.title.lower()}, "
-               f"{len(picture.panels[0].xlabels)} tokens of run {run_id}")
+    picture = draw_attention(ctx.conn, run_id, block, head, Path(out), places)
+    click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): "
+               f"{picture.title.removesuffix(picture.note).lower()}, "
+               f"{plural(len(picture.panels[0].xlabels), 'token')} of run {run_id}{picture.note}")
 
 
 @click.command()
 @run_source(default_tokens=1)
-@click.option("--out", "-o", default="lens.png", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--out", "-o", default="lens.png", show_default=True, type=OutFile(),
               help="PNG file to write.")
+@click.option("--places", metavar="A:B",
+              help=f"Draw places A to B - 1 only (A: to the end; default: the last {LENS_PLACES}).")
 @click.pass_obj
 @friendly
-def lens(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, out):
+def lens(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, out, places):
     """Picture of the logit lens: the top token after each block, at each place.
 
     Runs PROMPT (-n tokens, greedy; activations recorded) or reads --run ID, and draws blocks
@@ -458,7 +504,9 @@ def lens(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, o
     after that block, and its probability. Cells that guessed the run's next token are boxed.
     """
     run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
-    picture = draw_lens(ctx.conn, run_id, Path(out))
+    picture = draw_lens(ctx.conn, run_id, Path(out), places)
     panel = picture.panels[0]
+    columns = sum(len(p.xlabels) for p in picture.panels)
+    rows = f" in {len(picture.panels)} rows" if len(picture.panels) > 1 else ""
     click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): {len(panel.ylabels)} blocks × "
-               f"{len(panel.xlabels)} places of run {run_id}")
+               f"{columns} places{rows} of run {run_id}{picture.note}")

@@ -108,6 +108,15 @@ class Generation:
         if tail:
             yield tail
 
+    def recorded(self) -> int:
+        """Generated tokens as the run recorded them: a Ctrl-C can land after a step committed but
+        before its token reached Python, one more than self.generated counted."""
+        try:
+            return self.conn.execute("select count(*) from gptsql.run_token where run_id = %s and not is_prompt",
+                                     [self.run_id]).fetchone()[0]
+        except psycopg.Error:
+            return self.generated
+
     def stop(self, status: str, error: str | None = None) -> None:
         if self.finished:
             return

@@ -16,12 +16,18 @@ def vec(value) -> np.ndarray:
     return value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value, dtype=np.float32)
 
 
-def read_tensors(conn: psycopg.Connection, model_id: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Rebuild the HF tensors of a loaded model from its tables."""
+def no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def read_tensors(conn: psycopg.Connection, model_id: int, progress=no_progress) -> tuple[dict[str, np.ndarray], dict]:
+    """Rebuild the HF tensors of a loaded model from its tables (progress: one call per matrix read)."""
     register_vector(conn)
     cfg = conn.execute("select n_vocab, n_ctx, n_embd, n_head, n_layer, layer_norm_epsilon, name, dtype "
                        "from gptsql.model where id = %s", [model_id]).fetchone()
     n_vocab, n_ctx, n, n_head, n_layer, eps, name, dtype = cfg
+    total = 4 * n_layer + 1
+    progress("reading the weights", 0, total)
     t = {
         "wte.weight": np.stack([vec(r[0]) for r in conn.execute(
             "select coalesce(w, h::vector) from gptsql.wte where model_id = %s order by token", [model_id])]),
@@ -32,9 +38,11 @@ def read_tensors(conn: psycopg.Connection, model_id: int) -> tuple[dict[str, np.
             "select name, block, gamma, beta from gptsql.norm where model_id = %s", [model_id]):
         prefix = "ln_f" if lname == "ln_f" else f"h.{block}.{lname}"
         t[f"{prefix}.weight"], t[f"{prefix}.bias"] = vec(gamma), vec(beta)
+    progress("reading the weights", 1, total)
     hf_name = {"c_attn": "attn.c_attn", "attn_proj": "attn.c_proj", "c_fc": "mlp.c_fc", "mlp_proj": "mlp.c_proj"}
-    for lname, key in hf_name.items():
+    for i, (lname, key) in enumerate(hf_name.items()):
         for block in range(n_layer):
+            progress("reading the weights", 2 + i * n_layer + block, total)
             rows = conn.execute(
                 """select part, coalesce(w, h::vector), bias from gptsql.linear where model_id = %s and name = %s and block = %s
                    order by grp, idx, part""", [model_id, lname, block]).fetchall()
@@ -54,22 +62,30 @@ def sql_logits(conn: psycopg.Connection, run_id: int, model_id: int, tokens: lis
                                  [model_id, hidden]).fetchone()[0])
 
 
-def check_model(conn: psycopg.Connection, model: str | None, prompt: str, n_tokens: int) -> dict:
+def check_model(conn: psycopg.Connection, model: str | None, prompt: str, n_tokens: int,
+                progress=no_progress) -> dict:
+    """The prompt's logits from both engines, then n_tokens greedy tokens from each (0: logits only)."""
     model_id = conn.execute("select gptsql.model_id(%s)", [model]).fetchone()[0]
-    tensors, cfg = read_tensors(conn, model_id)
+    tensors, cfg = read_tensors(conn, model_id, progress)
     ref = GPT2(tensors, cfg["n_head"], cfg["n_layer"], cfg["eps"])
     run_id, _, tokens, _ = conn.execute(
         "select run_id, model_id, tokens, eot from gptsql.start_run(%s, %s, %s, record => false)",
         [cfg["name"], prompt, n_tokens]).fetchone()
     try:
+        steps = 2 + 2 * max(n_tokens - 1, 0)
+        progress("numpy: the prompt", 0, steps)
         expected = ref.forward(tokens)
+        progress("SQL: the prompt", 1, steps)
         got = sql_logits(conn, run_id, model_id, tokens, 0)
         diff = float(np.abs(got - expected[-1]).max())
-        sql_tokens = [int(np.argmax(got))]
-        for _ in range(n_tokens - 1):
+        sql_tokens = [int(np.argmax(got))][:n_tokens]
+        for i in range(n_tokens - 1):
+            progress(f"SQL: greedy token {i + 2} of {n_tokens}", 2 + i, steps)
             got = sql_logits(conn, run_id, model_id, [sql_tokens[-1]], len(tokens) + len(sql_tokens) - 1)
             sql_tokens.append(int(np.argmax(got)))
+        progress(f"numpy: {n_tokens} greedy tokens", 1 + n_tokens, steps)
         numpy_tokens = ref.generate(tokens, n_tokens)
+        progress("done", steps, steps)
     finally:
         conn.execute("select gptsql.finish_run(%s, 'done')", [run_id])
     return {"model": cfg["name"], "max_abs_diff": diff, "positions": len(tokens), "sql_tokens": sql_tokens,

@@ -223,6 +223,19 @@ CREATE TABLE IF NOT EXISTS gptsql.run (
     prefill_ms   float8,
     decode_ms    float8
 );
+-- Seeds are integers (bigint): a float8 seed made seeds above 2^53 collide. Databases made before
+-- keep their runs; a seed with a fraction is rounded (the same text for the whole ones: their
+-- text form, which uniform() hashes, is the same). 09_runs.sql makes the view on it again.
+DO $$
+BEGIN
+    IF (SELECT atttypid = 'float8'::regtype FROM pg_attribute
+        WHERE attrelid = 'gptsql.run'::regclass AND attname = 'seed') THEN
+        DROP VIEW IF EXISTS gptsql.runs;
+        ALTER TABLE gptsql.run ALTER COLUMN seed TYPE bigint
+            USING CASE WHEN abs(seed) < 9.2e18 THEN round(seed)::bigint END;
+    END IF;
+END
+$$;
 
 CREATE TABLE IF NOT EXISTS gptsql.run_token (
     run_id      bigint NOT NULL REFERENCES gptsql.run ON DELETE CASCADE,

@@ -36,7 +36,8 @@ $$;
 
 -- A uniform number in [0, 1) for a seed and a place: the same seed draws the same text, whatever
 -- else runs at the same time.
-CREATE OR REPLACE FUNCTION gptsql.uniform(seed float8, place int)
+DROP FUNCTION IF EXISTS gptsql.uniform(float8, int);          -- seeds were float8 before
+CREATE OR REPLACE FUNCTION gptsql.uniform(seed bigint, place int)
 RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT ('x' || substr(md5(seed::text || ':' || place::text), 1, 13))::bit(52)::bigint / 4503599627370496.0

@@ -4,9 +4,10 @@
 -- forward() (earlier places come from the KV cache) and chooses one more token.
 
 DROP FUNCTION IF EXISTS gptsql.start_run(text, text, int, float8, int, float8, float8, boolean, text, boolean, boolean);
+DROP FUNCTION IF EXISTS gptsql.start_run(text, text, int, float8, int, float8, bigint, boolean, text, boolean, boolean);
 CREATE OR REPLACE FUNCTION gptsql.start_run(model text, prompt text, max_tokens int DEFAULT 10,
                                             temperature float8 DEFAULT 0, top_k int DEFAULT 0,
-                                            top_p float8 DEFAULT 1, seed float8 DEFAULT NULL,
+                                            top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
                                             record boolean DEFAULT true, kind text DEFAULT 'generate',
                                             truncate_left boolean DEFAULT false,
                                             allow_special boolean DEFAULT false,
@@ -21,6 +22,12 @@ BEGIN
     SELECT * INTO m FROM gptsql.model WHERE id = gptsql.model_id(start_run.model);
     IF prompt IS NULL THEN
         RAISE EXCEPTION 'prompt is NULL' USING HINT = 'give a text; an empty text starts from <|endoftext|>';
+    END IF;
+    IF record IS NULL OR truncate_left IS NULL OR allow_special IS NULL THEN
+        RAISE EXCEPTION '% is NULL',
+            CASE WHEN record IS NULL THEN 'record' WHEN truncate_left IS NULL THEN 'truncate_left' ELSE 'allow_special' END
+            USING HINT = 'give true or false (record: keep the activations; truncate_left: keep the end of a long '
+                         'prompt; allow_special: read <|endoftext|> as the special token)';
     END IF;
     IF max_tokens IS NULL OR max_tokens < 0 THEN
         RAISE EXCEPTION 'max_tokens must be 0 or more, got %', coalesce(max_tokens::text, 'NULL')
@@ -60,13 +67,17 @@ BEGIN
     IF cardinality(tokens) > room THEN
         IF truncate_left AND room > 0 THEN
             tokens := tokens[cardinality(tokens) - room + 1:];
+        ELSIF truncate_left THEN        -- keeping the end cannot help: max_tokens alone fills the window
+            RAISE EXCEPTION 'max_tokens (%) leaves no room for the prompt in the context window of % tokens',
+                max_tokens, m.n_ctx
+                USING HINT = format('ask for at most %s new tokens', m.n_ctx - 1);
         ELSIF max_tokens = 0 OR cardinality(tokens) > m.n_ctx THEN
             RAISE EXCEPTION 'the prompt is % tokens but model "%" has a context window of % tokens',
                 cardinality(tokens), m.name, m.n_ctx
                 USING HINT = 'shorten the prompt, or keep its end with --truncate left';
         ELSE
-            RAISE EXCEPTION 'the prompt (% tokens) plus max_tokens (%) passes the context window of % tokens',
-                cardinality(tokens), max_tokens, m.n_ctx
+            RAISE EXCEPTION 'the prompt (% token%) plus max_tokens (%) passes the context window of % tokens',
+                cardinality(tokens), CASE WHEN cardinality(tokens) = 1 THEN '' ELSE 's' END, max_tokens, m.n_ctx
                 USING HINT = format('ask for at most %s new tokens, or keep the end of the prompt with --truncate left',
                                     greatest(m.n_ctx - cardinality(tokens), 0));
         END IF;
@@ -125,6 +136,20 @@ BEGIN
 END
 $$;
 
+-- The fed tokens are the run's record too: a step fed several tokens (the SQL API allows it) keeps
+-- them as generated-side tokens that no step chose (probability NULL); a fed token that differs
+-- from the one recorded at its place replaces it, so the record says what was computed.
+CREATE OR REPLACE FUNCTION gptsql.record_fed(run bigint, tokens int[], start int)
+RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    INSERT INTO gptsql.run_token AS rt (run_id, place, token, is_prompt)
+    SELECT  run, start + f.n::int - 1, f.t, false
+    FROM    unnest(tokens) WITH ORDINALITY AS f(t, n)
+    ON CONFLICT ON CONSTRAINT run_token_pkey DO UPDATE
+    SET     token = excluded.token, probability = NULL, logit = NULL, elapsed_ms = NULL
+    WHERE   rt.token <> excluded.token;
+$$;
+
 -- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
 CREATE OR REPLACE FUNCTION gptsql.step(run bigint, tokens int[], start int)
 RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
@@ -136,6 +161,7 @@ DECLARE
     place    int := start + cardinality(tokens);
     began    timestamptz := clock_timestamp();
 BEGIN
+    PERFORM gptsql.record_fed(run, tokens, start);
     hidden := gptsql.forward(run, tokens, start);
     SELECT * INTO c
     FROM   gptsql.choose(r.model_id, hidden, r.temperature, r.top_k, r.top_p,
@@ -163,6 +189,7 @@ RETURNS int
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM gptsql.check_step(run, tokens, start);
+    PERFORM gptsql.record_fed(run, tokens, start);
     PERFORM gptsql.forward(run, tokens, start);
     RETURN start + cardinality(tokens);
 END
@@ -180,9 +207,10 @@ $$;
 
 -- The article's generation loop as one recursive query: each row of `generation` is one step,
 -- which feeds the token chosen by the row before. Returns the generated text (without the prompt).
+DROP FUNCTION IF EXISTS gptsql.generate(text, int, float8, int, float8, float8, text, boolean);
 CREATE OR REPLACE FUNCTION gptsql.generate(prompt text, max_tokens int DEFAULT 10,
                                            temperature float8 DEFAULT 0, top_k int DEFAULT 0,
-                                           top_p float8 DEFAULT 1, seed float8 DEFAULT NULL,
+                                           top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
                                            model text DEFAULT NULL, record boolean DEFAULT true)
 RETURNS text
 LANGUAGE plpgsql VOLATILE AS $$
@@ -220,6 +248,7 @@ BEGIN
     IF top_n IS NULL OR top_n < 1 THEN
         RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
     END IF;
+    PERFORM gptsql.record_fed(run, tokens, start);
     hidden := gptsql.forward(run, tokens, start);
     INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
     SELECT  run, start + cardinality(tokens) - 1, d.rank, d.token, d.logit, d.probability

@@ -28,8 +28,9 @@ SELECT  m.name, m.source, m.n_layer, m.n_embd, m.n_head, m.n_ctx, m.n_vocab, m.n
 FROM    gptsql.model m;
 COMMENT ON VIEW gptsql.model_size IS 'Loaded models with their shapes, parameter count and bytes of their rows.';
 
--- The newest run of a kind: what the README's queries explore right after `gptsql generate`.
-CREATE FUNCTION gptsql.latest_run(kind text DEFAULT 'generate')
+-- The newest run (of a kind, when given): what the README's queries explore right after
+-- `gptsql generate`, and what the CLI's `latest` means.
+CREATE FUNCTION gptsql.latest_run(kind text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql STABLE AS $$
     SELECT  max(r.id)
@@ -37,7 +38,7 @@ LANGUAGE sql STABLE AS $$
     WHERE   r.kind = latest_run.kind OR latest_run.kind IS NULL
 $$;
 COMMENT ON FUNCTION gptsql.latest_run(text) IS
-    'Id of the newest run of this kind (''generate'' or ''predict''; NULL: any kind).';
+    'Id of the newest run: of any kind by default (as the CLI''s latest), or of this kind (''generate'' or ''predict'').';
 
 ------------------------------------------------------------------------------------------------ runs
 CREATE VIEW gptsql.runs AS

@@ -207,12 +207,12 @@ def test_every_view_and_column_is_documented(db):
     assert db.execute("select obj_description('gptsql.logit_lens(bigint, int, int)'::regprocedure)").fetchone()[0]
 
 
-def test_latest_run_is_the_newest_generation(db, tiny, greedy):
+def test_latest_run_is_the_newest_run_of_any_kind(db, tiny, greedy):
     run_id, _, _ = generate(db, tiny, n=1)
     db.execute("select * from gptsql.predict('Hello', 3, %s)", [tiny])
-    assert db.execute("select gptsql.latest_run()").fetchone()[0] == run_id
+    assert db.execute("select gptsql.latest_run('generate')").fetchone()[0] == run_id
     assert db.execute("select gptsql.latest_run('predict')").fetchone()[0] > run_id
-    assert db.execute("select gptsql.latest_run(null)").fetchone()[0] > run_id
+    assert db.execute("select gptsql.latest_run()").fetchone()[0] > run_id         # as the CLI's `latest`
 
 
 def test_an_unrecorded_run_keeps_tokens_only(db, tiny, run_cli):
@@ -230,9 +230,11 @@ def test_an_unrecorded_run_keeps_tokens_only(db, tiny, run_cli):
 
 # ------------------------------------------------------------------------------------- runs CLI
 def test_runs_list_and_show(run_cli, greedy, wide):
-    out = run_cli("runs", "list", "--limit", "50").stdout
-    [line] = [l for l in out.splitlines() if l.split()[:2] == [str(greedy["id"]), "random-tiny"]]
-    assert "done" in line and (PROMPT + greedy["text"]) in line and f"{len(PROMPT_TOKENS)}+{N_NEW}" in line
+    out = run_cli("runs", "list", "--limit", "50").stdout       # piped: tab-separated, whole values
+    header, *lines = [l.split("\t") for l in out.splitlines()]
+    [line] = [dict(zip(header, l)) for l in lines if l[:2] == [str(greedy["id"]), "random-tiny"]]
+    assert line["status"] == "done" and line["prompt"] == PROMPT and line["generated"] == greedy["text"]
+    assert (line["prompt_tokens"], line["generated_tokens"]) == (str(len(PROMPT_TOKENS)), str(N_NEW))
     listed = [json.loads(line) for line in run_cli("runs", "list", "--json", "--limit", "100").stdout.splitlines()]
     mine = [r for r in listed if r["run"] == greedy["id"]]
     assert len(mine) == 1 and mine[0]["generated_text"] == greedy["text"] and mine[0]["status"] == "done"
