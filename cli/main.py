@@ -20,6 +20,7 @@ import psycopg
 from ..errors import UserError
 from .common import Context, db_error_message, fail, friendly, pass_ctx, read_prompt, workers_option
 from .runs import attention, lens, runs, trace
+from .serve import serve
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
 # CLI prints is the one line that matters.
@@ -466,6 +467,7 @@ cli.add_command(runs)
 cli.add_command(trace)
 cli.add_command(attention)
 cli.add_command(lens)
+cli.add_command(serve)
 
 
 def main():  # pragma: no cover

@@ -308,9 +308,10 @@ def test_dockerfile_copies_everything_the_package_is_built_from(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     rooms = {"gptsql": "gptsql", "cli": "gptsql/cli", "server": "gptsql/server", "loader": "gptsql/loader",
              "driver": "gptsql/driver", "reference": "gptsql/reference", "benchmarks": "gptsql/benchmarks",
-             "plots": "gptsql/plots"}
+             "plots": "gptsql/plots", "web": "gptsql/web"}
     expected = ({f"{package}/{p.name}" for folder, package in rooms.items() for p in (REPO / folder).glob("*.py")}
-                | {f"gptsql/sql/{p.name}" for p in (REPO / "sql").glob("*.sql")})
+                | {f"gptsql/sql/{p.name}" for p in (REPO / "sql").glob("*.sql")}
+                | {f"gptsql/web/static/{p.name}" for p in (REPO / "web" / "static").iterdir()})
     assert expected <= names, f"missing from the image: {sorted(expected - names)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "gptsql = gptsql.cli.main:cli" in zipfile.ZipFile(wheel).read(entry_points).decode()
