@@ -17,9 +17,6 @@ import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER),
-    reason="no chromium / chromedriver here: apt-get install -y chromium chromium-driver (.ci/run does)")
 
 PROMPT = "Happy New Year! I wish"
 
@@ -52,6 +49,8 @@ def server(backend, tiny):
 
 @pytest.fixture(scope="module")
 def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("no chromium / chromedriver here: apt-get install -y chromium chromium-driver (.ci/run does)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -70,9 +69,12 @@ def browser():
 
 
 def wait(driver, condition, timeout=60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    # A panel redrawn between finding an element and reading it: look again.
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=[StaleElementReferenceException]).until(condition)
 
 
 def css(driver, selector):
@@ -124,7 +126,7 @@ def test_tokens_stream_in_one_by_one(server, browser, db):
     assert len(colours) > 1
 
 
-def test_a_step_and_its_temperature_slider(server, browser, db):
+def test_a_step_and_its_temperature_slider(server, browser, run_cli):
     from selenium.webdriver.common.keys import Keys
 
     driver = browser
@@ -144,8 +146,9 @@ def test_a_step_and_its_temperature_slider(server, browser, db):
     assert after[0] > float(before[0]), "a lower temperature sharpens the distribution"
     # The numbers are SQL's: the panel's query, run as shown, gives them.
     wait(driver, lambda d: "0.5::float8" in panel_sql(d, "#bars"))
-    rows = db.execute(panel_sql(driver, "#bars")).fetchall()
-    assert [float(r[7]) for r in rows] == after
+    pasted = css(driver, "#bars pre.sql-text")[0].get_attribute("textContent")
+    out = run_cli("db", "psql", "-X", "-A", "-t", "-F", "|", "-c", pasted).stdout
+    assert [float(line.split("|")[7]) for line in out.splitlines() if line] == after
 
 
 def test_attention_grid_has_every_head_and_the_large_map(server, browser, tiny, db):
@@ -162,6 +165,17 @@ def test_attention_grid_has_every_head_and_the_large_map(server, browser, tiny, 
     wait(driver, lambda d: f"block {n_layer - 1}, head {n_head - 1}" in d.find_element("id", "large").text)
     rows = db.execute(panel_sql(driver, "#large")).fetchall()
     assert len(rows) == places and all(len(w) == q + 1 for q, (_p, _piece, w) in enumerate(rows))
+    # The weight under the pointer: query place 5 looking at key place 2.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    big = driver.find_element("id", "head-map")
+    margin, cell = float(big.get_attribute("data-margin")), float(big.get_attribute("data-cell"))
+    size = big.size["width"]
+    ActionChains(driver).move_to_element_with_offset(
+        big, int(margin + 2.5 * cell - size / 2), int(margin + 5.5 * cell - size / 2)).perform()
+    readout = driver.find_element("id", "readout").text
+    assert readout.startswith(f"query 5 “{rows[5][1].replace(' ', '␣')}” → key 2 “{rows[2][1].replace(' ', '␣')}”")
+    assert readout.endswith(f"weight {float(rows[5][2][2]):.4f}")
 
 
 def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
@@ -212,3 +226,34 @@ def test_serve_warns_off_localhost(backend):
         proc.terminate()
         _out, err = proc.communicate(timeout=30)
     assert err.startswith("warning: listening on 0.0.0.0")
+
+
+def test_closing_the_page_mid_generation_interrupts_the_run(server, browser, db):
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: css(d, "#prompt"))
+    css(driver, "#max_tokens")[0].clear()
+    css(driver, "#max_tokens")[0].send_keys("100")
+    css(driver, "#go")[0].click()
+    wait(driver, lambda d: len(css(d, "#tokens .tok")) >= 2)
+    run = int(css(driver, "#current-run a")[0].text.lstrip("#"))
+    driver.get("about:blank")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, n = db.execute("select status, generated_tokens from gptsql.runs where run = %s", [run]).fetchone()
+        if status != "running":
+            break
+        time.sleep(0.2)
+    assert (status, n < 100) == ("interrupted", True), f"run {run}: {status} after {n} tokens"
+
+
+def test_panels_read_in_read_only_transactions(db):
+    """queries.read: a statement that writes is refused, and nothing is left open."""
+    import psycopg
+
+    from gptsql.web import queries
+
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        queries.read(db, "insert into gptsql.meta (key, value) values ('web-test', 'x') returning key", {})
+    assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert db.execute("select count(*) from gptsql.meta where key = 'web-test'").fetchone()[0] == 0

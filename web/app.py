@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import anyio
 import click
 import psycopg
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Mount, Route
@@ -77,6 +79,8 @@ def integer(request: Request, name: str, default: int | None = None) -> int:
 
 
 class Explorer:
+    LENS_SCANS = 36  # the lens's default window: about this many vocabulary scans (~10 s on GPT-2 124M)
+
     def __init__(self, db, rules: CliRules, workers: int | None = None):
         self.db, self.rules, self.workers = db, rules, workers
         self.pool = Pool(db)
@@ -189,8 +193,9 @@ class Explorer:
         if n < 1:
             raise UserError(f"run {run} recorded no activations (nothing went through the blocks: "
                             f"status {info['status']}, {info['generated_tokens']} tokens generated)")
+        n_layer, _ = self.shape(conn, info["model"])
         last = integer(request, "last", n - 1)
-        first = integer(request, "first", max(0, last - 7))
+        first = integer(request, "first", max(0, last + 1 - max(1, self.LENS_SCANS // n_layer)))
         if not 0 <= first <= last < n:
             raise UserError(f"--place must be between 0 and {n - 1} (the places run {run} recorded)")
         return {**queries.read(conn, queries.LOGIT_LENS, {"run": run, "first": first, "last": last}), "places": n}
@@ -209,7 +214,7 @@ class Explorer:
             options = {name: self.option(name, params.get(name)) for name in GENERATE_OPTIONS}
         except UserError as exc:
             return StreamingResponse(iter([event("error", {"message": str(exc)})]), media_type="text/event-stream")
-        return StreamingResponse(self.stream(params.get("model") or None, prompt, options),
+        return StreamingResponse(until_gone(request, self.stream(params.get("model") or None, prompt, options)),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     def stream(self, model, prompt, options) -> Iterator[str]:
@@ -282,6 +287,21 @@ class Explorer:
     async def lifespan(self, app):
         yield
         self.pool.close()
+
+
+async def until_gone(request: Request, events: Iterator[str]):
+    """The generation's events, one step at a time in a worker thread, until the page goes away;
+    then the generation is closed (its run marked interrupted), never left suspended mid-run."""
+    end = object()
+    try:
+        while not await request.is_disconnected():
+            item = await run_in_threadpool(next, events, end)
+            if item is end:
+                return
+            yield item
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(events.close)
 
 
 def event(kind: str, data: dict) -> str:

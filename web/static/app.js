@@ -5,6 +5,10 @@
 "use strict";
 
 const state = { run: null, step: 1, temperature: 1, block: 0, head: 0, model: null };
+// The generation being streamed: leaving the view or the page closes it, and the server then
+// stops the run (marked interrupted, like Ctrl-C in the terminal).
+let streaming = null;
+const stopStreaming = () => { if (streaming) { streaming.close(); streaming = null; } };
 const main = () => document.getElementById("main");
 
 // ------------------------------------------------------------------------------- small helpers
@@ -55,9 +59,9 @@ function sqlBox(panel, open = false) {
     el("summary", { text: `The query behind it (${panel.rows.length} rows) — paste into gptsql db psql` }), copy, pre);
 }
 
-async function show(render) {
+async function show(render, waiting = "asking the database…") {
   const root = main();
-  root.replaceChildren(el("p", { class: "muted", text: "asking the database…" }));
+  root.replaceChildren(el("p", { class: "muted", id: "waiting", text: waiting }));
   try { root.replaceChildren(...[].concat(await render())); }
   catch (exc) { root.replaceChildren(errorBox(exc.message)); }
 }
@@ -142,8 +146,9 @@ function generate(form, error, output) {
   const box = card("The continuation, as the database chose it", strip, legend());
   output.replaceChildren(box);
   const source = new EventSource(`/api/generate?${params}`);
+  streaming = source;
   let run = null;
-  const end = () => { source.close(); go.disabled = false; };
+  const end = () => { source.close(); if (streaming === source) streaming = null; go.disabled = false; };
   source.addEventListener("start", (e) => {
     const d = JSON.parse(e.data);
     run = d.run; setRun(run);
@@ -308,7 +313,7 @@ function headMap(panel) {
   const n = rows.length, cell = Math.max(12, Math.min(28, Math.floor(720 / Math.max(n, 1))));
   const pieces = rows.map((r) => visible(r.query_piece));
   const margin = Math.min(140, 14 + 7 * Math.max(...pieces.map((p) => p.length), 4));
-  const canvas = el("canvas", { id: "head-map" });
+  const canvas = el("canvas", { id: "head-map", "data-margin": margin, "data-cell": cell, "data-places": n });
   const ratio = window.devicePixelRatio || 1;
   const size = margin + n * cell + 4;
   canvas.width = size * ratio; canvas.height = size * ratio;
@@ -511,6 +516,7 @@ async function viewRuns() {
 
 // ------------------------------------------------------------------------------------ routing
 function route() {
+  stopStreaming();
   const [view, ...args] = (location.hash.slice(1) || "generate").split("/").map(decodeURIComponent);
   const num = (v) => (v === undefined || v === "" ? undefined : Number(v));
   const tab = { run: "runs" }[view] || view;
@@ -524,10 +530,15 @@ function route() {
     model: () => viewModel(args[0]),
     runs: () => viewRuns(),
   };
-  show(views[view] || views.generate);
+  const waiting = {
+    lens: "asking the database: the logit lens is one scan of the whole vocabulary per block and place (a few seconds on GPT-2 124M)…",
+    attention: "asking the database for every head's weights…",
+  }[view];
+  show(views[view] || views.generate, waiting);
 }
 
 window.addEventListener("hashchange", route);
+window.addEventListener("pagehide", stopStreaming);
 window.addEventListener("DOMContentLoaded", () => {
   for (const a of document.querySelectorAll("#nav a")) {
     // The Step, Attention and Lens tabs open the current run (the newest when none is chosen).
