@@ -6,6 +6,7 @@ Skipped, with the reason, only when chromium or its driver is missing (.ci/run i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -257,3 +258,17 @@ def test_panels_read_in_read_only_transactions(db):
         queries.read(db, "insert into gptsql.meta (key, value) values ('web-test', 'x') returning key", {})
     assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     assert db.execute("select count(*) from gptsql.meta where key = 'web-test'").fetchone()[0] == 0
+
+
+def test_readme_has_the_explorer_section_and_its_pictures():
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start, end = text.index("<!-- explorer:start -->"), text.index("<!-- explorer:end -->")
+    assert text.index("<!-- exploring:end -->") < start, "the Explorer section follows 'Exploring a run in psql'"
+    section = text[start:end]
+    for needed in ["gptsql serve", "http://127.0.0.1:8000/", "--host", "SET TRANSACTION READ ONLY",
+                   "gptsql db psql", "chromium-driver", "ten stored logits"]:
+        assert needed in section, f"the Explorer section does not say {needed!r}"
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", section)
+    assert len(pictures) == 2 and all((REPO / p).is_file() for p in pictures)
