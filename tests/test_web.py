@@ -213,6 +213,16 @@ def test_bad_parameters_get_the_clis_line_in_the_page(server, browser, run_cli):
     cli = run_cli("generate", "-t", "-1", PROMPT, check=False)
     assert cli.returncode == 1
     assert css(driver, "#error")[0].text in cli.stderr
+    # A run that is not a number: the page's API says what `gptsql runs show` says.
+    import json
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{server}api/runs/abc/tokens")
+    assert refused.value.code == 400
+    message = json.loads(refused.value.read())["error"]
+    assert f"Error: {message}" in run_cli("runs", "show", "abc", check=False).stderr
     driver.get(f"{server}#step/999999/1")
     wait(driver, lambda d: css(d, ".error"))
     assert css(driver, ".error")[0].text == "there is no run 999999; list them with: gptsql runs list"

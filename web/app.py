@@ -66,6 +66,20 @@ class Pool:
             self.idle.get_nowait().close()
 
 
+def run_id(conn, request: Request) -> int:
+    """The run of the URL: a number or 'latest' (the newest run of any kind), as `gptsql runs show` reads it."""
+    raw = request.path_params["run"]
+    if raw.lower() == "latest":
+        found = conn.execute("select gptsql.latest_run(null)").fetchone()[0]
+        if found is None:
+            raise UserError("there are no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
+        return found
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"a run is a number or 'latest', not {raw!r}") from None
+
+
 def integer(request: Request, name: str, default: int | None = None) -> int:
     raw = request.path_params.get(name, request.query_params.get(name))
     if raw in (None, ""):
@@ -150,15 +164,15 @@ class Explorer:
         return queries.read(conn, queries.RUNS, {"limit": integer(request, "limit", 50)})
 
     def run(self, conn, request):
-        return self.run_row(conn, integer(request, "run"))
+        return self.run_row(conn, run_id(conn, request))
 
     def tokens(self, conn, request):
-        run = integer(request, "run")
+        run = run_id(conn, request)
         self.run_row(conn, run)
         return queries.read(conn, queries.RUN_TOKENS, {"run": run})
 
     def step(self, conn, request):
-        run, step = integer(request, "run"), integer(request, "step")
+        run, step = run_id(conn, request), integer(request, "step")
         info = self.recorded(conn, run)
         if not 1 <= step <= max(info["generated_tokens"], 1) or not info["generated_tokens"]:
             raise UserError(f"run {run} has no step {step}: it generated {info['generated_tokens']} tokens "
@@ -167,7 +181,7 @@ class Explorer:
         return queries.read(conn, queries.STEP, {"run": run, "step": step, "temperature": temperature})
 
     def attention(self, conn, request):
-        run = integer(request, "run")
+        run = run_id(conn, request)
         info = self.recorded(conn, run)
         pixels = integer(request, "pixels", 32)
         if not 4 <= pixels <= 256:
@@ -177,7 +191,7 @@ class Explorer:
         return {**found, "n_layer": n_layer, "n_head": n_head}
 
     def head(self, conn, request):
-        run, block, head = integer(request, "run"), integer(request, "block"), integer(request, "head")
+        run, block, head = run_id(conn, request), integer(request, "block"), integer(request, "head")
         info = self.recorded(conn, run)
         n_layer, n_head = self.shape(conn, info["model"])
         if not 0 <= block < n_layer:
@@ -187,7 +201,7 @@ class Explorer:
         return queries.read(conn, queries.ATTENTION_HEAD, {"run": run, "block": block, "head": head})
 
     def lens(self, conn, request):
-        run = integer(request, "run")
+        run = run_id(conn, request)
         info = self.recorded(conn, run)
         n = info["prompt_tokens"] + info["generated_tokens"] - 1  # places that went through the blocks
         if n < 1:
@@ -201,7 +215,7 @@ class Explorer:
         return {**queries.read(conn, queries.LOGIT_LENS, {"run": run, "first": first, "last": last}), "places": n}
 
     def norms(self, conn, request):
-        run = integer(request, "run")
+        run = run_id(conn, request)
         self.recorded(conn, run)
         return queries.read(conn, queries.RESIDUAL_NORMS, {"run": run})
 
