@@ -282,3 +282,14 @@ def test_readme_has_the_explorer_section_and_its_pictures():
         assert needed in section, f"the Explorer section does not say {needed!r}"
     pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", section)
     assert len(pictures) == 2 and all((REPO / p).is_file() for p in pictures)
+
+
+def test_serve_on_a_port_in_use_is_one_line(run_cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), check=False, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == (f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                             "choose another --port (--port 0: any free port)\n")

@@ -326,11 +326,31 @@ def create_app(db, rules: CliRules, workers: int | None = None) -> Starlette:
     return Explorer(db, rules, workers).app()
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (uvicorn would log and exit 3)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc.strerror}); "
+                        "use 127.0.0.1, or an address or name that resolves") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
+                            "(--port 0: any free port)") from None
+
+
 def serve(db, rules: CliRules, host: str, port: int, workers: int | None = None,
           announce: Callable[[str], None] = print) -> None:
     """Run the explorer until Ctrl-C; `announce` gets the address once the server listens."""
     import uvicorn
 
+    check_address(host, port)
     db.connect().close()  # start the embedded server and install the engine before the first page
     config = uvicorn.Config(create_app(db, rules, workers), host=host, port=port, log_level="warning",
                             access_log=False, lifespan="on")
