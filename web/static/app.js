@@ -24,6 +24,7 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 const visible = (piece) => (piece ?? "").replace(/ /g, "␣").replace(/\n/g, "↵").replace(/\t/g, "⇥");
+const short = (text, width) => (text.length <= width ? text : `${text.slice(0, width - 1)}…`);
 const fmt = (x, d = 4) => (x === null || x === undefined ? "—" : Number(x).toFixed(d));
 const shade = (p) => `rgba(37, 99, 235, ${(0.08 + 0.77 * Math.max(0, Math.min(1, p ?? 0))).toFixed(3)})`;
 const records = (panel) => panel.rows.map((r) => Object.fromEntries(panel.columns.map((c, i) => [c, r[i]])));
@@ -226,7 +227,7 @@ async function viewStep(run, step) {
     el("button", { class: "quiet", type: "button", disabled: step >= n ? "" : null,
                    onclick: () => (location.hash = `#step/${run}/${step + 1}`), text: "next →" }));
   await redraw();
-  return card([`Step ${step} of run ${run} `, el("span", { class: "muted", text: `· ${info.model} · “${info.prompt}”` })],
+  return card([`Step ${step} of run ${run} `, el("span", { class: "muted", title: info.prompt, text: `· ${info.model} · “${short(info.prompt, 80)}”` })],
     nav, error,
     el("div", { class: "slider" }, "temperature", slider, value,
        el("span", { class: "muted", text: "softmax at T over the ten recorded logits, in SQL (0: greedy)" })),
