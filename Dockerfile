@@ -19,6 +19,7 @@ COPY reference/ reference/
 COPY benchmarks/ benchmarks/
 COPY plots/ plots/
 COPY sql/ sql/
+COPY web/ web/
 RUN pip install . && gptsql --version
 
 # Not root. The Hugging Face cache is a named volume; a new one takes this directory's owner.

@@ -21,6 +21,7 @@ from ..errors import UserError
 from .common import (SEED, Context, check_utf8, console, count, db_error_message, fail, finishing, friendly,
                      IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, trace
+from .serve import serve
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
 # CLI prints is the one line that matters.
@@ -516,6 +517,7 @@ cli.add_command(runs)
 cli.add_command(trace)
 cli.add_command(attention)
 cli.add_command(lens)
+cli.add_command(serve)
 
 
 def main():  # pragma: no cover

@@ -163,7 +163,9 @@ def test_only_localhost_can_reach_the_database():
     spec = compose()
     ports = published_ports(spec["services"]["db"])
     assert ports == [{"host_ip": "127.0.0.1", "published": "55432", "target": "5432"}]
-    assert "ports" not in spec["services"]["app"]
+    # The explorer: published on 127.0.0.1 only (inside the container it must listen on 0.0.0.0).
+    assert published_ports(spec["services"]["app"]) == [{"host_ip": "127.0.0.1", "published": "8000", "target": "8000"}]
+    assert command_args(spec["services"]["app"])[-1].rstrip().endswith("exec gptsql serve --host 0.0.0.0 --port 8000")
     # With another port from .env, still 127.0.0.1.
     ports = published_ports(compose({"GPTSQL_DB_PORT": "6000"})["services"]["db"])
     assert ports == [{"host_ip": "127.0.0.1", "published": "6000", "target": "5432"}]
@@ -208,7 +210,7 @@ def test_app_waits_for_a_healthy_database():
     assert spec["services"]["app"]["depends_on"] == {"db": {"condition": "service_healthy"}}
 
 
-def run_app_command(tmp_path: Path, models_json: str, load_status: int = 0):
+def run_app_command(tmp_path: Path, models_json: str, load_status: int = 0, generate_status: int = 0):
     """Run the app's command with a stand-in gptsql that logs its arguments."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +221,7 @@ printf '%s\\n' "$*" >> {log}
 case "$1" in
   models) printf '%s\\n' '{models_json}' ;;
   load) exit {load_status} ;;
+  generate) exit {generate_status} ;;
 esac
 """)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -228,15 +231,17 @@ esac
     return result.returncode, log.read_text().splitlines() if log.exists() else []
 
 
-def test_app_loads_gpt2_from_the_hub_once_then_generates(tmp_path):
-    generate = f"generate --model gpt2 {PROMPT}"
+def test_app_loads_gpt2_from_the_hub_once_then_generates_then_serves(tmp_path):
+    generate, serve = f"generate --model gpt2 {PROMPT}", "serve --host 0.0.0.0 --port 8000"
     status, calls = run_app_command(tmp_path / "empty", models_json="")
-    assert status == 0 and calls == ["models --json", "load gpt2", generate]
+    assert status == 0 and calls == ["models --json", "load gpt2", generate, serve]
     loaded = json.dumps({"name": "gpt2", "source": "hub:openai-community/gpt2"})
     status, calls = run_app_command(tmp_path / "loaded", models_json=loaded)
-    assert status == 0 and calls == ["models --json", generate], "gpt2 is downloaded and loaded again"
+    assert status == 0 and calls == ["models --json", generate, serve], "gpt2 is downloaded and loaded again"
     status, calls = run_app_command(tmp_path / "failed", models_json="", load_status=1)
     assert status == 1 and calls == ["models --json", "load gpt2"], "a failed load must not go on"
+    status, calls = run_app_command(tmp_path / "no-text", models_json=loaded, generate_status=1)
+    assert status == 1 and calls == ["models --json", generate], "a failed generation must not go on"
 
 
 def test_app_command_recognises_the_clis_models_output(tiny, run_cli):
@@ -272,6 +277,8 @@ def test_docker_compose_config_agrees(tmp_path):
     ports = [{**p, "target": p["target"].split("/")[0]} for p in published_ports(config["services"]["db"])]
     assert ports == [{"host_ip": "127.0.0.1", "published": "55432", "target": "5432"}]
     assert config["services"]["app"]["command"] == ours["services"]["app"]["command"]
+    ports = [{**p, "target": p["target"].split("/")[0]} for p in published_ports(config["services"]["app"])]
+    assert ports == [{"host_ip": "127.0.0.1", "published": "8000", "target": "8000"}]
 
 
 # ----------------------------------------------------------------------------- Dockerfile
@@ -308,9 +315,10 @@ def test_dockerfile_copies_everything_the_package_is_built_from(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     rooms = {"gptsql": "gptsql", "cli": "gptsql/cli", "server": "gptsql/server", "loader": "gptsql/loader",
              "driver": "gptsql/driver", "reference": "gptsql/reference", "benchmarks": "gptsql/benchmarks",
-             "plots": "gptsql/plots"}
+             "plots": "gptsql/plots", "web": "gptsql/web"}
     expected = ({f"{package}/{p.name}" for folder, package in rooms.items() for p in (REPO / folder).glob("*.py")}
-                | {f"gptsql/sql/{p.name}" for p in (REPO / "sql").glob("*.sql")})
+                | {f"gptsql/sql/{p.name}" for p in (REPO / "sql").glob("*.sql")}
+                | {f"gptsql/web/static/{p.name}" for p in (REPO / "web" / "static").iterdir()})
     assert expected <= names, f"missing from the image: {sorted(expected - names)}"
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "gptsql = gptsql.cli.main:cli" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -321,7 +329,7 @@ def test_readme_tells_how_to_run_the_demo_and_the_test_backends():
     section = readme_docker_section()
     for needed in ["docker compose up", "docker compose run --rm app gptsql", "127.0.0.1:55432",
                    "cp .env.example .env", "docker compose down -v", "GPTSQL_TEST_BACKEND=docker",
-                   "GPTSQL_TEST_DSN=", PROMPT]:
+                   "GPTSQL_TEST_DSN=", PROMPT, "http://127.0.0.1:8000/"]:
         assert needed in section, f"the README's Docker section does not say {needed!r}"
 
 

@@ -1,0 +1,295 @@
+"""The explorer (`gptsql serve`, issue 15) in a real browser: Debian's chromium and chromium-driver
+driven by selenium, against `gptsql serve` started as a user starts it, on random:tiny.
+
+Skipped, with the reason, only when chromium or its driver is missing (.ci/run installs them).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+PROMPT = "Happy New Year! I wish"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_env(backend) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env.update(backend[1])
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(backend, tiny):
+    """`gptsql serve` on a free port; yields its address as printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "gptsql", "serve", "--port", str(free_port())],
+                            env=cli_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("gptsql explorer at http://127.0.0.1:"):
+        proc.kill()
+        raise AssertionError(f"gptsql serve did not say where it listens: {line!r} {proc.stderr.read()}")
+    yield line.split(" at ", 1)[1].split()[0]
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("no chromium / chromedriver here: apt-get install -y chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="gq-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1000"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait(driver, condition, timeout=60):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A panel redrawn between finding an element and reading it: look again.
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=[StaleElementReferenceException]).until(condition)
+
+
+def css(driver, selector):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def generate(driver, server, prompt=PROMPT, **fields):
+    """Open the page, type the prompt and the fields, press Generate; the run's id once done."""
+    driver.get(server)
+    wait(driver, lambda d: css(d, "#prompt"))
+    for name, value in {"prompt": prompt, **fields}.items():
+        box = css(driver, f"#{name}")[0]
+        box.clear()
+        box.send_keys(str(value))
+    css(driver, "#go")[0].click()
+    wait(driver, lambda d: "done" in css(d, "#gen-status")[0].text or css(d, "#error")[0].text)
+    assert not css(driver, "#error")[0].text, css(driver, "#error")[0].text
+    return int(css(driver, "#current-run a")[0].text.lstrip("#"))
+
+
+def panel_sql(driver, scope="") -> str:
+    return css(driver, f"{scope} pre.sql-text")[0].get_attribute("textContent").rstrip().rstrip(";")
+
+
+# -------------------------------------------------------------------------------- the tests
+def test_tokens_stream_in_one_by_one(server, browser, db):
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: css(d, "#prompt"))
+    for name, value in {"max_tokens": "24", "temperature": "0"}.items():
+        css(driver, f"#{name}")[0].clear()
+        css(driver, f"#{name}")[0].send_keys(value)
+    css(driver, "#go")[0].click()
+    seen = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "done" not in css(driver, "#gen-status")[0].text:
+        seen.add(len(css(driver, "#tokens .tok")))
+        time.sleep(0.01)
+    assert any(0 < n < 24 for n in seen), f"the tokens came all at once (counts seen: {sorted(seen)})"
+    # Coloured by the probability the database gave each token when it chose it.
+    run = int(css(driver, "#current-run a")[0].text.lstrip("#"))
+    expected = db.execute("select probability from gptsql.run_tokens where run = %s and not is_prompt "
+                          "order by place", [run]).fetchall()
+    shown = [float(s.get_attribute("data-p")) for s in css(driver, "#tokens .tok")]
+    assert len(shown) == 24 and shown == pytest.approx([p for (p,) in expected], abs=1e-9)
+    colours = {s.value_of_css_property("background-color") for s in css(driver, "#tokens .tok")}
+    assert len(colours) > 1
+
+
+def test_a_step_and_its_temperature_slider(server, browser, run_cli):
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    run = generate(driver, server, max_tokens=5, temperature=0)
+    css(driver, "#tokens .tok")[2].click()                      # the third generated token
+    wait(driver, lambda d: css(d, "#bars .p-at-t"))
+    assert driver.current_url.endswith(f"#step/{run}/3")
+    chosen = css(driver, "#bars .piece.chosen")
+    assert len(chosen) == 1 and chosen[0].text.startswith("★")
+    before = [b.text for b in css(driver, "#bars .p-at-t")]
+    slider = css(driver, "#temperature-slider")[0]
+    for _ in range(10):
+        slider.send_keys(Keys.ARROW_LEFT)                        # 1.0 -> 0.5
+    wait(driver, lambda d: css(d, "#temperature-value")[0].text == "0.50"
+         and [b.text for b in css(d, "#bars .p-at-t")] != before)
+    after = [float(b.text) for b in css(driver, "#bars .p-at-t")]
+    assert after[0] > float(before[0]), "a lower temperature sharpens the distribution"
+    # The numbers are SQL's: the panel's query, run as shown, gives them.
+    wait(driver, lambda d: "0.5::float8" in panel_sql(d, "#bars"))
+    pasted = css(driver, "#bars pre.sql-text")[0].get_attribute("textContent")
+    out = run_cli("db", "psql", "-X", "-A", "-t", "-F", "|", "-c", pasted).stdout
+    assert [float(line.split("|")[7]) for line in out.splitlines() if line] == after
+
+
+def test_attention_grid_has_every_head_and_the_large_map(server, browser, tiny, db):
+    driver = browser
+    run = generate(driver, server, max_tokens=4, temperature=0)
+    driver.get(f"{server}#attention/{run}")
+    wait(driver, lambda d: css(d, "#heads canvas.thumb") and css(d, "#head-map"))
+    n_layer, n_head, = db.execute("select n_layer, n_head from gptsql.model_size where name = %s", [tiny]).fetchone()
+    assert len(css(driver, "#heads canvas.thumb")) == n_layer * n_head
+    places = db.execute("select count(*) - 1 from gptsql.run_tokens where run = %s", [run]).fetchone()[0]
+    thumb = css(driver, "#heads canvas.thumb")[0]
+    assert int(thumb.get_attribute("width")) == places       # 9 places: one pixel each
+    css(driver, f'#heads canvas[data-block="{n_layer - 1}"][data-head="{n_head - 1}"]')[0].click()
+    wait(driver, lambda d: f"block {n_layer - 1}, head {n_head - 1}" in d.find_element("id", "large").text)
+    rows = db.execute(panel_sql(driver, "#large")).fetchall()
+    assert len(rows) == places and all(len(w) == q + 1 for q, (_p, _piece, w) in enumerate(rows))
+    # The weight under the pointer: query place 5 looking at key place 2.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    big = driver.find_element("id", "head-map")
+    margin, cell = float(big.get_attribute("data-margin")), float(big.get_attribute("data-cell"))
+    size = big.size["width"]
+    ActionChains(driver).move_to_element_with_offset(
+        big, int(margin + 2.5 * cell - size / 2), int(margin + 5.5 * cell - size / 2)).perform()
+    readout = driver.find_element("id", "readout").text
+    assert readout.startswith(f"query 5 “{rows[5][1].replace(' ', '␣')}” → key 2 “{rows[2][1].replace(' ', '␣')}”")
+    assert readout.endswith(f"weight {float(rows[5][2][2]):.4f}")
+
+
+def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
+    driver = browser
+    run = generate(driver, server, max_tokens=3, temperature=0)
+    driver.get(f"{server}#runs")
+    wait(driver, lambda d: css(d, "#runs tr[data-run]"))
+    assert int(css(driver, "#runs tr[data-run]")[0].get_attribute("data-run")) == run, "newest first"
+    driver.get(f"{server}#lens/{run}")
+    wait(driver, lambda d: css(d, "#lens td") and css(d, "#norms polyline"))
+    lens = db.execute(panel_sql(driver)).fetchall()
+    cells = [td.text.split("\n") for td in css(driver, "#lens td")]
+    assert [float(c[1]) for c in cells] == [round(float(r[4]), 3) for r in lens]
+    driver.get(f"{server}#model/{tiny}")
+    wait(driver, lambda d: css(d, "#flow .box"))
+    facts = driver.find_element("id", "model-facts").text
+    n_params = db.execute("select n_params from gptsql.model_size where name = %s", [tiny]).fetchone()[0]
+    assert f"parameters (counted in the rows)\n{n_params:,}" in facts
+    links = {a.get_attribute("href").rsplit("/", 1)[1] for a in css(driver, "#flow a")}
+    assert "04_attention.sql" in links and len(links) >= 7
+    driver.get(f"{server}sql/04_attention.sql")
+    assert "CREATE" in driver.find_element("tag name", "body").text
+
+
+def test_bad_parameters_get_the_clis_line_in_the_page(server, browser, run_cli):
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: css(d, "#prompt"))
+    box = css(driver, "#temperature")[0]
+    box.clear()
+    box.send_keys("-1")
+    css(driver, "#go")[0].click()
+    wait(driver, lambda d: css(d, "#error")[0].text)
+    cli = run_cli("generate", "-t", "-1", PROMPT, check=False)
+    assert cli.returncode == 1
+    assert css(driver, "#error")[0].text in cli.stderr
+    # A run that is not a number: the page's API says what `gptsql runs show` says.
+    import json
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{server}api/runs/abc/tokens")
+    assert refused.value.code == 400
+    message = json.loads(refused.value.read())["error"]
+    assert f"Error: {message}" in run_cli("runs", "show", "abc", check=False).stderr
+    driver.get(f"{server}#step/999999/1")
+    wait(driver, lambda d: css(d, ".error"))
+    assert css(driver, ".error")[0].text == "there is no run 999999; list them with: gptsql runs list"
+
+
+def test_serve_warns_off_localhost(backend):
+    proc = subprocess.Popen([sys.executable, "-m", "gptsql", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                            env=cli_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("gptsql explorer at http://0.0.0.0:")
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    assert err.startswith("warning: listening on 0.0.0.0")
+
+
+def test_closing_the_page_mid_generation_interrupts_the_run(server, browser, db):
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: css(d, "#prompt"))
+    css(driver, "#max_tokens")[0].clear()
+    css(driver, "#max_tokens")[0].send_keys("100")
+    css(driver, "#go")[0].click()
+    wait(driver, lambda d: len(css(d, "#tokens .tok")) >= 2)
+    run = int(css(driver, "#current-run a")[0].text.lstrip("#"))
+    driver.get("about:blank")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, n = db.execute("select status, generated_tokens from gptsql.runs where run = %s", [run]).fetchone()
+        if status != "running":
+            break
+        time.sleep(0.2)
+    assert (status, n < 100) == ("interrupted", True), f"run {run}: {status} after {n} tokens"
+
+
+def test_panels_read_in_read_only_transactions(db):
+    """queries.read: a statement that writes is refused, and nothing is left open."""
+    import psycopg
+
+    from gptsql.web import queries
+
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        queries.read(db, "insert into gptsql.meta (key, value) values ('web-test', 'x') returning key", {})
+    assert db.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert db.execute("select count(*) from gptsql.meta where key = 'web-test'").fetchone()[0] == 0
+
+
+def test_readme_has_the_explorer_section_and_its_pictures():
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    start, end = text.index("<!-- explorer:start -->"), text.index("<!-- explorer:end -->")
+    assert text.index("<!-- exploring:end -->") < start, "the Explorer section follows 'Exploring a run in psql'"
+    section = text[start:end]
+    for needed in ["gptsql serve", "http://127.0.0.1:8000/", "--host", "SET TRANSACTION READ ONLY",
+                   "gptsql db psql", "chromium-driver", "ten stored logits"]:
+        assert needed in section, f"the Explorer section does not say {needed!r}"
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", section)
+    assert len(pictures) == 2 and all((REPO / p).is_file() for p in pictures)
+
+
+def test_serve_on_a_port_in_use_is_one_line(run_cli):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--port", str(port), check=False, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr == (f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                             "choose another --port (--port 0: any free port)\n")

@@ -1,0 +1,369 @@
+"""The explorer's web app (Starlette): the page, its static files, one JSON endpoint per panel and
+the generation stream (server-sent events).
+
+Python here moves rows: every number comes from one query of web/queries.py, run read-only with
+bound parameters; the page never sends SQL. Generation goes through the CLI's path
+(driver.workers.start_generation: the workers by default) and is recorded like any other run.
+"""
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import queue
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import anyio
+import click
+import psycopg
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import UserError
+from . import queries
+
+STATIC = Path(__file__).parent / "static"
+GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "seed")
+
+
+@dataclass
+class CliRules:
+    """What the CLI checks, handed over by `gptsql serve` so the page says exactly what the CLI says:
+    the click options of `gptsql generate`, its prompt check and its message for a database error."""
+
+    generate_params: list[click.Parameter]
+    check_prompt: Callable[[str], str]
+    error_message: Callable[[psycopg.Error], str]
+
+
+class Pool:
+    """Connections for the panels' reads, reused (one per request thread at most)."""
+
+    def __init__(self, db):
+        self.db, self.idle = db, queue.LifoQueue()
+
+    def get(self) -> psycopg.Connection:
+        while True:
+            try:
+                conn = self.idle.get_nowait()
+            except queue.Empty:
+                return self.db.connect()
+            if not conn.closed and not conn.broken:
+                return conn
+
+    def put(self, conn: psycopg.Connection) -> None:
+        if not conn.closed and not conn.broken:
+            self.idle.put(conn)
+
+    def close(self) -> None:
+        while not self.idle.empty():
+            self.idle.get_nowait().close()
+
+
+def run_id(conn, request: Request) -> int:
+    """The run of the URL: a number or 'latest' (the newest run of any kind), as `gptsql runs show` reads it."""
+    raw = request.path_params["run"]
+    if raw.lower() == "latest":
+        found = conn.execute("select gptsql.latest_run(null)").fetchone()[0]
+        if found is None:
+            raise UserError("there are no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
+        return found
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"a run is a number or 'latest', not {raw!r}") from None
+
+
+def integer(request: Request, name: str, default: int | None = None) -> int:
+    raw = request.path_params.get(name, request.query_params.get(name))
+    if raw in (None, ""):
+        if default is None:
+            raise UserError(f"{name} is missing: give it as a whole number")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UserError(f"{name} is a whole number, not {raw!r}") from None
+
+
+class Explorer:
+    LENS_SCANS = 36  # the lens's default window: about this many vocabulary scans (~10 s on GPT-2 124M)
+
+    def __init__(self, db, rules: CliRules, workers: int | None = None):
+        self.db, self.rules, self.workers = db, rules, workers
+        self.pool = Pool(db)
+
+    # ------------------------------------------------------------------------ plumbing
+    def panel(self, fn):
+        """An endpoint whose UserError or database error is the CLI's one line, as JSON."""
+
+        def endpoint(request: Request):
+            conn = self.pool.get()
+            try:
+                return JSONResponse(fn(conn, request))
+            except UserError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            except psycopg.Error as exc:
+                return JSONResponse({"error": self.rules.error_message(exc)}, status_code=400)
+            finally:
+                self.pool.put(conn)
+
+        return endpoint
+
+    def option(self, name: str, raw: str | None):
+        """A generate option from the page, converted (and refused) by the CLI's own click option."""
+        param = next(p for p in self.rules.generate_params if p.name == name)
+        ctx = click.Context(click.Command("generate"), info_name="gptsql generate")
+        if raw in (None, ""):
+            default = param.get_default(ctx)
+            return None if default is getattr(click.core, "UNSET", None) else default  # click 8.3: no default
+        try:
+            return param.type_cast_value(ctx, raw)
+        except click.BadParameter as exc:
+            raise UserError(exc.format_message()) from None
+
+    # ------------------------------------------------------------------------- checks
+    @staticmethod
+    def run_row(conn, run: int) -> dict:
+        found = queries.read(conn, queries.RUN, {"run": run})
+        if not found["rows"]:
+            raise UserError(f"there is no run {run}; list them with: gptsql runs list")
+        return {**found, "row": dict(zip(found["columns"], found["rows"][0]))}
+
+    @classmethod
+    def recorded(cls, conn, run: int) -> dict:
+        info = cls.run_row(conn, run)["row"]
+        if not info["recorded"]:
+            raise UserError(f"run {run} was generated with --no-record: it kept no activations; "
+                            "run the prompt again without --no-record")
+        return info
+
+    @staticmethod
+    def shape(conn, model: str) -> tuple[int, int]:
+        row = conn.execute("select n_layer, n_head from gptsql.model_size where name = %s", [model]).fetchone()
+        if row is None:
+            raise UserError(f'no model "{model}" is loaded; `gptsql models` lists them')
+        return row
+
+    # ------------------------------------------------------------------------- panels
+    def models(self, conn, request):
+        return queries.read(conn, queries.MODELS, {})
+
+    def model_parts(self, conn, request):
+        name = request.path_params["model"]
+        self.shape(conn, name)
+        return queries.read(conn, queries.MODEL_PARTS, {"model": name})
+
+    def runs(self, conn, request):
+        return queries.read(conn, queries.RUNS, {"limit": integer(request, "limit", 50)})
+
+    def run(self, conn, request):
+        return self.run_row(conn, run_id(conn, request))
+
+    def tokens(self, conn, request):
+        run = run_id(conn, request)
+        self.run_row(conn, run)
+        return queries.read(conn, queries.RUN_TOKENS, {"run": run})
+
+    def step(self, conn, request):
+        run, step = run_id(conn, request), integer(request, "step")
+        info = self.recorded(conn, run)
+        if not 1 <= step <= max(info["generated_tokens"], 1) or not info["generated_tokens"]:
+            raise UserError(f"run {run} has no step {step}: it generated {info['generated_tokens']} tokens "
+                            f"(steps 1 to {info['generated_tokens']})")
+        temperature = self.option("temperature", request.query_params.get("temperature") or "1")
+        return queries.read(conn, queries.STEP, {"run": run, "step": step, "temperature": temperature})
+
+    def attention(self, conn, request):
+        run = run_id(conn, request)
+        info = self.recorded(conn, run)
+        pixels = integer(request, "pixels", 32)
+        if not 4 <= pixels <= 256:
+            raise UserError(f"pixels must be between 4 and 256, not {pixels}")
+        n_layer, n_head = self.shape(conn, info["model"])
+        found = queries.read(conn, queries.ATTENTION_GRID, {"run": run, "pixels": pixels})
+        return {**found, "n_layer": n_layer, "n_head": n_head}
+
+    def head(self, conn, request):
+        run, block, head = run_id(conn, request), integer(request, "block"), integer(request, "head")
+        info = self.recorded(conn, run)
+        n_layer, n_head = self.shape(conn, info["model"])
+        if not 0 <= block < n_layer:
+            raise UserError(f"--block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks)")
+        if not 0 <= head < n_head:
+            raise UserError(f"--head must be between 0 and {n_head - 1}, or 'all' (the model has {n_head} heads)")
+        return queries.read(conn, queries.ATTENTION_HEAD, {"run": run, "block": block, "head": head})
+
+    def lens(self, conn, request):
+        run = run_id(conn, request)
+        info = self.recorded(conn, run)
+        n = info["prompt_tokens"] + info["generated_tokens"] - 1  # places that went through the blocks
+        if n < 1:
+            raise UserError(f"run {run} recorded no activations (nothing went through the blocks: "
+                            f"status {info['status']}, {info['generated_tokens']} tokens generated)")
+        n_layer, _ = self.shape(conn, info["model"])
+        last = integer(request, "last", n - 1)
+        first = integer(request, "first", max(0, last + 1 - max(1, self.LENS_SCANS // n_layer)))
+        if not 0 <= first <= last < n:
+            raise UserError(f"--place must be between 0 and {n - 1} (the places run {run} recorded)")
+        return {**queries.read(conn, queries.LOGIT_LENS, {"run": run, "first": first, "last": last}), "places": n}
+
+    def norms(self, conn, request):
+        run = run_id(conn, request)
+        self.recorded(conn, run)
+        return queries.read(conn, queries.RESIDUAL_NORMS, {"run": run})
+
+    # ---------------------------------------------------------------------- generation
+    def generate(self, request: Request):
+        """Server-sent events: start (the run), token (each one as the database chooses it), done or error."""
+        params = request.query_params
+        try:
+            prompt = self.rules.check_prompt(params.get("prompt", ""))
+            options = {name: self.option(name, params.get(name)) for name in GENERATE_OPTIONS}
+        except UserError as exc:
+            return StreamingResponse(iter([event("error", {"message": str(exc)})]), media_type="text/event-stream")
+        return StreamingResponse(until_gone(request, self.stream(params.get("model") or None, prompt, options)),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    def stream(self, model, prompt, options) -> Iterator[str]:
+        from ..driver.workers import start_generation
+
+        conn = gen = None
+        try:
+            conn = self.db.connect()
+            gen = start_generation(self.db, conn, self.workers, model, prompt, options["max_tokens"],
+                                   options["temperature"], options["top_k"], options["top_p"], options["seed"],
+                                   record=True)
+            yield event("start", {"run": gen.run_id, "prompt": prompt, "prompt_tokens": len(gen.prompt_tokens)})
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for step, (token, raw, probability) in enumerate(gen.steps(), start=1):
+                yield event("token", {"step": step, "token": token, "text": decoder.decode(raw),
+                                      "probability": probability})
+            yield event("done", {"run": gen.run_id, "tokens": gen.generated})
+        except UserError as exc:
+            yield event("error", {"message": str(exc)})
+        except psycopg.Error as exc:
+            message = self.rules.error_message(exc)
+            if gen is not None:
+                gen.stop("failed", message)
+            yield event("error", {"message": message})
+        finally:  # the page went away mid-run: the run is marked interrupted, like Ctrl-C
+            if gen is not None:
+                gen.stop("interrupted")
+            if conn is not None:
+                conn.close()
+
+    # --------------------------------------------------------------------------- files
+    @staticmethod
+    def index(request):
+        return FileResponse(STATIC / "index.html")
+
+    @staticmethod
+    def sql_file(request):
+        """The engine's SQL files, read-only, for the model view's links."""
+        from .. import sql
+
+        folder = Path(sql.__file__).parent
+        name = request.path_params["name"]
+        files = {p.name: p for p in folder.glob("*.sql")}
+        if name not in files:
+            return PlainTextResponse(f"no such engine file: {name}; the files are {', '.join(sorted(files))}",
+                                     status_code=404)
+        return PlainTextResponse(files[name].read_text())
+
+    def app(self) -> Starlette:
+        p = self.panel
+        routes = [
+            Route("/", self.index),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/sql/{name}", self.sql_file),
+            Route("/api/models", p(self.models)),
+            Route("/api/models/{model}/parts", p(self.model_parts)),
+            Route("/api/runs", p(self.runs)),
+            Route("/api/runs/{run}", p(self.run)),
+            Route("/api/runs/{run}/tokens", p(self.tokens)),
+            Route("/api/runs/{run}/steps/{step}", p(self.step)),
+            Route("/api/runs/{run}/attention", p(self.attention)),
+            Route("/api/runs/{run}/attention/{block}/{head}", p(self.head)),
+            Route("/api/runs/{run}/lens", p(self.lens)),
+            Route("/api/runs/{run}/norms", p(self.norms)),
+            Route("/api/generate", self.generate),
+        ]
+        return Starlette(routes=routes, lifespan=self.lifespan)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        yield
+        self.pool.close()
+
+
+async def until_gone(request: Request, events: Iterator[str]):
+    """The generation's events, one step at a time in a worker thread, until the page goes away;
+    then the generation is closed (its run marked interrupted), never left suspended mid-run."""
+    end = object()
+    try:
+        while not await request.is_disconnected():
+            item = await run_in_threadpool(next, events, end)
+            if item is end:
+                return
+            yield item
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(events.close)
+
+
+def event(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def create_app(db, rules: CliRules, workers: int | None = None) -> Starlette:
+    return Explorer(db, rules, workers).app()
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address the server could not listen on (uvicorn would log and exit 3)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc.strerror}); "
+                        "use 127.0.0.1, or an address or name that resolves") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port "
+                            "(--port 0: any free port)") from None
+
+
+def serve(db, rules: CliRules, host: str, port: int, workers: int | None = None,
+          announce: Callable[[str], None] = print) -> None:
+    """Run the explorer until Ctrl-C; `announce` gets the address once the server listens."""
+    import uvicorn
+
+    check_address(host, port)
+    db.connect().close()  # start the embedded server and install the engine before the first page
+    config = uvicorn.Config(create_app(db, rules, workers), host=host, port=port, log_level="warning",
+                            access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+
+    original = server.startup
+
+    async def startup(sockets=None):
+        await original(sockets)
+        if server.started:
+            port_bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+            announce(f"http://{shown}:{port_bound}/")
+
+    server.startup = startup
+    server.run()

@@ -1,0 +1,174 @@
+"""The SQL behind every panel of the explorer: one read-only query each, with bound parameters.
+
+Each panel shows its query with the parameters filled in (psycopg's own quoting, ClientCursor.mogrify),
+so what the page shows is what `gptsql db psql` returns for the pasted text. Everything reads the
+views of sql/09_runs.sql; the queries are written like the engine's: one CTE per step.
+"""
+from __future__ import annotations
+
+import datetime
+import decimal
+
+import psycopg
+
+RUNS = """\
+SELECT  run, model, kind, status, prompt, generated_text, prompt_tokens, generated_tokens,
+        temperature, top_k, top_p, seed, recorded, started_at, round(total_ms::numeric, 1) AS total_ms
+FROM    gptsql.runs
+ORDER BY run DESC
+LIMIT   %(limit)s"""
+
+RUN = """\
+SELECT  run, model, kind, status, error, prompt, generated_text, prompt_tokens, generated_tokens,
+        max_tokens, temperature, top_k, top_p, seed, recorded, started_at, total_ms
+FROM    gptsql.runs
+WHERE   run = %(run)s"""
+
+RUN_TOKENS = """\
+SELECT  place, token, piece, is_prompt, probability, rank
+FROM    gptsql.run_tokens
+WHERE   run = %(run)s
+ORDER BY place"""
+
+# The temperature slider: the step's ten recorded logits through a softmax at temperature T. Only
+# the ten best are kept per step (gptsql.step_logit), so the distribution is over those ten,
+# renormalised; at T = 1 it keeps their order and ratios (probability is over the whole vocabulary).
+STEP = """\
+WITH candidates AS (            -- the step's ten best, as the run recorded them
+        SELECT  rank, token, piece, after_piece, place, logit, probability, chosen
+        FROM    gptsql.step_candidates
+        WHERE   run = %(run)s AND step = %(step)s
+), scaled AS (                  -- logits over the temperature; 0 is greedy
+        SELECT  c.*, c.logit / nullif(%(temperature)s::float8, 0) AS z
+        FROM    candidates c
+), peak AS (                    -- the largest, subtracted before exp() so nothing overflows
+        SELECT  s.*, max(s.z) OVER () AS z_max
+        FROM    scaled s
+), reshaped AS (                -- softmax over the ten at temperature T (greedy: all on rank 1)
+        SELECT  p.*,
+                CASE WHEN p.z IS NULL THEN (p.rank = 1)::int::float8
+                     ELSE exp(p.z - p.z_max) / sum(exp(p.z - p.z_max)) OVER () END AS p_at_temperature
+        FROM    peak p
+)
+SELECT  rank, token, piece, after_piece, place, round(logit::numeric, 4) AS logit,
+        round(probability::numeric, 4) AS probability,
+        round(p_at_temperature::numeric, 4) AS p_at_temperature, chosen
+FROM    reshaped
+ORDER BY rank"""
+
+# All heads of all blocks, small: each map cut into squares of `width` places a side (at most
+# `pixels` squares across), a square showing its strongest weight, so a sharp look stays visible.
+ATTENTION_GRID = """\
+WITH places AS (                -- places that went through the blocks: the last token is never read back
+        SELECT  count(*) - 1 AS n
+        FROM    gptsql.run_tokens
+        WHERE   run = %(run)s
+), binning AS (                 -- places per square of a thumbnail
+        SELECT  greatest(1, ceil(n / %(pixels)s::float8))::int AS width
+        FROM    places
+), squares AS (
+        SELECT  a.block, a.head, a.query_place / b.width AS query_square, a.key_place / b.width AS key_square,
+                max(a.weight) AS weight
+        FROM    gptsql.attention_weights a
+        CROSS JOIN binning b
+        WHERE   a.run = %(run)s
+        GROUP BY 1, 2, 3, 4
+)
+SELECT  block, head, query_square, array_agg(round(weight::numeric, 3) ORDER BY key_square) AS weights
+FROM    squares
+GROUP BY block, head, query_square
+ORDER BY block, head, query_square"""
+
+ATTENTION_HEAD = """\
+SELECT  query_place, query_piece, array_agg(round(weight::numeric, 4) ORDER BY key_place) AS weights
+FROM    gptsql.attention_weights
+WHERE   run = %(run)s AND block = %(block)s AND head = %(head)s
+GROUP BY query_place, query_piece
+ORDER BY query_place"""
+
+# One vocabulary scan per block and place: a window of places, not the whole run, on big models.
+LOGIT_LENS = """\
+SELECT  lens.block, lens.place, lens.piece, lens.predicted_piece,
+        round(lens.probability::numeric, 4) AS probability, lens.is_next
+FROM    generate_series(%(first)s::int, %(last)s::int) AS at(place)
+CROSS JOIN LATERAL gptsql.logit_lens(%(run)s, 1, at.place) AS lens
+ORDER BY lens.block, lens.place"""
+
+RESIDUAL_NORMS = """\
+SELECT  block, place, piece, round(norm_after_attention::numeric, 3) AS norm_after_attention,
+        round(norm_after_mlp::numeric, 3) AS norm_after_mlp
+FROM    gptsql.residual_norms
+WHERE   run = %(run)s
+ORDER BY block, place"""
+
+MODELS = """\
+SELECT  name, source, n_layer, n_embd, n_head, n_ctx, n_vocab, n_params, bytes, loaded_at
+FROM    gptsql.model_size
+ORDER BY loaded_at DESC"""
+
+# Parameters counted from the stored rows: how many rows each part has (an index-only count) times
+# the width of one of them, plus a linear layer's biases, kept once per output unit (on part 0).
+# A linear layer's row is one output unit's weights, cut in parts of n_embd (sql/00_schema.sql).
+MODEL_PARTS = """\
+WITH model AS (
+        SELECT  gptsql.model_id(%(model)s) AS id
+), embeddings AS (              -- wte: one row per token; wpe: one per place
+        SELECT  'wte' AS part, count(*) AS rows,
+                count(*) * (SELECT coalesce(vector_dims(w), vector_dims(h)) FROM gptsql.wte x
+                            WHERE x.model_id = model.id LIMIT 1) AS parameters
+        FROM    model JOIN gptsql.wte ON wte.model_id = model.id
+        GROUP BY model.id
+        UNION ALL
+        SELECT  'wpe', count(*),
+                count(*) * (SELECT vector_dims(w) FROM gptsql.wpe x WHERE x.model_id = model.id LIMIT 1)
+        FROM    model JOIN gptsql.wpe ON wpe.model_id = model.id
+        GROUP BY model.id
+), norms AS (                   -- gamma and beta of every layer norm
+        SELECT  norm.name AS part, count(*) AS rows, sum(vector_dims(gamma) + vector_dims(beta)) AS parameters
+        FROM    model JOIN gptsql.norm ON norm.model_id = model.id
+        GROUP BY norm.name
+), linears AS (                 -- weights: rows times their width; biases: one per output unit
+        SELECT  linear.name AS part, count(*) AS rows, count(*) FILTER (WHERE linear.part = 0) AS biases,
+                min(model.id) AS model_id
+        FROM    model JOIN gptsql.linear ON linear.model_id = model.id
+        GROUP BY linear.name
+), widths AS (
+        SELECT  l.part, l.rows, l.rows * one.width + l.biases AS parameters
+        FROM    linears l
+        CROSS JOIN LATERAL (SELECT coalesce(vector_dims(x.w), vector_dims(x.h)) AS width
+                            FROM gptsql.linear x WHERE x.model_id = l.model_id AND x.name = l.part LIMIT 1) one
+)
+SELECT  part, rows, parameters FROM embeddings
+UNION ALL
+SELECT  part, rows, parameters FROM norms
+UNION ALL
+SELECT  part, rows, parameters FROM widths
+ORDER BY part"""
+
+
+def plain(value):
+    """A value as JSON can carry it (numerics as numbers, times as ISO text)."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def filled(conn: psycopg.Connection, query: str, params: dict) -> str:
+    """The query with its parameters as SQL literals: what to paste into psql."""
+    return psycopg.ClientCursor(conn).mogrify(query, params)
+
+
+def read(conn: psycopg.Connection, query: str, params: dict) -> dict:
+    """Run one panel's query in a read-only transaction: its SQL (filled in), columns and rows."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION READ ONLY")
+        cur = conn.execute(query, params)
+        columns = [c.name for c in cur.description]
+        rows = [[plain(v) for v in row] for row in cur.fetchall()]
+    return {"sql": filled(conn, query, params), "columns": columns, "rows": rows}
