@@ -68,12 +68,13 @@ class Workers:
     GROUPS = 4  # c_fc's 4 n_embd units are stored as 4 groups of n_embd (sql/00_schema.sql)
 
     def __init__(self, connect: Callable[[], psycopg.Connection], n: int, model_id: int, shape: tuple):
-        n_vocab, n_head = shape
+        _n_vocab, n_head = shape
         if n > min(n_head, self.GROUPS):
             raise UserError(f"{n} workers but the model has {n_head} heads and {self.GROUPS} MLP groups to share; "
                             f"use --workers {min(n_head, self.GROUPS)} or fewer")
         self.model_id, self.n = model_id, n
-        self.heads, self.groups, self.vocab = shares(n_head, n), shares(self.GROUPS, n), shares(n_vocab, n)
+        self.heads, self.groups = shares(n_head, n), shares(self.GROUPS, n)
+        self.vocab = [(w, n) for w in range(n)]  # share w of n of the vocabulary's pages (vocab_pages)
         self.conns: list[psycopg.Connection] = []
         try:
             for _ in range(n):

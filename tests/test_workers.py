@@ -91,6 +91,19 @@ def test_sampling_over_split_vocabulary_draws_the_same_tokens(database, db, hf_m
         assert_same_record(recorded(db, run_id), recorded(db, one_id))
 
 
+@pytest.mark.parametrize("shares", [1, 2, 3, 4])
+def test_vocabulary_shares_hold_every_token_once(db, hf_model, shares):
+    """Each worker reads a range of the token embeddings' pages (vocab_pages): together they read
+    every token of the vocabulary, and none twice."""
+    model_id, n_vocab = db.execute("select id, n_vocab from gptsql.model where name = %s", [MODEL]).fetchone()
+    hidden = db.execute("select w from gptsql.wte where model_id = %s and token = 7", [model_id]).fetchone()[0]
+    held = []
+    for share in range(shares):
+        held += db.execute("select cand_tokens from gptsql.vocab_share(%s, %s, %s, %s, 0, 0.5, NULL)",
+                           [model_id, hidden, share, shares]).fetchone()[0]
+    assert sorted(held) == list(range(n_vocab))
+
+
 def test_cli_workers_give_the_same_text(run_cli, hf_model):
     one = run_cli("generate", "-m", MODEL, "-n", "6", "-t", "0", "--workers", "1", PROMPT).stdout
     assert run_cli("generate", "-m", MODEL, "-n", "6", "-t", "0", "--workers", "3", PROMPT).stdout == one
