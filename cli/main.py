@@ -342,12 +342,15 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
               help="How many candidates.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: rank, token, piece, probability, logit.")
+@workers_option
 @pass_ctx
 @friendly
-def predict(ctx: Context, prompt, model, top_n, as_json):
+def predict(ctx: Context, prompt, model, top_n, as_json, workers):
     """The next-token distribution after PROMPT (the article's llm(prompt))."""
+    from ..driver.workers import predict as predict_over
+
     prompt = read_prompt(prompt)
-    rows = ctx.conn.execute("select * from gptsql.predict(%s, %s, %s)", [prompt, top_n, model]).fetchall()
+    rows = predict_over(ctx.db, ctx.conn, workers, prompt, top_n, model)
     if as_json:
         for rank, token, piece, p, logit in rows:
             click.echo(json.dumps({"rank": rank, "token": token, "piece": piece, "probability": p, "logit": logit},

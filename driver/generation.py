@@ -31,13 +31,13 @@ class Generation:
     time. Text is decoded incrementally, so a token that ends mid-character waits for the next."""
 
     def __init__(self, conn: psycopg.Connection, model, prompt, max_tokens, temperature=0.0, top_k=0,
-                 top_p=1.0, seed=None, record=True, truncate_left=False, allow_special=False):
+                 top_p=1.0, seed=None, record=True, truncate_left=False, allow_special=False, kind="generate"):
         self.conn = conn
         self.max_tokens = max_tokens
         row = conn.execute(
-            """select run_id, model_id, tokens, eot from gptsql.start_run(%s, %s, %s, %s, %s, %s, %s, %s,
+            """select run_id, model_id, tokens, eot from gptsql.start_run(%s, %s, %s, %s, %s, %s, %s, %s, %s,
                       truncate_left => %s, allow_special => %s)""",
-            [model, prompt, max_tokens, temperature, top_k, top_p, seed, record, truncate_left, allow_special],
+            [model, prompt, max_tokens, temperature, top_k, top_p, seed, record, kind, truncate_left, allow_special],
         ).fetchone()
         self.run_id, self.model_id, self.prompt_tokens, self.eot = row
         self.tokens: list[int] = []

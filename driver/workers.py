@@ -33,15 +33,36 @@ def default_workers() -> int | None:
 
 def start_generation(db, conn: psycopg.Connection, workers: int | None, *args, **kwargs) -> Generation:
     """A Generation on one backend (workers = 1), or over `workers` backends of the same server
-    (None: one per core). Worker connections go straight to the server: a refusal is not a crash,
-    so it never restarts the embedded server."""
+    (None: one per core)."""
+    return sharded(db, conn, workers, *args, **kwargs) or Generation(conn, *args, **kwargs)
+
+
+def predict(db, conn: psycopg.Connection, workers: int | None, prompt: str, top_n: int, model: str | None):
+    """gptsql.predict() (rank, token, piece, probability, logit), over `workers` backends (1: the SQL
+    function itself on one backend; None: one per core), recorded as the same run."""
+    gen = sharded(db, conn, workers, model, prompt, 0, kind="predict")
+    if gen is None:
+        return conn.execute("select * from gptsql.predict(%s, %s, %s)", [prompt, top_n, model]).fetchall()
+    try:
+        rows = gen.distribution(top_n)
+    except BaseException as exc:
+        gen.stop("failed", str(exc))
+        raise
+    gen.stop("done")
+    return rows
+
+
+def sharded(db, conn, workers: int | None, *args, **kwargs) -> "ShardedGeneration | None":
+    """A ShardedGeneration over `workers` backends, or None for one backend (workers = 1, or the
+    default when the server refuses the worker connections). Worker connections go straight to the
+    server: a refusal is not a crash, so it never restarts the embedded server."""
     if workers is None:
         workers = default_workers() or os.cpu_count() or 1
         clamp = True
     else:
         clamp = False
     if workers == 1:
-        return Generation(conn, *args, **kwargs)
+        return None
     try:
         return ShardedGeneration(conn, lambda: psycopg.connect(db.dsn(), autocommit=True), workers, clamp,
                                  *args, **kwargs)
@@ -50,7 +71,7 @@ def start_generation(db, conn: psycopg.Connection, workers: int | None, *args, *
             raise
         # A busy server: the default (one worker per core) gives way to one backend, so a crowd of
         # commands still all run; only an explicit --workers N insists.
-        return Generation(conn, *args, **kwargs)
+        return None
 
 
 class WorkersRefused(UserError):
@@ -127,6 +148,7 @@ class ShardedGeneration(Generation):
     VOCAB = """select cand_tokens, cand_logits from gptsql.vocab_share(%s, %b::vector, %s, %s, %s, %s, NULL)"""
     CHOOSE = """select token, bytes, probability, logit
                 from gptsql.choose_shards(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"""
+    PREDICT = "select * from gptsql.predict_shards(%s, %s, %s, %s, %s, %s, %s)"
     CANDIDATES = 1000  # a shard's candidates for top-p (choose() sorts the 1000 best too)
 
     def __init__(self, conn, connect: Callable[[], psycopg.Connection], n: int, clamp: bool, *args, **kwargs):
@@ -146,11 +168,9 @@ class ShardedGeneration(Generation):
         self.workers.close()  # first: a step in flight must not refill the cache afterwards
         super().stop(status, error)
 
-    def step(self, fresh: list[int], start: int):
-        began = time.perf_counter()
+    def blocks(self, fresh: list[int], start: int) -> tuple:
+        """The places start, ... through every block: (the stream, its last MLP partials)."""
         ws, run, model = self.workers, self.run_id, self.model_id
-        place = start + len(fresh)
-        u = self.conn.execute("select gptsql.draw(%s, %s)", [run, place], prepare=True).fetchone()[0]
         resid, partials = None, None
         for block in range(self.n_layer):
             rows = ws.each(self.ATTENTION, lambda w: [run, model, block, start, fresh, resid, partials and flat(partials),
@@ -158,11 +178,23 @@ class ShardedGeneration(Generation):
             resid, partials = rows[0][0], [r[1] for r in rows]
             rows = ws.each(self.MLP, lambda w: [model, block, resid, flat(partials), *ws.groups[w]])
             resid, partials = rows[0][0], [r[1] for r in rows]
+        return resid, partials
+
+    def vocabulary(self, stream: tuple, start: int, u: float, keep: int | None) -> list[tuple]:
+        """Every worker's share of the vocabulary for the last place (logits_share's rows)."""
+        ws, (resid, partials) = self.workers, stream
+        return ws.each(self.LOGITS, lambda w: [self.run_id, self.model_id, start, resid, flat(partials), *ws.vocab[w],
+                                               w == 0, self.temperature, u, keep])
+
+    def step(self, fresh: list[int], start: int):
+        began = time.perf_counter()
+        ws, run, model = self.workers, self.run_id, self.model_id
+        place = start + len(fresh)
+        u = self.conn.execute("select gptsql.draw(%s, %s)", [run, place], prepare=True).fetchone()[0]
+        stream = self.blocks(fresh, start)
         sampling = self.temperature > 0 and (self.top_k > 0 or self.top_p < 1)
         keep = (self.top_k or self.CANDIDATES) if sampling else 0
-        rows = ws.each(self.LOGITS, lambda w: [run, model, start, resid, flat(partials), *ws.vocab[w], w == 0,
-                                               self.temperature, u, keep])
-        hidden, *columns = zip(*rows)
+        hidden, *columns = zip(*self.vocabulary(stream, start, u, keep))
         merged = [flat(columns[0]), flat(columns[1]), *map(list, columns[2:8])]
         candidates = [flat(c or [] for c in columns[8]), flat(c or [] for c in columns[9])]
         elapsed_ms = (time.perf_counter() - began) * 1000
@@ -174,3 +206,11 @@ class ShardedGeneration(Generation):
             chosen = self.conn.execute(self.CHOOSE, [run, place, u, elapsed_ms, *merged, *candidates, True],
                                        prepare=True).fetchone()
         return chosen
+
+    def distribution(self, top_n: int) -> list[tuple]:
+        """predict(): the prompt through the blocks, then the top_n of the shards' own top_n."""
+        tokens = list(self.prompt_tokens)
+        rows = self.vocabulary(self.blocks(tokens, 0), 0, 0.5, top_n)
+        _hidden, _top, _logits, peaks, zs, *_rest, cand_tokens, cand_logits = zip(*rows)
+        return self.conn.execute(self.PREDICT, [self.run_id, len(tokens) - 1, top_n, flat(cand_tokens),
+                                                flat(cand_logits), list(peaks), list(zs)]).fetchall()

@@ -389,3 +389,29 @@ BEGIN
         WHERE  t.model_id = r.model_id AND t.token = c.token;
 END
 $$;
+
+-- predict() over the shards: the top_n best of the shards' own top_n, with their probability under
+-- the whole vocabulary's softmax (the shards' sums moved to the common peak), recorded as predict()
+-- records them.
+CREATE OR REPLACE FUNCTION gptsql.predict_shards(run bigint, place int, top_n int, tokens int[], logits float8[],
+                                                 peaks float8[], zs float8[])
+RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    top   float8;
+    total float8;
+BEGIN
+    SELECT max(p) INTO top FROM unnest(peaks) AS p;
+    SELECT sum(s.z * gptsql.safe_exp(s.p - top)) INTO total FROM unnest(zs, peaks) AS s(z, p);
+    INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
+    SELECT  run, place, row_number() OVER (ORDER BY b.l DESC, b.t), b.t, b.l, gptsql.safe_exp(b.l - top) / total
+    FROM    (SELECT * FROM unnest(tokens, logits) AS b(t, l) ORDER BY b.l DESC, b.t LIMIT top_n) b;
+    RETURN QUERY
+        SELECT  l.rank, l.token, t.piece, l.probability, l.logit
+        FROM    gptsql.step_logit l
+        JOIN    gptsql.run r ON r.id = l.run_id
+        JOIN    gptsql.token t ON t.model_id = r.model_id AND t.token = l.token
+        WHERE   l.run_id = predict_shards.run
+        ORDER BY l.rank;
+END
+$$;
