@@ -1,11 +1,12 @@
 """One generation over several backends: each worker (a connection of its own) owns a share of
 every block's heads, of the MLP's unit groups and of the vocabulary (sql/10_shards.sql). The
 workers run their shares at the same time, one thread each (psycopg waits without the GIL); between
-the two halves of a block Python hands every worker the others' partial vectors, as pgvector's
-binary values, untouched. SQL sums them and chooses the token."""
+the two halves of a block Python hands every worker the others' partial vectors, as the server's
+binary vector[] values, untouched (never parsed into numbers). SQL sums them and chooses the token."""
 from __future__ import annotations
 
 import os
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -101,6 +102,7 @@ class Workers:
             for _ in range(n):
                 conn = connect()
                 register_vector(conn)
+                register_packed(conn)
                 self.conns.append(conn)
         except psycopg.OperationalError as exc:
             self.close()
@@ -127,6 +129,50 @@ class Workers:
             self.pool.shutdown(wait=True)
         for conn in self.conns:
             conn.close()
+
+
+class Packed(bytes):
+    """A vector[] in the server's binary array format, passed from worker to worker as it came."""
+
+
+def register_packed(conn: psycopg.Connection) -> None:
+    """vector[] results load as Packed bytes and Packed values go back as vector[]: building pgvector
+    objects out of every partial cost the loop ~1 ms of Python a block, on the step's critical path."""
+    oid = conn.execute("select 'vector[]'::regtype::oid").fetchone()[0]
+
+    class Loader(psycopg.adapt.Loader):
+        format = psycopg.pq.Format.BINARY
+
+        def load(self, data) -> Packed:
+            return Packed(data)
+
+    class Dumper(psycopg.adapt.Dumper):
+        format = psycopg.pq.Format.BINARY
+
+        def dump(self, obj: Packed) -> bytes:
+            return obj
+
+    Dumper.oid = oid
+    conn.adapters.register_loader(oid, Loader)
+    conn.adapters.register_dumper(Packed, Dumper)
+
+
+ARRAY_HEADER = struct.Struct("!iiiii")  # ndim, has nulls, element type, length, lower bound
+
+
+def joined(shares: list) -> Packed:
+    """The workers' packed vector[]s end to end (worker-major), as the SQL side reads them: one
+    array header for all, then every share's elements as they are."""
+    shares = list(shares)
+    if any(share is None for share in shares):  # a share's rows are gone: the model was removed
+        raise psycopg.errors.NoDataFound("a worker's share came back empty")
+    whole = [share for share in shares if struct.unpack_from("!i", share)[0] == 1]   # ndim 0: empty
+    if not whole:
+        return shares[0]
+    _ndim, _nulls, element, _n, _lower = ARRAY_HEADER.unpack_from(whole[0])
+    n = sum(ARRAY_HEADER.unpack_from(share)[3] for share in whole)
+    nulls = max(ARRAY_HEADER.unpack_from(share)[1] for share in whole)
+    return Packed(ARRAY_HEADER.pack(1, nulls, element, n, 1) + b"".join(share[ARRAY_HEADER.size:] for share in whole))
 
 
 def flat(shares: list) -> list:
@@ -173,17 +219,17 @@ class ShardedGeneration(Generation):
         ws, run, model = self.workers, self.run_id, self.model_id
         resid, partials = None, None
         for block in range(self.n_layer):
-            rows = ws.each(self.ATTENTION, lambda w: [run, model, block, start, fresh, resid, partials and flat(partials),
-                                                      *ws.heads[w], w == 0])
-            resid, partials = rows[0][0], [r[1] for r in rows]
-            rows = ws.each(self.MLP, lambda w: [model, block, resid, flat(partials), *ws.groups[w]])
-            resid, partials = rows[0][0], [r[1] for r in rows]
+            rows = ws.each(self.ATTENTION, lambda w: [run, model, block, start, fresh, resid, partials, *ws.heads[w],
+                                                      w == 0])
+            resid, partials = rows[0][0], joined(r[1] for r in rows)
+            rows = ws.each(self.MLP, lambda w: [model, block, resid, partials, *ws.groups[w]])
+            resid, partials = rows[0][0], joined(r[1] for r in rows)
         return resid, partials
 
     def vocabulary(self, stream: tuple, start: int, u: float, keep: int | None) -> list[tuple]:
         """Every worker's share of the vocabulary for the last place (logits_share's rows)."""
         ws, (resid, partials) = self.workers, stream
-        return ws.each(self.LOGITS, lambda w: [self.run_id, self.model_id, start, resid, flat(partials), *ws.vocab[w],
+        return ws.each(self.LOGITS, lambda w: [self.run_id, self.model_id, start, resid, partials, *ws.vocab[w],
                                                w == 0, self.temperature, u, keep])
 
     def step(self, fresh: list[int], start: int):
