@@ -374,14 +374,15 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
               help="How many candidates.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: rank, token, piece, probability, logit.")
+@workers_option
 @pass_ctx
 @friendly
-def predict(ctx: Context, prompt, model, top_n, as_json):
+def predict(ctx: Context, prompt, model, top_n, as_json, workers):
     """The next-token distribution after PROMPT (the article's llm(prompt))."""
-    from ..driver.generation import Generation
+    from ..driver.workers import start_prediction
 
     prompt = read_prompt(prompt)
-    gen = Generation(ctx.conn, model, prompt, 0, record=True, kind="predict")
+    gen = start_prediction(ctx.db, ctx.conn, workers, model, prompt)
     with finishing(gen):
         rows = gen.predict(top_n)   # gptsql.predict(prompt), fed in chunks with a progress bar
     if as_json:

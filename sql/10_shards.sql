@@ -3,8 +3,8 @@
 -- Each worker owns a share of every block: heads [head_lo, head_hi) (their q, k, v units of c_attn,
 -- their KV-cache rows, their columns of the attention projection), the MLP's unit groups
 -- [grp_lo, grp_hi) (n_embd units of c_fc each, and the parts of c_proj's rows that read them), and
--- the tokens [tok_lo, tok_hi) of the vocabulary. A share returns one partial n_embd vector per place;
--- the next call of every worker sums all workers' partials onto the residual stream:
+-- a range of the token embeddings' pages (vocab_pages). A share returns one partial n_embd vector
+-- per place; the next call of every worker sums all workers' partials onto the residual stream:
 --
 --   h  = resid + Σ partials(mlp of the block before)     a  = h + Σ partials(attention)
 --
@@ -191,12 +191,28 @@ BEGIN
 END
 $$;
 
--- The vocabulary share of the last place's hidden state: the logits of the tokens [tok_lo, tok_hi),
--- their ten best, their peak, their softmax sums relative to that peak (plain and at the
--- temperature), their Gumbel-max candidate, and for top-k / top-p their `keep` best (all when NULL,
+-- The pages [lo, hi) of the model's token embeddings that vocabulary share `share` of `shares`
+-- reads: the heap cut into page ranges, read by a TID range scan. A range of token ids read every
+-- page and filtered (half the vocabulary cost 0.8x all of it); a share of pages costs its share.
+-- Every row lies on one page, so the shares hold each token once, whatever order the rows are in.
+CREATE OR REPLACE FUNCTION gptsql.vocab_pages(model int, share int, shares int, OUT lo tid, OUT hi tid)
+LANGUAGE sql STABLE AS $$
+    WITH heap AS (
+            SELECT  pg_relation_size(format('gptsql.%I', 'wte_' || model)::regclass)
+                    / current_setting('block_size')::int AS pages
+    )
+    SELECT  format('(%s,0)', pages * share / shares)::tid,
+            format('(%s,0)', CASE WHEN share = shares - 1 THEN 4294967295           -- the last: to the end
+                                  ELSE pages * (share + 1) / shares END)::tid
+    FROM    heap
+$$;
+
+-- The vocabulary share `share` of `shares` for the last place's hidden state: its logits, their ten
+-- best, their peak, their softmax sums relative to that peak (plain, and at the temperature when
+-- sampling), their Gumbel-max candidate, and for top-k / top-p their `keep` best (all when NULL,
 -- none when 0): the merged shares' best hold the whole vocabulary's.
 DROP FUNCTION IF EXISTS gptsql.vocab_share(int, vector, int, int, float8, float8, int);
-CREATE OR REPLACE FUNCTION gptsql.vocab_share(model int, hidden vector, tok_lo int, tok_hi int,
+CREATE OR REPLACE FUNCTION gptsql.vocab_share(model int, hidden vector, share int, shares int,
                                               temperature float8, u float8, keep int)
 RETURNS TABLE (top_tokens int[], top_logits float8[], peak float8, z float8, mass float8, g_token int,
                g_logit float8, g_key float8, cand_tokens int[], cand_logits float8[])
@@ -206,14 +222,18 @@ LANGUAGE sql STABLE AS $$
     ), logits AS MATERIALIZED (
             SELECT  wte.token, coalesce(inner_product(query.hv, wte.w), inner_product(query.hh, wte.h)) AS logit
             FROM    query, gptsql.wte
-            WHERE   wte.model_id = model AND wte.token >= tok_lo AND wte.token < tok_hi
+            WHERE   wte.model_id = model
+              AND   wte.ctid >= (SELECT lo FROM gptsql.vocab_pages(model, share, shares))
+              AND   wte.ctid <  (SELECT hi FROM gptsql.vocab_pages(model, share, shares))
     ), best AS MATERIALIZED (
             SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT 10
     ), peak AS (
             SELECT  max(logit) AS top FROM best
     ), total AS (
-            SELECT  sum(gptsql.safe_exp(logit - top)) AS z,
-                    sum(gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12))) AS mass
+            SELECT  sum(gptsql.safe_exp(logit - top)) AS z
+            FROM    logits, peak
+    ), tempered AS (                    -- only read when sampling (greedy skips this pass)
+            SELECT  sum(gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12))) AS mass
             FROM    logits, peak
     ), candidates AS (
             SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT keep
@@ -226,7 +246,7 @@ LANGUAGE sql STABLE AS $$
     )
     SELECT  (SELECT array_agg(token ORDER BY logit DESC, token) FROM best),
             (SELECT array_agg(logit ORDER BY logit DESC, token) FROM best),
-            peak.top, total.z, total.mass,
+            peak.top, total.z, (SELECT mass FROM tempered WHERE temperature > 0),
             (SELECT token FROM gumbel), (SELECT logit FROM gumbel), (SELECT key FROM gumbel),
             (SELECT array_agg(token) FROM candidates), (SELECT array_agg(logit) FROM candidates)
     FROM    peak, total
@@ -236,7 +256,7 @@ $$;
 -- ln_f, then this worker's share of the vocabulary.
 DROP FUNCTION IF EXISTS gptsql.logits_share(bigint, int, int, vector[], vector[], int, int, boolean, float8, float8, int);
 CREATE OR REPLACE FUNCTION gptsql.logits_share(run bigint, model int, start int, resid vector[], partials vector[],
-                                               tok_lo int, tok_hi int, lead boolean, temperature float8,
+                                               share int, shares int, lead boolean, temperature float8,
                                                u float8, keep int)
 RETURNS TABLE (hidden vector, top_tokens int[], top_logits float8[], peak float8, z float8, mass float8,
                g_token int, g_logit float8, g_key float8, cand_tokens int[], cand_logits float8[])
@@ -253,7 +273,7 @@ BEGIN
     END IF;
     SELECT gptsql.layer_norm(h[cardinality(h)], n.gamma, n.beta, m.layer_norm_epsilon) INTO last
     FROM   gptsql.norm n WHERE n.model_id = logits_share.model AND n.name = 'ln_f';
-    RETURN QUERY SELECT last, v.* FROM gptsql.vocab_share(logits_share.model, last, tok_lo, tok_hi, temperature, u, keep) v;
+    RETURN QUERY SELECT last, v.* FROM gptsql.vocab_share(logits_share.model, last, share, shares, temperature, u, keep) v;
 END
 $$;
 
@@ -367,5 +387,31 @@ BEGIN
         SELECT c.token, t.bytes, gptsql.safe_exp(c.logit - top) / total, c.logit
         FROM   gptsql.token t
         WHERE  t.model_id = r.model_id AND t.token = c.token;
+END
+$$;
+
+-- predict() over the shards: the top_n best of the shards' own top_n, with their probability under
+-- the whole vocabulary's softmax (the shards' sums moved to the common peak), recorded as predict()
+-- records them.
+CREATE OR REPLACE FUNCTION gptsql.predict_shards(run bigint, place int, top_n int, tokens int[], logits float8[],
+                                                 peaks float8[], zs float8[])
+RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    top   float8;
+    total float8;
+BEGIN
+    SELECT max(p) INTO top FROM unnest(peaks) AS p;
+    SELECT sum(s.z * gptsql.safe_exp(s.p - top)) INTO total FROM unnest(zs, peaks) AS s(z, p);
+    INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
+    SELECT  run, place, row_number() OVER (ORDER BY b.l DESC, b.t), b.t, b.l, gptsql.safe_exp(b.l - top) / total
+    FROM    (SELECT * FROM unnest(tokens, logits) AS b(t, l) ORDER BY b.l DESC, b.t LIMIT top_n) b;
+    RETURN QUERY
+        SELECT  l.rank, l.token, t.piece, l.probability, l.logit
+        FROM    gptsql.step_logit l
+        JOIN    gptsql.run r ON r.id = l.run_id
+        JOIN    gptsql.token t ON t.model_id = r.model_id AND t.token = l.token
+        WHERE   l.run_id = predict_shards.run
+        ORDER BY l.rank;
 END
 $$;

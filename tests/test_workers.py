@@ -4,13 +4,16 @@ uneven shares), greedy and sampled, and the recorded run (tokens, top logits, at
 residual stream) the same as one backend records."""
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import psycopg
 import pytest
 import torch
 from pgvector.psycopg import register_vector
 
-from gptsql.driver.workers import start_generation
+from gptsql.driver.workers import predict, start_generation
 from gptsql.errors import UserError
 
 PROMPT = "Happy New Year! I wish"
@@ -88,6 +91,88 @@ def test_sampling_over_split_vocabulary_draws_the_same_tokens(database, db, hf_m
     for workers in (2, 3):
         run_id, _, tokens = generate(database, db, workers, n=8, **sampling)
         assert tokens == one_tokens, workers
+        assert_same_record(recorded(db, run_id), recorded(db, one_id))
+
+
+def test_a_prompt_fed_in_chunks_over_workers(database, db, hf_model, monkeypatch):
+    """The prompt in chunks of 2 places (feed over the shards, then the step or the prediction):
+    the same tokens, distribution and record as one backend fed in one statement."""
+    from gptsql.driver.generation import Generation
+
+    one_id, _, one_tokens = generate(database, db, 1, temperature=0)
+    one = predict(database, db, 1, PROMPT, 12, MODEL)
+    one_predict = latest_run(db, "predict")
+    monkeypatch.setattr(Generation, "PREFILL_CHUNK", 2)
+    fed = []
+    gen = start_generation(database, db, 2, MODEL, PROMPT, 6, record=True, temperature=0)
+    gen.on_prefill = lambda done, total: fed.append(done)
+    assert [token for token, _raw, _p in gen.steps()] == one_tokens
+    assert len(fed) >= 3 and fed[-1] == len(gen.prompt_tokens)     # several chunks went through feed()
+    assert_same_record(recorded(db, gen.run_id), recorded(db, one_id))
+
+    rows = predict(database, db, 2, PROMPT, 12, MODEL)
+    assert [r[:3] for r in rows] == [r[:3] for r in one]
+    assert max(abs(r[3] - r1[3]) + abs(r[4] - r1[4]) for r, r1 in zip(rows, one)) <= 1e-4
+    assert_same_record(recorded(db, latest_run(db, "predict")), recorded(db, one_predict))
+
+
+@pytest.mark.parametrize("shares", [1, 2, 3, 4])
+def test_vocabulary_shares_hold_every_token_once(db, hf_model, shares):
+    """Each worker reads a range of the token embeddings' pages (vocab_pages): together they read
+    every token of the vocabulary, and none twice."""
+    model_id, n_vocab = db.execute("select id, n_vocab from gptsql.model where name = %s", [MODEL]).fetchone()
+    hidden = db.execute("select w from gptsql.wte where model_id = %s and token = 7", [model_id]).fetchone()[0]
+    held = []
+    for share in range(shares):
+        held += db.execute("select cand_tokens from gptsql.vocab_share(%s, %s, %s, %s, 0, 0.5, NULL)",
+                           [model_id, hidden, share, shares]).fetchone()[0]
+    assert sorted(held) == list(range(n_vocab))
+
+
+def latest_run(db, kind):
+    return db.execute("select max(id) from gptsql.run where kind = %s", [kind]).fetchone()[0]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_predict_over_workers_records_the_same_run(database, db, hf_model, workers):
+    one = predict(database, db, 1, PROMPT, 12, MODEL)
+    one_id = latest_run(db, "predict")
+    rows = predict(database, db, workers, PROMPT, 12, MODEL)
+    run_id = latest_run(db, "predict")
+    assert run_id != one_id and len(rows) == len(one) == 12
+    assert [r[:3] for r in rows] == [r[:3] for r in one]            # rank, token, piece
+    for (*_, p, logit), (*_, p1, logit1) in zip(rows, one):
+        assert abs(p - p1) <= 1e-5 and abs(logit - logit1) <= 1e-4
+    assert_same_record(recorded(db, run_id), recorded(db, one_id))
+
+    prompt = db.execute("select array_agg(token order by place) from gptsql.run_token where run_id = %s",
+                        [run_id]).fetchone()[0]
+    with torch.no_grad():
+        logits = hf_model(torch.tensor([prompt])).logits[0, -1].double()
+    probabilities = torch.softmax(logits, -1)
+    assert [r[1] for r in rows] == torch.topk(logits, 12).indices.tolist()
+    for _rank, token, _piece, p, logit in rows:
+        assert abs(logit - float(logits[token])) <= 1e-3 and abs(p - float(probabilities[token])) <= 1e-4
+
+
+def test_cli_predict_trace_and_lens_over_workers_record_the_same_runs(run_cli, db, hf_model, tmp_path):
+    runs = re.compile(r"\brun \d+")
+    def predicted(*workers):
+        lines = run_cli("predict", "-m", MODEL, "--json", *workers, PROMPT).stdout.splitlines()
+        return [json.loads(line) for line in lines]
+
+    one, rows = predicted("--workers", "1"), predicted()                      # predicted(): the default workers
+    assert [(r["rank"], r["token"], r["piece"]) for r in rows] == [(r["rank"], r["token"], r["piece"]) for r in one]
+    assert max(abs(r["probability"] - r1["probability"]) + abs(r["logit"] - r1["logit"])
+               for r, r1 in zip(rows, one)) <= 1e-4
+
+    traced = [runs.sub("run N", run_cli("trace", "-n", "3", "-m", MODEL, "--workers", workers, PROMPT).stdout)
+              for workers in ("1", "3")]
+    assert traced[0] == traced[1]
+    trace_id = latest_run(db, "generate")
+    run_cli("lens", "-n", "3", "-o", str(tmp_path / "lens.png"), "-m", MODEL, "--workers", "2", PROMPT)
+    one_id = db.execute("select max(id) from gptsql.run where kind = 'generate' and id < %s", [trace_id]).fetchone()[0]
+    for run_id in (trace_id, latest_run(db, "generate")):                   # trace and lens over workers
         assert_same_record(recorded(db, run_id), recorded(db, one_id))
 
 
