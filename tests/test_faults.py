@@ -6,6 +6,7 @@ data directory (never the session's database, never a server given by DSN).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -102,6 +103,32 @@ class Streamed:
         return rc, self.out.decode("utf-8", "replace"), self.err.decode("utf-8", "replace")
 
 
+@contextlib.contextmanager
+def blocking(server: Server, lock: str):
+    """Hold `lock` in a transaction of its own; yields blocked(n, *procs): waits until n backends
+    wait on this one (an event, not a time: they are where the lock stops them) and returns their
+    (pid, query). Leaving releases the lock."""
+    holder, watcher = server.connect(), server.connect()   # pg_stat_activity holds still within a transaction
+    try:
+        with holder.transaction():
+            holder.execute(lock)
+            me = holder.info.backend_pid
+
+            def blocked(n, *procs):
+                def waiting():
+                    for proc in procs:
+                        assert proc.proc.poll() is None, f"finished before the lock: {proc.err.decode()}"
+                    return watcher.execute("select pid, query from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                                          [me]).fetchall()
+                assert wait_for(lambda: len(waiting()) >= n, 120), waiting()
+                return waiting()
+
+            yield blocked
+    finally:
+        holder.close()
+        watcher.close()
+
+
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -168,14 +195,14 @@ def test_loader_killed_in_the_middle_of_a_load(server, tiny_checkpoint):
     text = conn.execute("select gptsql.generate(%s, 5, model => 'victim')", [PROMPT]).fetchone()[0]
     models = conn.execute("select count(*) from gptsql.model").fetchone()[0]
     for sig, status in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
-        loader = Streamed(server, "load", "random:small", "--name", "victim", "--replace")
-        # Stop it while it writes the blocks, inside its transaction.
-        assert wait_for(lambda: conn.execute(
-            "select pid from pg_stat_activity where query ilike 'copy %%linear%%' and backend_xid is not null"
-        ).fetchone() is not None, 60), loader.err.decode()
-        backend = conn.execute("select pid from pg_stat_activity where query ilike 'copy %%linear%%'").fetchone()[0]
-        loader.proc.send_signal(sig)
-        rc, _, err = loader.finish()
+        # The load's last step attaches its tables to gptsql.linear (SHARE UPDATE EXCLUSIVE): a lock
+        # held here stops it there, inside its transaction with every row written, until it is killed.
+        with blocking(server, "lock gptsql.linear in share update exclusive mode") as blocked:
+            loader = Streamed(server, "load", "random:small", "--name", "victim", "--replace")
+            (backend, query), = blocked(1, loader)
+            assert "attach_partitions" in query, query
+            loader.proc.send_signal(sig)   # SIGINT cancels the wait; after SIGKILL the backend waits on
+            rc, _, err = loader.finish()
         assert rc == status, err
         if sig == signal.SIGINT:
             assert one_line(err) == "Error: interrupted"
@@ -202,14 +229,23 @@ def test_two_generations_at_the_same_time(server):
 
     alone = {seed: server.cli(*args(seed)).stdout for seed in (1, 2)}
     assert alone[1] != alone[2]
-    together = [(seed, Streamed(server, *args(seed))) for seed in (1, 1, 2)]
+    # Each step records its ten best tokens in gptsql.step_logit: a lock held here stops every
+    # generation at its first step, so all three are under way together before any goes on.
+    conn = server.connect()
+    newest = conn.execute("select coalesce(max(id), 0) from gptsql.run").fetchone()[0]
+    with blocking(server, "lock gptsql.step_logit in exclusive mode") as blocked:
+        together = [(seed, Streamed(server, *args(seed))) for seed in (1, 1, 2)]
+        blocked(3, *(gen for _, gen in together))
+        running = conn.execute("select count(*) from gptsql.run where id > %s and status = 'running'",
+                               [newest]).fetchone()[0]
+        assert running == 3
     results = [(seed, *gen.finish()) for seed, gen in together]
     for seed, rc, out, err in results:
         assert rc == 0, err
         assert out == alone[seed]
-    conn = server.connect()
-    runs = conn.execute("select id, started_at, finished_at, status from gptsql.run order by id desc limit 3").fetchall()
-    assert len({r[0] for r in runs}) == 3 and all(r[3] == "done" for r in runs)
+    runs = conn.execute("select id, started_at, finished_at, status from gptsql.run where id > %s",
+                        [newest]).fetchall()
+    assert len(runs) == 3 and all(r[3] == "done" for r in runs)
     assert max(r[1] for r in runs) < min(r[2] for r in runs), "the three runs did not overlap"
     for run_id, *_ in runs:
         assert cached_rows(conn, run_id) == 0
