@@ -95,8 +95,8 @@ class Generation:
 
     def step(self, fresh: list[int], start: int) -> tuple:
         """Feed `fresh` (places start, ...): (token, bytes, probability, logit) of the next token."""
-        return self.conn.execute("select token, bytes, probability, logit from gptsql.step(%s, %s, %s)",
-                                 [self.run_id, fresh, start], prepare=True).fetchone()
+        return chosen(self.conn.execute("select token, bytes, probability, logit from gptsql.step(%s, %s, %s)",
+                                        [self.run_id, fresh, start], prepare=True).fetchone())
 
     def stream(self) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -129,3 +129,11 @@ class Generation:
                 continue  # Ctrl-C's cancel request arrived late and hit this statement: once more
             except psycopg.Error:
                 return  # the server is gone: the run is marked failed when it is back (Database.connect)
+
+
+def chosen(row: tuple | None) -> tuple:
+    """A step's (token, bytes, probability, logit). No row: the model's vocabulary went while the
+    step ran (an unload commits without waiting for generations), which the caller reports."""
+    if row is None:
+        raise psycopg.errors.NoDataFound("the step chose no token: the model's rows are gone")
+    return row

@@ -16,7 +16,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from ..errors import UserError
-from .generation import Generation
+from .generation import Generation, chosen as chosen_row
 
 
 def default_workers() -> int | None:
@@ -327,7 +327,7 @@ class ShardedGeneration(Generation):
             candidates = [flat(r[0] for r in rows), flat(r[1] for r in rows)]
             chosen = self.conn.execute(self.CHOOSE, [run, place, u, elapsed_ms, *merged, *candidates, True],
                                        prepare=True).fetchone()
-        return chosen
+        return chosen_row(chosen)
 
     def predict(self, top_n: int) -> list[tuple]:
         """Generation.predict over the shards: the prompt through the blocks in chunks, then the

@@ -143,7 +143,7 @@ def test_nul_in_the_prompt(db, tiny, run_cli):
     # A NUL cannot travel in argv (exec stops at it); it can come on stdin.
     result = run_cli("generate", "-m", tiny, "-", input=b"Happy\x00New Year", check=False)
     one_line_error(result, "NUL", "offset 5")
-    one_line_error(run_cli("tokenize", "-", input=b"ab\x00", check=False), "offset 2")
+    one_line_error(run_cli("tokenize", "-m", tiny, "-", input=b"ab\x00", check=False), "offset 2")
     # SQL cannot receive it: psycopg refuses to send it, the server refuses to build it.
     with pytest.raises(psycopg.DataError):
         db.execute("select gptsql.tokenize(%s, %s)", ["a\x00b", tiny])

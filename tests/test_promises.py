@@ -349,14 +349,15 @@ def test_runs_drop_older_than_each_unit(db, tiny, run_cli):
 
 # ------------------------------------------------------------------- predict and detokenize
 def test_predict_prints_the_table_of_the_sql_function(db, tiny, run_cli, monkeypatch):
+    # One backend: the SQL function's own sums (over workers they agree to 1e-5: test_workers.py)
     monkeypatch.setenv("COLUMNS", "200")
     want = db.execute("select rank, token, piece, probability, logit from gptsql.predict(%s, 5, %s)",
                       [PROMPT, tiny]).fetchall()
-    lines = [json.loads(line) for line in run_cli("predict", "-m", tiny, "--top", "5", "--json", PROMPT).stdout.splitlines()]
+    lines = [json.loads(line) for line in run_cli("predict", "-m", tiny, "--workers", "1", "--top", "5", "--json", PROMPT).stdout.splitlines()]
     assert [(d["rank"], d["token"], d["piece"]) for d in lines] == [w[:3] for w in want]
     assert np.allclose([d["probability"] for d in lines], [w[3] for w in want], rtol=1e-9)
     assert np.allclose([d["logit"] for d in lines], [w[4] for w in want], rtol=1e-9)
-    table = run_cli("predict", "-m", tiny, "--top", "5", PROMPT).stdout
+    table = run_cli("predict", "-m", tiny, "--workers", "1", "--top", "5", PROMPT).stdout
     rows = [line for line in table.splitlines() if re.match(r"\W*\d+\W+\d+\W", line)]
     assert len(rows) == 5
     for line, (rank, token, piece, p, logit) in zip(rows, want):
