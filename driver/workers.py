@@ -136,6 +136,7 @@ class Workers:
             values = [encode(v) for v in params(w)]
             pg.send_query_prepared(name, [v for v, _ in values], [f for _, f in values], 1)
             self.pending.add(w)
+            flush(pg)
         results: list = [None] * self.n
         while self.pending:
             ready, _, _ = select.select([pgconns[w].socket for w in self.pending], [], [])
@@ -172,6 +173,16 @@ class Workers:
         self.pending.clear()
         for conn in self.conns:
             conn.close()
+
+
+def flush(pg) -> None:
+    """Send the rest of a query libpq could not write at once: psycopg keeps its connections
+    non-blocking, so a query larger than the socket's buffer (a prompt chunk's partials) is sent
+    in parts, and the worker would wait for the rest while we wait for its answer."""
+    while pg.flush():
+        readable, _, _ = select.select([pg.socket], [pg.socket], [])
+        if readable:
+            pg.consume_input()
 
 
 def encode(value) -> tuple[bytes | None, int]:

@@ -116,6 +116,31 @@ def test_a_prompt_fed_in_chunks_over_workers(database, db, hf_model, monkeypatch
     assert_same_record(recorded(db, latest_run(db, "predict")), recorded(db, one_predict))
 
 
+def test_an_exchange_larger_than_the_socket_buffer(database, db, hf_model):
+    """A prompt chunk of the 124M shape sends each worker ~0.4 MB of partials: more than a socket
+    takes at once, which the non-blocking libpq sends in parts (the rest flushed before waiting)."""
+    import threading
+
+    from gptsql.driver.workers import Packed, Workers, register_packed
+
+    model_id = db.execute("select id from gptsql.model where name = %s", [MODEL]).fetchone()[0]
+    workers = Workers(lambda: psycopg.connect(database.dsn(), autocommit=True), 2, model_id, (50257, 4))
+    try:
+        register_packed(workers.conns[0])
+        big = workers.conns[0].execute("select array_agg(array_fill(w::real, array[768])::vector) "
+                                       "from generate_series(1, 400) w", binary=True).fetchone()[0]
+        assert isinstance(big, Packed) and len(big) > 1_000_000
+        answers = []
+        exchange = threading.Thread(target=lambda: answers.append(workers.exchange(
+            b"big_echo", b"select cardinality($1::vector[]), ($1::vector[])[400]::text", lambda w: [big])), daemon=True)
+        exchange.start()
+        exchange.join(120)
+        assert answers, "the exchange never came back: a worker is still waiting for the rest of its query"
+        assert [[int.from_bytes(n, "big"), text[:6]] for n, text in answers[0]] == [[400, b"[400,4"]] * 2   # binary results
+    finally:
+        workers.close()
+
+
 @pytest.mark.parametrize("shares", [1, 2, 3, 4])
 def test_vocabulary_shares_hold_every_token_once(db, hf_model, shares):
     """Each worker reads a range of the token embeddings' pages (vocab_pages): together they read
