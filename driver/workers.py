@@ -165,8 +165,11 @@ class Workers:
         if hasattr(self, "pool"):
             self.pool.shutdown(wait=True)
         for w in list(self.pending):   # an exchange in flight: wait for its (cancelled) statements
+            pg = self.conns[w].pgconn
             try:
-                while self.conns[w].pgconn.get_result() is not None:
+                if pg.flush():
+                    continue   # its query never went whole, so the worker runs nothing: closing ends it
+                while pg.get_result() is not None:
                     pass
             except psycopg.Error:
                 pass

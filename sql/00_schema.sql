@@ -212,7 +212,7 @@ CREATE TABLE IF NOT EXISTS gptsql.run (
     temperature  float8 NOT NULL DEFAULT 0,
     top_k        int NOT NULL DEFAULT 0,
     top_p        float8 NOT NULL DEFAULT 1,
-    seed         float8,
+    seed         bigint,
     record       boolean NOT NULL DEFAULT true,
     status       text NOT NULL DEFAULT 'running'
                  CHECK (status IN ('running', 'done', 'failed', 'interrupted')),

@@ -86,3 +86,30 @@ def test_db_status_and_stop_say_what_they_did(server):
     assert server.embedded.pid() is None
     assert server.cli("db", "status").stdout.splitlines()[0] == "embedded PostgreSQL: stopped"
     assert server.cli("db", "stop").stdout.strip() == "not running"
+
+
+def test_a_database_made_before_integer_seeds_keeps_its_runs(server, tiny_checkpoint):
+    """A database whose run.seed is still float8 (made before seeds were bigint) is migrated in
+    place by the next command: the column becomes bigint, recorded seeds keep their values (1.5,
+    which only a float could hold, rounds to 2), and a seed gives the text it gave before."""
+    from gptsql.loader.load import load
+
+    conn = server.connect()
+    load(conn, tiny_checkpoint, "seeds")
+    generate = "select gptsql.generate('Once upon', 6, 0.9, 0, 1, %s, 'seeds')"
+    before = conn.execute(generate, [5]).fetchone()[0]
+    run_id = conn.execute("select max(id) from gptsql.run").fetchone()[0]
+    conn.execute("drop view gptsql.runs")
+    conn.execute("alter table gptsql.run alter column seed type float8")
+    half = conn.execute("insert into gptsql.run (model_id, prompt, seed, status) select model_id, 'old', 1.5, 'done' "
+                        "from gptsql.run where id = %s returning id", [run_id]).fetchone()[0]
+    conn.execute("update gptsql.meta set value = 'before integer seeds' where key = 'engine_version'")
+    conn.close()
+
+    conn = server.connect()   # every command installs the engine when its version differs
+    seed_type = "select atttypid::regtype::text from pg_attribute where attrelid = 'gptsql.run'::regclass and attname = 'seed'"
+    assert conn.execute(seed_type).fetchone()[0] == "bigint"
+    seeds = dict(conn.execute("select run, seed from gptsql.runs where run in (%s, %s)", [run_id, half]).fetchall())
+    assert seeds == {run_id: 5, half: 2}
+    assert conn.execute(generate, [5]).fetchone()[0] == before
+    conn.execute("select gptsql.drop_model('seeds')")
