@@ -20,7 +20,7 @@ import psycopg
 from ..errors import UserError
 from .common import (SEED, Context, check_utf8, console, count, db_error_message, fail, finishing, friendly,
                      IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
-from .runs import attention, lens, runs, trace
+from .runs import attention, lens, runs, token_pieces, trace
 from .serve import serve
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -393,8 +393,9 @@ def predict(ctx: Context, prompt, model, top_n, as_json, workers):
     from rich.table import Table
 
     table = Table("rank", "token", "piece", "probability", "logit")
+    readable_tokens = token_pieces(ctx.conn, gen.model_id, [r[1] for r in rows])   # part of a character: <e4 bd>
     for rank, token, piece, p, logit in rows:
-        table.add_row(str(rank), str(token), repr(piece), f"{p:.6f}", f"{logit:.4f}")
+        table.add_row(str(rank), str(token), repr(readable_tokens.get(token, piece)), f"{p:.6f}", f"{logit:.4f}")
     console().print(table)
 
 

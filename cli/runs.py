@@ -77,6 +77,19 @@ def pieces(conn, run_id: int) -> dict[int, str]:
            where rt.run_id = %s""", [run_id])}
 
 
+def token_pieces(conn, model_id: int, tokens) -> dict[int, str]:
+    """Readable pieces of these token ids (as pieces() does for a run's places)."""
+    from ..pieces import readable
+
+    return {token: readable(raw) for token, raw in conn.execute(
+        "select token, bytes from gptsql.token where model_id = %s and token = any(%s)",
+        [model_id, list(set(tokens))])}
+
+
+def run_model_id(conn, run_id: int) -> int:
+    return conn.execute("select model_id from gptsql.run where id = %s", [run_id]).fetchone()[0]
+
+
 def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed, workers=None) -> int:
     """Generate from PROMPT with every activation recorded; returns the new run's id."""
     from ..driver.generation import ensure_model
@@ -249,10 +262,11 @@ def show_run(ctx, run):
     out.print(tokens)
     if r["kind"] == "predict":
         table = Table("rank", "token", "piece", "probability", "logit", title="next-token candidates")
-        for rank, token, piece, p, logit in conn.execute(
-                """select rank, token, piece, probability, logit from gptsql.step_candidates
-                   where run = %s order by rank""", [run_id]):
-            table.add_row(str(rank), str(token), repr(piece), fmt_p(p), f"{logit:.4f}")
+        candidates = conn.execute("""select rank, token, piece, probability, logit from gptsql.step_candidates
+                                     where run = %s order by rank""", [run_id]).fetchall()
+        readable_tokens = token_pieces(conn, run_model_id(conn, run_id), [c[1] for c in candidates])
+        for rank, token, piece, p, logit in candidates:
+            table.add_row(str(rank), str(token), repr(readable_tokens.get(token, piece)), fmt_p(p), f"{logit:.4f}")
         out.print(table)
 
 
@@ -341,10 +355,14 @@ def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, 
         title += f"; the run went on with {names[place + 1]!r}"
     lens = Table("block", *[f"#{i}" for i in range(1, top_n + 1)], title=title)
     by_block: dict[int, list] = {}
-    for block, rank, piece, p, is_next in conn.execute(
-            """select block, rank, predicted_piece, probability, is_next
-               from gptsql.logit_lens(%s, %s, %s) order by block, rank""", [run_id, top_n, place]):
-        cell = Text(f"{piece!r}\n{p:.3f}", style="bold green" if is_next else "")
+    lens_rows = conn.execute("""select block, rank, token, predicted_piece, probability, is_next
+                                from gptsql.logit_lens(%s, %s, %s) order by block, rank""",
+                             [run_id, top_n, place]).fetchall()
+    step_rows = conn.execute("""select step, place, rank, token, piece, probability, chosen from gptsql.step_candidates
+                                where run = %s and rank <= %s order by step, rank""", [run_id, top_n]).fetchall()
+    readable_tokens = token_pieces(conn, run_model_id(conn, run_id), [r[2] for r in lens_rows] + [r[3] for r in step_rows])
+    for block, rank, token, piece, p, is_next in lens_rows:
+        cell = Text(f"{readable_tokens.get(token, piece)!r}\n{p:.3f}", style="bold green" if is_next else "")
         by_block.setdefault(block, []).append(cell)
     for block, cells in sorted(by_block.items()):
         lens.add_row(str(block), *cells)
@@ -353,12 +371,10 @@ def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, 
     steps = Table("step", "after", "chosen", *[f"#{i}" for i in range(1, top_n + 1)],
                   title="Top candidates at each step (the chosen one in green)")
     rows: dict[int, dict] = {}
-    for step, after, rank, piece, p, chosen in conn.execute(
-            """select step, after_piece, rank, piece, probability, chosen from gptsql.step_candidates
-               where run = %s and rank <= %s order by step, rank""", [run_id, top_n]):
-        row = rows.setdefault(step, {"after": after, "cells": []})
-        row["cells"].append(Text(f"{piece!r}\n{p:.3f}", style="bold green" if chosen else ""))
-    chosen_tokens = {place: (piece, p) for place, piece, p in conn.execute(
+    for step, at, rank, token, piece, p, chosen in step_rows:
+        row = rows.setdefault(step, {"after": names.get(at - 1), "cells": []})
+        row["cells"].append(Text(f"{readable_tokens.get(token, piece)!r}\n{p:.3f}", style="bold green" if chosen else ""))
+    chosen_tokens = {at: (names.get(at, piece), p) for at, piece, p in conn.execute(
         "select place, piece, probability from gptsql.run_tokens where run = %s and not is_prompt", [run_id])}
     for step, row in sorted(rows.items()):
         piece, p = chosen_tokens.get(r["prompt_tokens"] - 1 + step, (None, None))

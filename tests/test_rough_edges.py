@@ -166,6 +166,19 @@ def test_tokenize_shows_the_bytes_of_partial_characters(tiny, run_cli):
             assert got == want
 
 
+def test_predict_trace_and_runs_show_show_the_bytes_of_partial_characters(tiny, run_cli, monkeypatch):
+    """Candidates and pieces that are part of a character print as <xx xx>, never as U+FFFD."""
+    monkeypatch.setenv("COLUMNS", "250")
+    partial = re.compile(r"'[^'\n]*<[0-9a-f]{2}( [0-9a-f]{2})*>[^'\n]*'")
+    text = "你好，世界"
+    for args in (["predict", "-m", tiny, "--workers", "1", "--top", "300", text],   # 300 candidates: some are partial
+                 ["runs", "show", "latest"],
+                 ["trace", "-m", tiny, "-n", "2", "--workers", "1", text]):          # 界's pieces: the "after" column
+        out = run_cli(*args).stdout
+        assert "\ufffd" not in out, (args, out)
+        assert partial.search(out), (args, out)
+
+
 def test_readable_pieces():
     from gptsql.pieces import readable
 
