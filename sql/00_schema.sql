@@ -126,33 +126,28 @@ BEGIN
 END
 $$;
 
--- A model's two big tables (wte_ID, linear_ID) are built apart as plain tables with the
--- partition's bound as a CHECK (so attaching them scans nothing) and attached when they are full.
-CREATE OR REPLACE FUNCTION gptsql.partition_statements(model int, action text)
-RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT  string_agg(CASE action
-                WHEN 'new'    THEN format('CREATE TABLE gptsql.%I (LIKE gptsql.%I INCLUDING ALL, CONSTRAINT %I CHECK (model_id = %s))',
-                                          t || '_' || model, t, t || '_' || model || '_bound', model)
-                WHEN 'attach' THEN format('ALTER TABLE gptsql.%I ATTACH PARTITION gptsql.%I FOR VALUES IN (%s)',
-                                          t, t || '_' || model, model)
-            END, '; ')
-    FROM    unnest(ARRAY['wte', 'linear']) AS t;
-$$;
-
 CREATE OR REPLACE FUNCTION gptsql.new_partitions(model int)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
 BEGIN
-    EXECUTE gptsql.partition_statements(model, 'new');
+    FOREACH t IN ARRAY ARRAY['wte', 'linear'] LOOP
+        EXECUTE format('CREATE TABLE gptsql.%I (LIKE gptsql.%I INCLUDING ALL, CONSTRAINT %I CHECK (model_id = %s))',
+                       t || '_' || model, t, t || '_' || model || '_bound', model);
+    END LOOP;
 END
 $$;
 
 CREATE OR REPLACE FUNCTION gptsql.attach_partitions(model int)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
 BEGIN
-    EXECUTE gptsql.partition_statements(model, 'attach');
+    FOREACH t IN ARRAY ARRAY['wte', 'linear'] LOOP
+        EXECUTE format('ALTER TABLE gptsql.%I ATTACH PARTITION gptsql.%I FOR VALUES IN (%s)', t, t || '_' || model, model);
+    END LOOP;
 END
 $$;
 
