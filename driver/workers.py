@@ -1,8 +1,9 @@
 """One generation over several backends: each worker (a connection of its own) owns a share of
 every block's heads, of the MLP's unit groups and of the vocabulary (sql/10_shards.sql). The
-workers run their shares at the same time, one thread each (psycopg waits without the GIL); between
-the two halves of a block Python hands every worker the others' partial vectors, as the server's
-binary vector[] values, untouched (never parsed into numbers). SQL sums them and chooses the token."""
+workers run their shares at the same time (the vocabulary's over threads, psycopg waiting without
+the GIL); between the two halves of a block Python hands every worker the others' partial vectors,
+as the server's binary vector[] values, untouched (never parsed into numbers), over libpq's
+asynchronous calls in one thread (exchange()). SQL sums them and chooses the token."""
 from __future__ import annotations
 
 import os
@@ -44,16 +45,6 @@ def start_prediction(db, conn: psycopg.Connection, workers: int | None, model: s
     probability, logit), on one backend (workers = 1) or over `workers` backends (None: one per
     core), recorded as the same run."""
     return start_generation(db, conn, workers, model, prompt, 0, record=True, kind="predict")
-
-
-def predict(db, conn: psycopg.Connection, workers: int | None, prompt: str, top_n: int, model: str | None):
-    """start_prediction(...).predict(top_n), the run marked failed if it fails."""
-    gen = start_prediction(db, conn, workers, model, prompt)
-    try:
-        return gen.predict(top_n)
-    except BaseException as exc:
-        gen.stop("failed", str(exc))
-        raise
 
 
 def sharded(db, conn, workers: int | None, *args, **kwargs) -> "ShardedGeneration | None":

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pgvector.psycopg import register_vector
 
-from gptsql.driver.workers import predict, start_generation
+from gptsql.driver.workers import start_generation, start_prediction
 from gptsql.errors import UserError
 
 PROMPT = "Happy New Year! I wish"
@@ -32,6 +32,10 @@ def generate(database, db, workers, n=6, **sampling):
     gen = start_generation(database, db, workers, MODEL, PROMPT, n, record=True, **sampling)
     tokens = [token for token, _raw, _p in gen.steps()]
     return gen.run_id, gen.prompt_tokens, tokens
+
+
+def predict(database, db, workers, prompt, top_n, model):
+    return start_prediction(database, db, workers, model, prompt).predict(top_n)
 
 
 def recorded(db, run_id):
