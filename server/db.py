@@ -12,6 +12,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -21,7 +22,7 @@ import platformdirs
 import psycopg
 
 from ..errors import UserError
-from . import memory
+from . import acl, memory
 
 DB_NAME = "gptsql"
 SERVER_USER_WHEN_ROOT = "embedded_postgres"  # postgres refuses to run as root
@@ -147,7 +148,7 @@ class Embedded:
                 path.chmod(mode | 0o055 if path.is_dir() or mode & 0o100 else mode | 0o044)
             marker.touch()
         # The folders above the wheel and above the data directory must let the server's user
-        # pass. They are the user's: widening one (/root 0700 -> 0711) is theirs to decide.
+        # pass: that user alone is let through (an ACL entry), never every user (chmod o+x).
         self._check_passable([*install_dir.parents], f"its binaries in {install_dir}")
         self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
         mode = self.data_dir.stat().st_mode   # gptsql's own folder: x for the server's user only
@@ -155,27 +156,35 @@ class Embedded:
             self.data_dir.chmod(mode | 0o011)
 
     def _check_passable(self, folders: list[Path], what: str) -> None:
-        """As root: refuse, in one line, folders the server's user cannot pass (no x for it)."""
+        """As root: let the server's user pass the folders above (x, by an ACL entry for that user
+        alone), saying so; refuse in one line a folder that cannot be: another user's, or on a
+        file system without ACLs."""
         uid, gid = self._server_uid()
         blocked = []
         for folder in folders:
             try:
-                info = folder.stat()
+                if not stat.S_ISDIR(folder.stat().st_mode):
+                    return   # a file in the way: mkdir refuses it in its own words
+                passable = acl.user_can_pass(folder, uid, gid)
             except (FileNotFoundError, NotADirectoryError):
                 continue   # made later by mkdir with the umask's mode, and checked then
-            if not stat.S_ISDIR(info.st_mode):
-                return   # a file in the way: mkdir refuses it in its own words
-            bit = 0o100 if info.st_uid == uid else 0o010 if info.st_gid == gid else 0o001
-            if not info.st_mode & bit:
-                blocked.insert(0, (folder, stat.S_IMODE(info.st_mode)))   # the topmost first
+            if not passable:
+                blocked.insert(0, folder)   # the topmost first
+        opened = [f for f in blocked if f.stat().st_uid == os.geteuid() and acl.let_pass(f, uid)]
+        if opened:
+            names = " ".join(str(f) for f in opened)
+            print(f"gptsql: the embedded server runs as user {SERVER_USER_WHEN_ROOT}, so it may now pass "
+                  f"{names} (an ACL entry: that user only, x only; undo: setfacl -x u:{SERVER_USER_WHEN_ROOT} "
+                  f"{names})", file=sys.stderr, flush=True)
+        blocked = [f for f in blocked if f not in opened]
         if blocked:
-            names = " ".join(str(f) for f, _ in blocked)
-            modes = ", ".join(f"{f} (mode {m:04o})" for f, m in blocked)
+            names = " ".join(str(f) for f in blocked)
+            modes = ", ".join(f"{f} (mode {stat.S_IMODE(f.stat().st_mode):04o})" for f in blocked)
             raise UserError(
                 f"as root the embedded server runs as user {SERVER_USER_WHEN_ROOT}, which cannot pass {modes} "
                 f"to reach {what}; let it pass with "
-                f"`chmod o+x {names}` (others can then go through, not list), or choose a --data-dir "
-                "/ GPTSQL_DATA_DIR it can reach, or use --dsn")
+                f"`setfacl -m u:{SERVER_USER_WHEN_ROOT}:x {names}` (that user only) or `chmod o+x {names}` "
+                "(every user), or choose a --data-dir / GPTSQL_DATA_DIR it can reach, or use --dsn")
 
     def pid(self) -> int | None:
         """The running postmaster's pid, or None (a stale postmaster.pid counts as not running)."""
@@ -351,8 +360,6 @@ class Database:
 
     def _wait_for_connection(self, dsn: str, autocommit: bool, first: psycopg.OperationalError) -> psycopg.Connection:
         """Every connection slot is taken: wait (bounded, saying so once) for a command to end."""
-        import sys
-
         print(f"waiting for a free connection (the server takes max_connections clients; "
               f"up to {CONNECT_WAIT_SECONDS:.0f} s)...", file=sys.stderr, flush=True)
         deadline = time.monotonic() + CONNECT_WAIT_SECONDS

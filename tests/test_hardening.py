@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import shutil
@@ -310,35 +311,73 @@ def test_unload_of_another_model_blocks_no_generation(database, db, tiny, tiny_c
 
 # ------------------------------------------------------------- 3: the folders above the data directory
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user")
-def test_root_does_not_widen_folders_above_the_data_dir():
-    """A data directory under a 0700 folder of root's: one line naming the folder and the fix, the
-    folder left 0700; after that fix, the server starts there."""
+def test_root_lets_only_the_server_user_pass_folders_above_the_data_dir():
+    """A data directory under a 0700 folder of root's (as /root is on a fresh machine): the server's
+    user alone is let through by an ACL entry (x only), said in one line, and the server starts;
+    every other user is still kept out. A 0700 folder of another user's is refused in one line,
+    naming it and the fix, and left as it was."""
     import subprocess
     import sys
+
+    from gptsql.server import acl
+    from gptsql.server.db import SERVER_USER_WHEN_ROOT
 
     base = Path(tempfile.mkdtemp(prefix="gqp-", dir="/tmp"))   # 0700
     data_dir = base / "inner" / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
     env["GPTSQL_DATA_DIR"] = str(data_dir)
+    server = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+    try:
+        result = subprocess.run([sys.executable, "-m", "gptsql", "db", "start"], capture_output=True, text=True,
+                                env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        said = [line for line in result.stderr.splitlines() if str(base) in line]
+        assert len(said) == 1 and f"{SERVER_USER_WHEN_ROOT}, so it may now pass {base} (an ACL entry" in said[0], said
+        assert stat_mode(base) & 0o007 == 0   # others: still nothing
+        assert acl.user_can_pass(base, server.pw_uid, server.pw_gid)
+        nobody = pwd.getpwnam("nobody")
+        assert not acl.user_can_pass(base, nobody.pw_uid, nobody.pw_gid)
+        kept_out = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"ls {base}/inner"], capture_output=True)
+        assert kept_out.returncode != 0
+    finally:
+        subprocess.run([sys.executable, "-m", "gptsql", "db", "stop"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+    theirs = Path(tempfile.mkdtemp(prefix="gqp-", dir="/tmp"))
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)   # 0700, another user's
+    env["GPTSQL_DATA_DIR"] = str(theirs / "data")
     try:
         result = subprocess.run([sys.executable, "-m", "gptsql", "db", "start"], capture_output=True, text=True,
                                 env=env, timeout=120)
         assert result.returncode == 1, result
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.stderr, lines
-        assert f"cannot pass {base} (mode 0700)" in lines[0] and f"chmod o+x {base}" in lines[0], lines[0]
-        assert stat_mode(base) == 0o700 and not (base / "inner").exists()
-        base.chmod(0o701)   # the fix the line names
-        result = subprocess.run([sys.executable, "-m", "gptsql", "db", "start"], capture_output=True, text=True,
-                                env=env, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert stat_mode(base) == 0o701
+        assert f"cannot pass {theirs} (mode 0700)" in lines[0] and f"setfacl -m u:{SERVER_USER_WHEN_ROOT}:x {theirs}" \
+            in lines[0], lines[0]
+        assert stat_mode(theirs) == 0o700 and acl.entries(theirs) == [] and not (theirs / "data").exists()
     finally:
-        subprocess.run([sys.executable, "-m", "gptsql", "db", "stop"], capture_output=True, env=env, timeout=120)
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(theirs, ignore_errors=True)
 
 
 def stat_mode(path: Path) -> int:
     import stat
 
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_an_acl_entry_for_one_user_keeps_every_other_permission(tmp_path):
+    """let_pass adds x for one user and changes nothing else: the owner's, the group's and others'
+    permissions stay, a user already named keeps its entry, and a second call adds nothing."""
+    from gptsql.server import acl
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    folder.chmod(0o750)
+    assert not acl.user_can_pass(folder, 4242, 4242)
+    assert acl.let_pass(folder, 4242) and acl.let_pass(folder, 4343) and acl.let_pass(folder, 4242)
+    entries = acl.entries(folder)
+    assert (acl.USER_OBJ, 7, acl.NO_ID) in entries and (acl.GROUP_OBJ, 5, acl.NO_ID) in entries
+    assert (acl.OTHER, 0, acl.NO_ID) in entries and (acl.MASK, 5, acl.NO_ID) in entries
+    assert [e for e in entries if e[0] == acl.USER] == [(acl.USER, 1, 4242), (acl.USER, 1, 4343)]
+    assert acl.user_can_pass(folder, 4242, 4242) and not acl.user_can_pass(folder, 4444, 4444)
+    assert stat_mode(folder) == 0o750
