@@ -17,7 +17,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- q·k / sqrt(d) of one query (place, head) against every key at or before it (the causal mask):
--- one index range of the KV cache, which already holds the keys of this step's places.
+-- one index range of the KV cache, which already holds the keys of this step's places, in the
+-- order of the places. OFFSET 0 keeps `score` a column: PostgreSQL inlines this function into
+-- its caller, and a flattened subquery would put the inner product into every expression that
+-- reads the score (the max, the exp() of the sum, of the mixed values and of the recorded
+-- weights: five inner products a key instead of one).
 CREATE OR REPLACE FUNCTION gptsql.attention_scores(run bigint, block int, place int, head int, q vector,
                                                    head_dim int)
 RETURNS TABLE (key_place int, v vector, score float8)
@@ -26,6 +30,8 @@ LANGUAGE sql STABLE AS $$
     FROM    gptsql.kv_cache c
     WHERE   c.run_id = run AND c.block = attention_scores.block AND c.head = attention_scores.head
       AND   c.place <= attention_scores.place
+    ORDER BY c.place
+    OFFSET  0
 $$;
 
 -- The softmax weights of those keys, exp() taken relative to the top score `top`: the attention's
@@ -101,7 +107,9 @@ AS $$
                             array_agg(s.e ORDER BY s.key_place) FILTER (WHERE config.recording) AS e
                     FROM    (SELECT  c.key_place, c.v, c.score, gptsql.weight_exp(least(c.score - heads.own_score, 20)) AS e
                              FROM    gptsql.attention_scores(run, block, heads.place, heads.head, heads.q,
-                                                             config.head_dim) AS c) AS s
+                                                             config.head_dim) AS c
+                             ORDER BY c.key_place
+                             OFFSET  0) AS s    -- e a column too: one exp() a key
             ) one_pass
     ), recorded AS (
             INSERT INTO gptsql.attention_row (run_id, block, head, place, weights)

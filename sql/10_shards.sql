@@ -115,7 +115,9 @@ AS $$
                             array_agg(s.e ORDER BY s.key_place) FILTER (WHERE config.recording) AS e
                     FROM    (SELECT  c.key_place, c.v, c.score, gptsql.weight_exp(least(c.score - heads.own_score, 20)) AS e
                              FROM    gptsql.attention_scores(run, block, heads.place, heads.head, heads.q,
-                                                             config.head_dim) AS c) AS s
+                                                             config.head_dim) AS c
+                             ORDER BY c.key_place
+                             OFFSET  0) AS s    -- e a column too: one exp() a key
             ) one_pass
     ), recorded AS (
             INSERT INTO gptsql.attention_row (run_id, block, head, place, weights)
