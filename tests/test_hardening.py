@@ -21,7 +21,7 @@ from test_faults import make_server
 @pytest.fixture
 def long_server():
     base = Path(tempfile.mkdtemp(prefix="gqh-", dir="/tmp"))
-    base.chmod(0o711)   # as root the server's user passes it (gptsql refuses, not widens, a 0700 folder)
+    base.chmod(0o711)   # as root the server's user passes it (the test is about something else than its ACL entry)
     s = make_server(base / ("long-" * 20))
     assert str(s.embedded.socket_dir).startswith("/tmp/gptsql-")
     yield s
