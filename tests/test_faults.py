@@ -340,7 +340,7 @@ def test_socket_dir_vanished():
     """A data directory whose path is too long for a Unix socket keeps its socket in a private
     /tmp/gptsql-HASH directory (0700); tmp cleaners may remove it. The next command recovers."""
     base = Path(tempfile.mkdtemp(prefix="gqs-", dir="/tmp"))
-    base.chmod(0o711)   # as root the server's user passes it (the test is about something else than its ACL entry)
+    base.chmod(0o711)   # the server's user passes it as root; the folders above are another test's (test_hardening)
     s = make_server(base / ("long-" * 20))
     try:
         e = s.embedded

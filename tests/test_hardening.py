@@ -21,7 +21,7 @@ from test_faults import make_server
 @pytest.fixture
 def long_server():
     base = Path(tempfile.mkdtemp(prefix="gqh-", dir="/tmp"))
-    base.chmod(0o711)   # as root the server's user passes it (the test is about something else than its ACL entry)
+    base.chmod(0o711)   # the server's user passes it as root; the folders above are another test's (test_hardening)
     s = make_server(base / ("long-" * 20))
     assert str(s.embedded.socket_dir).startswith("/tmp/gptsql-")
     yield s
