@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import click
 import psycopg
@@ -470,10 +471,13 @@ def check(ctx: Context, model, prompt, tokens):
 @click.option("--prompts", default="64,256,1000", show_default=True, type=IntList(),
               help="Prompt lengths for the time to first token (and the decode step after it).")
 @click.option("--json", "json_out", type=OutFile(), help="Also write the figures to this file.")
+@click.option("--plot", "plot_out", type=OutFile(),
+              help="Also draw the long-prompt curve (time to first token and the decode step after it, "
+                   "SQL and PyTorch, by --prompts length) into this PNG.")
 @workers_option
 @pass_ctx
 @friendly
-def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out, workers):
+def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out, plot_out, workers):
     """Measure SQL against numpy and PyTorch on the same random GPT-2 (124M shape by default).
 
     Builds random:SHAPE, loads it, and prints load time, size on disk, prefill of 64 tokens,
@@ -512,6 +516,16 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
         except OSError as exc:
             raise write_failed(json_out, exc) from exc
         click.echo(f"wrote {json_out}", err=True)
+    if plot_out:
+        from ..plots import figures
+
+        if not results.get("curve"):
+            raise UserError("no prompt fitted the model's context, so there is no curve to draw: "
+                            "give shorter --prompts")
+        figures.prompt_curve(results["curve"], Path(plot_out),
+                             f"gptsql bench: long prompts, random:{shape} ({results['n_params'] / 1e6:.0f}M), "
+                             f"{dtype}", "one backend; PyTorch (transformers, 2 threads) on the same weights")
+        click.echo(f"wrote {plot_out}", err=True)
 
 
 

@@ -190,3 +190,42 @@ def lens(labels: list[str], next_labels: list[str | None], top: list[list[str]],
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9 / len(chunks) ** 0.5, label="probability of the top token")
     _heading(fig, title, subtitle, 11)
     return _save(fig, out, title, panels)
+
+
+def prompt_curve(curve: dict, out: Path, title: str, subtitle: str = "") -> Picture:
+    """The benchmark's long-prompt curve (`gptsql bench --prompts`): the time to first token by
+    prompt length, SQL and PyTorch on log axes with the ratio at each point, and beside it the
+    decode step right after each prompt. One panel each; a panel's values are its two lines."""
+    plt = _pyplot()
+    by_length = {int(n): point for n, point in curve.items()}     # int keys, or str ones read from JSON
+    lengths = sorted(by_length)
+    points = [by_length[n] for n in lengths]
+    fig, (ttft, decode) = plt.subplots(1, 2, figsize=(11.0, 4.6), layout="constrained")
+    panels = []
+    for ax, key, scale, unit, what in ((ttft, "ttft", 1.0, "s", "time to first token"),
+                                       (decode, "decode", 1000.0, "ms", "decode step after the prompt")):
+        sql = np.array([p[f"sql_{key}_s"] for p in points]) * scale
+        torch = np.array([p[f"torch_{key}_s"] for p in points]) * scale
+        ax.plot(lengths, sql, "o-", color="tab:blue", label="SQL (gptsql)")
+        ax.plot(lengths, torch, "s--", color="tab:orange", label="PyTorch, same weights")
+        for n, s, p in zip(lengths, sql, points):
+            ax.annotate(f"{p[f'{key}_ratio']:.0f}×", (n, s), textcoords="offset points", xytext=(0, 7),
+                        ha="center", fontsize=9)
+        ax.set_xscale("log")
+        if key == "ttft":       # seconds to minutes: log; the decode steps stay within one order
+            ax.set_yscale("log")
+            ax.set_ylim(min(torch.min(), sql.min()) / 2, max(sql.max(), torch.max()) * 3)
+        else:
+            ax.set_ylim(0, max(sql.max(), torch.max()) * 1.15)
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([str(n) for n in lengths])
+        ax.minorticks_off()
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel(f"{what} ({unit})")
+        ax.set_title(what, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=9, loc="upper left")
+        panels.append(Panel(what, [str(n) for n in lengths], ["SQL", "PyTorch"], np.vstack([sql, torch]),
+                            ticks=list(range(len(lengths)))))
+    _heading(fig, title, subtitle, 11)
+    return _save(fig, out, title, panels)

@@ -10,8 +10,9 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     out = tmp_path / "bench.json"
+    plot = tmp_path / "curve.png"
     result = run_cli("bench", "--shape", "tiny", "--contexts", "16,64", "--decode-tokens", "3", "--json", str(out),
-                     "--workers", "2", "--prompts", "16,100,200")
+                     "--workers", "2", "--prompts", "16,100,200", "--plot", str(plot))
     assert "decode per token" in result.stdout and "SQL / PyTorch" in result.stdout
     figures = json.loads(out.read_text())
     for key in ("load_s", "size_bytes", "sql", "numpy", "torch", "ratios", "fidelity"):
@@ -39,6 +40,10 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
         assert point["ttft_ratio"] == point["sql_ttft_s"] / point["torch_ttft_s"]
         assert point["decode_ratio"] == point["sql_decode_s"] / point["torch_decode_s"]
     assert "prompt of 100 tokens: time to first token" in result.stdout
+    # --plot draws that curve: a PNG of two panels (1100 x 460 px)
+    import matplotlib.image
+
+    assert matplotlib.image.imread(plot).shape[:2] == (460, 1100) and f"wrote {plot}" in result.stderr
     assert "prompt of 100 tokens: decode step after it" in result.stdout
     # one backend and the workers side by side (2 on these machines' 2 cores, at least 2 asked here)
     assert figures["workers"]["n"] >= 2 and len(figures["workers"]["decode_ratios"]) == 3
@@ -67,3 +72,22 @@ def test_hnsw_script_reports_agreement_and_drops_its_index(backend, db, tiny):
     assert len(rows) == 2 and "top-1 same as exact" in result.stdout
     model_id = db.execute("select id from gptsql.model where name = %s", [tiny]).fetchone()[0]
     assert db.execute("select to_regclass(%s)", [f"gptsql.wte_{model_id}_hnsw"]).fetchone()[0] is None
+
+
+def test_the_curve_picture_draws_the_figures_it_is_given(tmp_path):
+    """Each panel's two lines are the curve's SQL and PyTorch figures, in prompt order (seconds for
+    the time to first token, milliseconds for the decode step), whatever order the JSON keys are in."""
+    import numpy as np
+
+    from gptsql.plots import figures
+
+    curve = {"256": {"sql_ttft_s": 50.0, "torch_ttft_s": 0.8, "ttft_ratio": 62.5, "sql_decode_s": 0.4,
+                     "torch_decode_s": 0.05, "decode_ratio": 8.0},
+             "64": {"sql_ttft_s": 12.0, "torch_ttft_s": 0.3, "ttft_ratio": 40.0, "sql_decode_s": 0.3,
+                    "torch_decode_s": 0.04, "decode_ratio": 7.5}}
+    picture = figures.prompt_curve(curve, tmp_path / "c.png", "t")
+    ttft, decode = picture.panels
+    assert ttft.xlabels == ["64", "256"] and decode.xlabels == ["64", "256"]
+    assert np.allclose(ttft.values, [[12.0, 50.0], [0.3, 0.8]])
+    assert np.allclose(decode.values, [[300.0, 400.0], [40.0, 50.0]])
+    assert (tmp_path / "c.png").stat().st_size > 10_000
