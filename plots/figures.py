@@ -1,4 +1,5 @@
-"""Pictures of a recorded run (attention heatmaps, the logit lens) and of the benchmark's long-prompt curve (matplotlib, Agg backend).
+"""Pictures of a recorded run (attention heatmaps, the logit lens) and of the benchmark's
+long-prompt curve (matplotlib, Agg backend).
 
 The functions take plain arrays (the queries are in runs.py) and return a Picture: where the PNG
 went, its size in pixels, and what each panel shows (title, tick labels), so tests and callers can
