@@ -106,6 +106,8 @@ class Workers:
             raise WorkersRefused(f"the server refused worker connection {len(self.conns) + 1} of {n} ({detail}); "
                             "use fewer --workers (GPTSQL_WORKERS=1: one backend), or raise max_connections") from exc
         self.pool = ThreadPoolExecutor(n)
+        # each share's columns of the attention projection, cut once per model and split
+        self.each("select gptsql.prepare_projection_share(%s, %s, %s)", lambda w: [model_id, *self.heads[w]])
 
     def each(self, query: str, params: Callable[[int], list]) -> list[tuple]:
         """Run query on every worker at once (params(w) for worker w); their rows, worker-ordered."""

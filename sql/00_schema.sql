@@ -106,6 +106,24 @@ ALTER TABLE gptsql.wte    ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET S
 ALTER TABLE gptsql.wpe    ALTER COLUMN w SET STORAGE PLAIN;
 ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
 
+-- The attention projection's rows cut to the columns of a range of heads [head_lo, head_hi): what a
+-- worker's attention share multiplies (sql/10_shards.sql) instead of every whole row with a
+-- subvector. Made from gptsql.linear when workers first use that split of a model (derived, so
+-- unlogged: a crash empties it and the next use makes it again); removed with the model.
+CREATE UNLOGGED TABLE IF NOT EXISTS gptsql.projection_share (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    head_lo  int NOT NULL,
+    head_hi  int NOT NULL,
+    block    int NOT NULL,
+    grp      int NOT NULL,
+    idx      int NOT NULL,
+    w        vector,
+    h        halfvec,
+    bias     real NOT NULL,
+    PRIMARY KEY (model_id, head_lo, head_hi, block, grp, idx)
+);
+ALTER TABLE gptsql.projection_share ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
+
 -- A model's own partitions of the big tables. Creating a partition, or dropping one, takes an
 -- ACCESS EXCLUSIVE lock on the parent, and every query of every model waits for it until the
 -- load commits. So a load builds its partitions as plain tables, fills them (COPY FREEZE: they

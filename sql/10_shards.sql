@@ -58,6 +58,27 @@ LANGUAGE sql STABLE AS $$
     GROUP BY place, grp
 $$;
 
+-- The projection's rows cut to the columns of heads [head_lo, head_hi), made once per model and
+-- split (gptsql.projection_share): a share then reads half the bytes (two workers) and takes no
+-- subvector of every row at every step (0.6-0.9 ms a block instead of 1.2-1.4 on the 124M shape).
+-- Rows made by a concurrent call of the same split are kept (ON CONFLICT).
+CREATE OR REPLACE FUNCTION gptsql.prepare_projection_share(model int, head_lo int, head_hi int)
+RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    INSERT INTO gptsql.projection_share (model_id, head_lo, head_hi, block, grp, idx, w, h, bias)
+    SELECT  model, head_lo, head_hi, w.block, w.grp, w.idx,
+            subvector(w.w, head_lo * (m.n_embd / m.n_head) + 1, (head_hi - head_lo) * (m.n_embd / m.n_head)),
+            subvector(w.h, head_lo * (m.n_embd / m.n_head) + 1, (head_hi - head_lo) * (m.n_embd / m.n_head)),
+            w.bias
+    FROM    gptsql.model m
+    JOIN    gptsql.linear w ON w.model_id = m.id AND w.name = 'attn_proj' AND w.part = 0
+    WHERE   m.id = model
+      AND   NOT EXISTS (SELECT FROM gptsql.projection_share s
+                        WHERE s.model_id = model AND s.head_lo = prepare_projection_share.head_lo
+                          AND s.head_hi = prepare_projection_share.head_hi)
+    ON CONFLICT DO NOTHING
+$$;
+
 -- Attention over the heads [head_lo, head_hi) of the new places (normalized inputs x): their q, k,
 -- v into the KV cache, softmax over their keys, then their columns of the projection: one partial
 -- n_embd vector per place. The same math as attention(), on a range of heads.
@@ -130,16 +151,12 @@ AS $$
             GROUP BY place
     ), projected AS (                   -- their columns of the projection (its rows cut to the share)
             SELECT  merged.place,
-                    (SELECT  array_agg((coalesce(
-                                 inner_product(merged.z, subvector(w.w, head_lo * config.head_dim + 1,
-                                                                   (head_hi - head_lo) * config.head_dim)),
-                                 inner_product(merged.zh, subvector(w.h, head_lo * config.head_dim + 1,
-                                                                    (head_hi - head_lo) * config.head_dim)))
-                                 + CASE WHEN lead THEN w.bias ELSE 0 END)::real ORDER BY w.grp, w.idx)::vector
-                     FROM    gptsql.linear w
-                     WHERE   w.model_id = model AND w.name = 'attn_proj' AND w.block = attention_share.block
-                       AND   w.part = 0) AS y
-            FROM    merged, config
+                    (SELECT  array_agg((coalesce(inner_product(merged.z, w.w), inner_product(merged.zh, w.h))
+                                        + CASE WHEN lead THEN w.bias ELSE 0 END)::real ORDER BY w.grp, w.idx)::vector
+                     FROM    gptsql.projection_share w
+                     WHERE   w.model_id = model AND w.head_lo = attention_share.head_lo
+                       AND   w.head_hi = attention_share.head_hi AND w.block = attention_share.block) AS y
+            FROM    merged
     )
     SELECT  array_agg(y ORDER BY place)
     FROM    projected

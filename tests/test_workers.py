@@ -158,6 +158,52 @@ def test_vocabulary_shares_hold_every_token_once(db, hf_model, shares):
     assert sorted(held) == list(range(n_vocab))
 
 
+def test_projection_shares_are_the_projection_s_columns_and_go_with_the_model(database, db, run_cli, hf_tiny, hf_model):
+    """Workers multiply their heads' columns of the attention projection from rows cut once per
+    model and split (gptsql.projection_share): each row is its whole row's columns of those heads
+    (3 workers over 4 heads: uneven), an emptied table (as after a crash: it is unlogged) is made
+    again at the next start, and unloading the model removes them."""
+    directory, _ = hf_tiny
+    run_cli("load", str(directory), "--name", "hf-projection", "--dtype", "float32")
+    model_id, n_embd, n_head, n_layer = db.execute(
+        "select id, n_embd, n_head, n_layer from gptsql.model where name = 'hf-projection'").fetchone()
+    head_dim = n_embd // n_head
+    start_generation(database, db, 3, "hf-projection", PROMPT, 2, record=False).stop("done")
+    splits = db.execute("select head_lo, head_hi, count(*) from gptsql.projection_share where model_id = %s "
+                        "group by 1, 2 order by 1", [model_id]).fetchall()
+    assert splits == [(0, 1, n_layer * n_embd), (1, 2, n_layer * n_embd), (2, 4, n_layer * n_embd)]
+    rows = db.execute("""select s.head_lo, s.head_hi, s.w, w.w, s.bias, w.bias from gptsql.projection_share s
+                         join gptsql.linear w on w.model_id = s.model_id and w.name = 'attn_proj' and w.part = 0
+                          and w.block = s.block and w.grp = s.grp and w.idx = s.idx
+                         where s.model_id = %s""", [model_id]).fetchall()
+    assert len(rows) == 3 * n_layer * n_embd
+    for lo, hi, cut, whole, cut_bias, bias in rows:
+        assert np.array_equal(cut.to_numpy(), whole.to_numpy()[lo * head_dim:hi * head_dim]) and cut_bias == bias
+    _, _, want = generate(database, db, 1)
+    db.execute("delete from gptsql.projection_share where model_id = %s", [model_id])
+    gen = start_generation(database, db, 2, "hf-projection", PROMPT, 6, record=False)
+    assert db.execute("select count(*) from gptsql.projection_share where model_id = %s",
+                      [model_id]).fetchone()[0] == 2 * n_layer * n_embd
+    assert [token for token, _raw, _p in gen.steps()] == want   # the same weights as MODEL's
+    run_cli("unload", "hf-projection", "--yes")
+    assert db.execute("select count(*) from gptsql.projection_share where model_id = %s",
+                      [model_id]).fetchone()[0] == 0
+
+
+def test_a_float16_model_over_workers_matches_one_backend(database, db, run_cli, hf_tiny, hf_model):
+    """float16 models keep their weights (and their projection shares) as halfvec: 2 workers choose
+    the same tokens with the same top logits as one backend."""
+    directory, _ = hf_tiny
+    run_cli("load", str(directory), "--name", "hf-workers16", "--dtype", "float16")
+    runs = {}
+    for workers in (1, 2):
+        gen = start_generation(database, db, workers, "hf-workers16", PROMPT, 6, record=True)
+        runs[workers] = ([token for token, _raw, _p in gen.steps()], recorded(db, gen.run_id)["top"])
+    assert runs[2][0] == runs[1][0]
+    assert_same_record({"top": runs[2][1]}, {"top": runs[1][1]}, tol=1e-3)
+    run_cli("unload", "hf-workers16", "--yes")
+
+
 def latest_run(db, kind):
     return db.execute("select max(id) from gptsql.run where kind = %s", [kind]).fetchone()[0]
 
