@@ -49,8 +49,9 @@ def user_can_pass(folder: Path, uid: int, gid: int) -> bool:
 
 
 def let_pass(folder: Path, uid: int) -> bool:
-    """Add (or widen to x) an ACL entry for user uid on the folder; False when its file system has no ACLs.
-    The mask is widened just enough for that entry, so the owning group keeps what it had."""
+    """Add (or widen to x) an ACL entry for user uid on the folder; False when it cannot be (a file
+    system without ACLs, or a read-only one). The mask gains x only, so the owning group keeps
+    what it had (a named entry that held x under a mask without it gets it back)."""
     mode = stat.S_IMODE(folder.stat().st_mode)
     acl = entries(folder) or [(USER_OBJ, (mode >> 6) & 7, NO_ID), (GROUP_OBJ, (mode >> 3) & 7, NO_ID),
                               (OTHER, mode & 7, NO_ID)]
@@ -71,7 +72,7 @@ def let_pass(folder: Path, uid: int) -> bool:
     try:
         os.setxattr(folder, ATTRIBUTE, data)
     except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EROFS, errno.EPERM, errno.EACCES):
             return False
         raise
     return True
