@@ -247,14 +247,15 @@ class PrefillBar:
 @contextlib.contextmanager
 def finishing(gen, newline: bool = False):
     """Around a Generation's loop: shows the prefill bar; on Ctrl-C or an error it takes the bar
-    away, ends the line of text if `newline`, marks the run interrupted or failed, and re-raises."""
+    away, ends the line of text if `newline` (after Ctrl-C, with the recorded tokens it had not
+    shown), marks the run interrupted or failed, and re-raises."""
     bar = gen.on_prefill = PrefillBar()
     try:
         yield
     except (KeyboardInterrupt, psycopg.Error, UserError) as exc:
         bar.close()
         if newline:
-            click.echo()
+            click.echo(gen.unstreamed() if isinstance(exc, KeyboardInterrupt) else "")
         if isinstance(exc, KeyboardInterrupt):
             gen.stop("interrupted")
         else:

@@ -49,6 +49,8 @@ class Generation:
         self.run_id, self.model_id, self.prompt_tokens, self.eot = row
         self.tokens: list[int] = []
         self.generated = 0
+        self.decoded = 0   # generated tokens whose bytes went into stream()'s decoder
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.finished = False
         self.on_prefill: Progress | None = None
 
@@ -99,14 +101,29 @@ class Generation:
                                         [self.run_id, fresh, start], prepare=True).fetchone())
 
     def stream(self) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for _token, raw, _p in self.steps():
-            text = decoder.decode(raw)
+            self.decoded += 1
+            text = self.decoder.decode(raw)
             if text:
                 yield text
-        tail = decoder.decode(b"", final=True)
+        tail = self.decoder.decode(b"", final=True)
         if tail:
             yield tail
+
+    def unstreamed(self) -> str:
+        """After a Ctrl-C: the text of the tokens the run recorded that stream() never decoded (a
+        step can commit while the interrupt cancels its fetch), and a character held back, so that
+        what was printed is what was recorded."""
+        try:
+            rows = self.conn.execute(
+                """select t.bytes from gptsql.run_token r
+                   join gptsql.run u on u.id = r.run_id
+                   join gptsql.token t on t.model_id = u.model_id and t.token = r.token
+                   where r.run_id = %s and not r.is_prompt and r.token <> %s
+                   order by r.place offset %s""", [self.run_id, self.eot, self.decoded]).fetchall()
+        except psycopg.Error:
+            rows = []
+        return self.decoder.decode(b"".join(raw for raw, in rows), final=True)
 
     def recorded(self) -> int:
         """Generated tokens as the run recorded them: a Ctrl-C can land after a step committed but

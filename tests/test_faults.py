@@ -253,6 +253,23 @@ def test_two_generations_at_the_same_time(server):
         assert places == list(range(places[0], places[0] + len(places)))
 
 
+def test_tokens_recorded_but_not_streamed_are_shown_after_ctrl_c(server):
+    """A step can commit while Ctrl-C cancels its fetch: the run then holds a token the stream
+    never decoded. unstreamed() gives its text (what the CLI prints before "interrupted after")."""
+    from gptsql.driver.generation import Generation
+
+    conn = server.connect()
+    gen = Generation(conn, "random-small", PROMPT, 6)
+    stream = gen.stream()
+    first = next(stream)
+    start = len(gen.prompt_tokens) + len(gen.tokens) - 1
+    behind = [gen.step([gen.tokens[-1]], start)[0]]                 # committed, never streamed
+    behind.append(gen.step(behind[:1], start + 1)[0])
+    shown = conn.execute("select gptsql.detokenize(%s, %s)", [gen.tokens + behind, "random-small"]).fetchone()[0]
+    assert first + gen.unstreamed() == shown
+    gen.stop("interrupted")
+
+
 def test_ctrl_c_during_generate(server):
     gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
     gen.wait_for_output(len(PROMPT) + 20)
