@@ -178,31 +178,46 @@ def list_runs(ctx, limit, as_json):
                     str(r["generated_tokens"]), "" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.1f}",
                     r["prompt"], r["generated_text"] or ""] for r in rows])
         return
-    from rich.table import Table
+    print_runs(console(), rows)
 
-    from rich.text import Text
 
+def print_runs(out, rows: list[dict]) -> None:
+    """At a terminal: one column per field and the text beside them when there is room; otherwise
+    the fields above the text, wrapped. Model names are never cut."""
     from rich import box
+    from rich.table import Table
+    from rich.text import Text
 
     cells = [[str(r["run"]), r["model"], r["status"] + ("" if r["recorded"] else "*"),
               r["started_at"].astimezone().strftime("%m-%d %H:%M"), f"{r['prompt_tokens']}+{r['generated_tokens']}",
               "—" if r["decode_ms_per_token"] is None else f"{r['decode_ms_per_token']:.0f}"] for r in rows]
     headers = ["run", "model", "status", "started", "tokens", "ms/tok"]
     widths = [max(len(name), *(len(c[i]) for c in cells)) for i, name in enumerate(headers)]
-    out = console()
-    room = max(16, out.width - sum(widths) - 3 * (len(headers) + 1) - 1)   # the text takes what is left
+    fixed = sum(widths) + 3 * (len(headers) + 1) + 1
+    wide = out.width - fixed >= 16
     caption = "* not recorded (--no-record)" if any(not r["recorded"] for r in rows) else None
     table = Table(title="gptsql runs, newest first", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-    for i, (name, width) in enumerate(zip(headers, widths)):
-        table.add_column(name, no_wrap=True, width=width, justify="right" if i in (0, 4, 5) else "left")
-    table.add_column("prompt + generated", overflow="fold", width=room)   # up to 3 lines; piped: whole
-    budget = 3 * room - 1
+    if wide:                        # one column per field, the text in what is left
+        room = out.width - fixed
+        for i, (name, width) in enumerate(zip(headers, widths)):
+            table.add_column(name, no_wrap=True, width=width, justify="right" if i in (0, 4, 5) else "left")
+    else:                           # narrow (or a long model name): the fields above the text, wrapped, never cut
+        room = max(16, out.width - widths[0] - 7)
+        table.add_column("run", no_wrap=True, width=widths[0], justify="right")
+    table.add_column("prompt + generated" if wide else
+                     "model · status · started · tokens · ms/tok\nprompt + generated", overflow="fold", width=room)
+    budget = 3 * room - 1           # up to 3 lines of text; piped: whole
     for r, c in zip(rows, cells):
         text = Text("[predict] " if r["kind"] == "predict" else "", style="dim")
         generated = short(r["generated_text"], max(room, budget - len(text) - len(r["prompt"] or "")))
         text.append(short(r["prompt"], max(1, budget - len(text) - len(generated))))
         text.append(generated, style="green")
-        table.add_row(*c, text)
+        if wide:
+            table.add_row(*c, text)
+        else:
+            fields = Text()
+            fields.append(" · ".join([c[1], c[2], c[3], c[4] + " tokens", c[5] + " ms/tok"]) + "\n", style="bold")
+            table.add_row(c[0], fields.append_text(text))
     out.print(table)
 
 

@@ -137,6 +137,25 @@ def test_models_at_an_80_column_terminal_keep_names_whole():
     assert max(len(line) for line in buffer.getvalue().splitlines()) <= 80
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_runs_list_at_a_terminal_keeps_model_names_and_run_ids_whole(width):
+    import datetime
+
+    from rich.console import Console
+
+    from gptsql.cli.runs import print_runs
+
+    name = "random-tiny-with-a-really-long-name-that-tables-would-cut[/bold]"
+    row = dict(run=123456, model=name, status="done", recorded=True, kind="generate",
+               started_at=datetime.datetime.now(datetime.timezone.utc), prompt_tokens=4, generated_tokens=20,
+               decode_ms_per_token=93.0, prompt="Once upon a time", generated_text=" there was a table")
+    buffer = io.StringIO()
+    print_runs(Console(file=buffer, width=width, force_terminal=True, color_system=None, markup=False), [row])
+    shown = buffer.getvalue()
+    assert name in shown and "123456" in shown and "done" in shown and "Once upon a time" in shown
+    assert max(len(line) for line in shown.splitlines()) <= width
+
+
 # --------------------------------------------------------------------- partial UTF-8 pieces
 def test_tokenize_shows_the_bytes_of_partial_characters(tiny, run_cli):
     import tiktoken
