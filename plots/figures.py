@@ -73,11 +73,16 @@ def _save(fig, out: Path, title: str, panels: list[Panel]) -> Picture:
 
 
 def _heading(fig, title: str, subtitle: str, fontsize: float) -> None:
-    """The title, and under it the subtitle cut to the figure's width (about 0.6 em per character)."""
-    room = int(fig.get_size_inches()[0] * 72 / (0.6 * (fontsize - 1)))
-    if len(subtitle) > room:
-        subtitle = subtitle[: room - 1] + "…"
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=fontsize, parse_math=False)
+    """The title, and under it the subtitle cut to the figure's width as drawn (measured, since a
+    character's width depends on the character)."""
+    heading = fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=fontsize, parse_math=False)
+    renderer, room = fig.canvas.get_renderer(), 0.96 * fig.bbox.width
+    for _attempt in range(8):
+        width = heading.get_window_extent(renderer).width
+        if width <= room or len(subtitle) <= 1:
+            return
+        subtitle = subtitle[: max(1, int(len(subtitle) * room / width) - 2)] + "…"
+        heading.set_text(f"{title}\n{subtitle}")
 
 
 MIN_FONT = 7.0          # points: no tick label is drawn smaller

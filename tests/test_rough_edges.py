@@ -137,6 +137,20 @@ def test_models_at_an_80_column_terminal_keep_names_whole():
     assert max(len(line) for line in buffer.getvalue().splitlines()) <= 80
 
 
+@pytest.mark.parametrize("fontsize", [11, 12])
+def test_a_long_subtitle_is_cut_to_the_picture_width_keeping_its_start(fontsize):
+    from gptsql.plots.figures import _heading, _pyplot
+
+    fig = _pyplot().figure(figsize=(6, 3))
+    subtitle = "run 42, random-tiny: " + "WWW mmm 000 " * 40
+    _heading(fig, "attention, block 0", subtitle, fontsize)
+    heading = fig._suptitle
+    assert heading.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width
+    assert heading.get_text().split("\n")[1].startswith("run 42, random-tiny: ")
+    assert heading.get_text().endswith("…")
+    _pyplot().close(fig)
+
+
 @pytest.mark.parametrize("width", [80, 120])
 def test_runs_list_at_a_terminal_keeps_model_names_and_run_ids_whole(width):
     import datetime
