@@ -195,15 +195,18 @@ WORKERS_HELP = ("Backends that share each step's heads, MLP units and vocabulary
                 "(1: one backend; default: one per core).")
 
 
+MAX_WORKERS = 64   # each is a connection; the embedded server takes 100 (checked before a run starts)
+
+
 def workers_option(fn):
     """--workers N: backends sharing one generation (1: one backend; default: one per core)."""
-    return click.option("--workers", type=click.IntRange(min=1), default=None, envvar="GPTSQL_WORKERS",
+    return click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None, envvar="GPTSQL_WORKERS",
                         show_envvar=True, help=WORKERS_HELP)(fn)
 
 
 def workers_meta_option(fn):
     """--workers for commands that pass it on through click's context (ctx.meta["workers"])."""
-    return click.option("--workers", type=click.IntRange(min=1), default=None, envvar="GPTSQL_WORKERS",
+    return click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None, envvar="GPTSQL_WORKERS",
                         show_envvar=True, expose_value=False, help=WORKERS_HELP,
                         callback=lambda c, _p, value: c.meta.__setitem__("workers", value))(fn)
 

@@ -319,7 +319,8 @@ def drop_runs(ctx, run_ids, older_than):
             found = {r[0]: r[1] for r in conn.execute("select id, status from gptsql.run where id = any(%s)", [ids])}
             missing = [i for i in ids if i not in found]
             if missing:
-                raise UserError(f"there is no run {', '.join(map(str, missing))}, so nothing was dropped; "
+                raise UserError(f"there {'is no run' if len(missing) == 1 else 'are no runs'} {', '.join(map(str, missing))}, "
+                                "so nothing was dropped; "
                                 "list the runs with: gptsql runs list")
             running = [i for i in ids if found[i] == "running"]
             if running:

@@ -75,6 +75,7 @@ def test_pictures_say_where_they_cannot_be_written(tiny, run_cli, out, says):
     (["generate", "--seed", str(2**63), "hi"], str(2**63)),
     (["runs", "drop", str(2**63)], str(2**63)),
     (["check", "--tokens", "2147483648"], "2147483648"),
+    (["generate", "--workers", "99999999999", "hi"], "99999999999"),     # refused before a run is started
 ])
 def test_integers_past_their_sql_type_name_the_value_and_range(tiny, run_cli, args, value):
     one_line_error(run_cli(*args, check=False), value, "is not in the range")
