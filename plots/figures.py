@@ -8,6 +8,7 @@ check a picture without looking at it.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +42,13 @@ class Picture:
 
 
 def shown(piece: str | None) -> str:
-    """A token's text as a tick label: spaces, newlines and tabs made visible."""
+    """A token's text as a tick label: spaces, newlines and tabs made visible, except the spaces
+    between the bytes of a partial character (<e4 bd>)."""
     if piece is None:
         return "?"
-    return piece.replace(" ", "␣").replace("\n", "↵").replace("\r", "⏎").replace("\t", "⇥") or "∅"
+    parts = re.split(r"(<[0-9a-f]{2}(?: [0-9a-f]{2})*>)", piece)
+    return "".join(part if i % 2 else part.replace(" ", "␣").replace("\n", "↵").replace("\r", "⏎").replace("\t", "⇥")
+                   for i, part in enumerate(parts)) or "∅"
 
 
 def _pyplot():

@@ -223,6 +223,13 @@ def test_readable_pieces():
     assert readable(b"x\xe4\xbdy") == "x<e4 bd>y"
 
 
+def test_picture_labels_show_spaces_but_not_inside_a_partial_characters_bytes():
+    from gptsql.plots.figures import shown
+
+    assert shown(" <f0 9f 91>") == "␣<f0 9f 91>"
+    assert shown("a b\n") == "a␣b↵"
+
+
 # --------------------------------------------------------------------------- README vs CLI
 def test_generate_prints_the_prompt_unless_no_prompt(db, tiny, run_cli):
     with_prompt = run_cli("generate", "-m", tiny, "-n", "3", "-t", "0", PROMPT).stdout
