@@ -38,7 +38,8 @@ def open_run(conn, model: str, n_new: int, record: bool = False, workers: int = 
     else:
         from ..driver.workers import ShardedGeneration
 
-        gen = ShardedGeneration(conn, connect, workers, False, model, "", n_new, record=record)
+        gen = ShardedGeneration(conn, model, "", n_new, record=record)
+        gen.start_workers(connect, workers, clamp=False)
         run_id = gen.run_id
         step = lambda fresh, start: gen.step(fresh, start)[0]  # noqa: E731
         finish = lambda: gen.stop("done")  # noqa: E731

@@ -47,9 +47,9 @@ def start_prediction(db, conn: psycopg.Connection, workers: int | None, model: s
     return start_generation(db, conn, workers, model, prompt, 0, record=True, kind="predict")
 
 
-def sharded(db, conn, workers: int | None, *args, **kwargs) -> "ShardedGeneration | None":
-    """A ShardedGeneration over `workers` backends, or None for one backend (workers = 1, or the
-    default when the server refuses the worker connections). Worker connections go straight to the
+def sharded(db, conn, workers: int | None, *args, **kwargs) -> "Generation | None":
+    """A ShardedGeneration over `workers` backends; None for one backend (workers = 1); with the
+    default, when the server refuses the worker connections, the started run on one backend. Worker connections go straight to the
     server: a refusal is not a crash, so it never restarts the embedded server."""
     if workers is None:
         workers = default_workers() or os.cpu_count() or 1
@@ -58,15 +58,17 @@ def sharded(db, conn, workers: int | None, *args, **kwargs) -> "ShardedGeneratio
         clamp = False
     if workers == 1:
         return None
+    gen = ShardedGeneration(conn, *args, **kwargs)
     try:
-        return ShardedGeneration(conn, lambda: psycopg.connect(db.dsn(), autocommit=True), workers, clamp,
-                                 *args, **kwargs)
-    except WorkersRefused:
-        if not clamp:
+        gen.start_workers(lambda: psycopg.connect(db.dsn(), autocommit=True), workers, clamp)
+    except UserError as exc:
+        if not (clamp and isinstance(exc, WorkersRefused)):
+            Generation.stop(gen, "failed", str(exc))
             raise
         # A busy server: the default (one worker per core) gives way to one backend, so a crowd of
-        # commands still all run; only an explicit --workers N insists.
-        return None
+        # commands still all run (the run already started goes on there); only --workers N insists.
+        return gen.on_one_backend()
+    return gen
 
 
 class WorkersRefused(UserError):
@@ -273,18 +275,20 @@ class ShardedGeneration(Generation):
     PREDICT = "select * from gptsql.predict_shards(%s, %s, %s, %s, %s, %s, %s)"
     CANDIDATES = 1000  # a shard's candidates for top-p (choose() sorts the 1000 best too)
 
-    def __init__(self, conn, connect: Callable[[], psycopg.Connection], n: int, clamp: bool, *args, **kwargs):
-        super().__init__(conn, *args, **kwargs)
-        self.n_layer, n_vocab, n_head, self.temperature, self.top_k, self.top_p = conn.execute(
+    def start_workers(self, connect: Callable[[], psycopg.Connection], n: int, clamp: bool) -> None:
+        """Connect n workers (clamp: no more than the model has shares for) to the started run."""
+        self.n_layer, n_vocab, n_head, self.temperature, self.top_k, self.top_p = self.conn.execute(
             """select m.n_layer, m.n_vocab, m.n_head, r.temperature, r.top_k, r.top_p from gptsql.run r
                join gptsql.model m on m.id = r.model_id where r.id = %s""", [self.run_id]).fetchone()
         if clamp:  # the default (one per core) never asks for more shares than the model has
             n = min(n, n_head, Workers.GROUPS)
-        try:
-            self.workers = Workers(connect, n, self.model_id, (n_vocab, n_head))
-        except UserError as exc:
-            super().stop("failed", str(exc))
-            raise
+        self.workers = Workers(connect, n, self.model_id, (n_vocab, n_head))
+
+    def on_one_backend(self) -> Generation:
+        """This run, stepped on the lead connection alone from now on (no worker was started)."""
+        gen = Generation.__new__(Generation)
+        gen.__dict__.update(self.__dict__)
+        return gen
 
     def stop(self, status: str, error: str | None = None) -> None:
         self.workers.close()  # first: a step in flight must not refill the cache afterwards

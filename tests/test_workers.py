@@ -264,22 +264,41 @@ def test_too_many_workers_is_one_line(run_cli, hf_model):
     assert "Traceback" not in result.stderr
 
 
-def test_refused_worker_connection_is_one_line_and_fails_the_run(database, db, hf_model):
+@pytest.fixture
+def two_connections(database, db):
+    """A DSN whose role the server lets open two connections only (superusers pass the limit)."""
     db.execute("drop role if exists gptsql_w12")   # left by an interrupted session: has no grants then
-    db.execute("create role gptsql_w12 login connection limit 2")   # superusers pass the limit
+    db.execute("create role gptsql_w12 login connection limit 2")
     db.execute("grant usage on schema gptsql to gptsql_w12")
     db.execute("grant all on all tables in schema gptsql to gptsql_w12")
     db.execute("grant all on all sequences in schema gptsql to gptsql_w12")
     try:
-        conninfo = psycopg.conninfo.make_conninfo(database.dsn(), user="gptsql_w12")
-        lead = psycopg.connect(conninfo, autocommit=True)
-        with pytest.raises(UserError, match=r"^the server refused worker connection 2 of 3 .*use fewer --workers"):
-            start_generation(database.__class__(dsn=conninfo), lead, 3, MODEL, PROMPT, 2)
-        lead.close()
-        status = db.execute("select status from gptsql.run order by id desc limit 1").fetchone()[0]
-        assert status == "failed"
+        yield psycopg.conninfo.make_conninfo(database.dsn(), user="gptsql_w12")
     finally:
         for (pid,) in db.execute("select pid from pg_stat_activity where usename = 'gptsql_w12'").fetchall():
             db.execute("select pg_terminate_backend(%s)", [pid])
         db.execute("drop owned by gptsql_w12")
         db.execute("drop role if exists gptsql_w12")
+
+
+def test_refused_worker_connection_is_one_line_and_fails_the_run(database, db, hf_model, two_connections):
+    lead = psycopg.connect(two_connections, autocommit=True)
+    with pytest.raises(UserError, match=r"^the server refused worker connection 2 of 3 .*use fewer --workers"):
+        start_generation(database.__class__(dsn=two_connections), lead, 3, MODEL, PROMPT, 2)
+    lead.close()
+    status = db.execute("select status from gptsql.run order by id desc limit 1").fetchone()[0]
+    assert status == "failed"
+
+
+def test_default_workers_refused_go_on_with_the_same_run_on_one_backend(database, db, hf_model, two_connections):
+    """The default (one worker per core) gives way to one backend on a busy server: the run it had
+    started goes on there and ends done, with no failed run left behind."""
+    before = db.execute("select coalesce(max(id), 0) from gptsql.run").fetchone()[0]
+    lead = psycopg.connect(two_connections, autocommit=True)
+    gen = start_generation(database.__class__(dsn=two_connections), lead, None, MODEL, PROMPT, 3, temperature=0)
+    text = "".join(gen.stream())
+    lead.close()
+    runs = db.execute("select id, status from gptsql.run where id > %s", [before]).fetchall()
+    assert runs == [(gen.run_id, "done")]
+    one = db.execute("select gptsql.generate(%s, 3, model => %s)", [PROMPT, MODEL]).fetchone()[0]
+    assert text == one
