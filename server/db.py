@@ -151,8 +151,13 @@ class Embedded:
         # pass: that user alone is let through (an ACL entry), never every user (chmod o+x).
         self._check_passable([*install_dir.parents], f"its binaries in {install_dir}")
         self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
-        mode = self.data_dir.stat().st_mode   # gptsql's own folder: x for the server's user only
-        if mode & 0o011 != 0o011:
+        # gptsql's own folder: the server's user passes it by an ACL entry, other users not at all
+        # (versions before made it 0711: narrowed); without ACLs here, x for all is the only way.
+        mode = stat.S_IMODE(self.data_dir.stat().st_mode)
+        if acl.let_pass(self.data_dir, self._server_uid()[0]):
+            if mode & 0o007:
+                self.data_dir.chmod(mode & ~0o007)   # the group bits are the ACL's mask: kept
+        elif mode & 0o011 != 0o011:
             self.data_dir.chmod(mode | 0o011)
 
     def _check_passable(self, folders: list[Path], what: str) -> None:
@@ -213,7 +218,7 @@ class Embedded:
             self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.data_dir.chmod(0o700)  # owner-only (as root, _prepare_binaries adds x for the server)
+            self.data_dir.chmod(0o700)  # owner-only (as root, _prepare_binaries lets the server's user pass)
             self._prepare_binaries()
             self.pgdata.mkdir(mode=0o700, exist_ok=True)
             self._chown(self.pgdata)

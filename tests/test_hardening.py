@@ -333,10 +333,11 @@ def test_root_lets_only_the_server_user_pass_folders_above_the_data_dir():
         assert result.returncode == 0, result.stderr
         said = [line for line in result.stderr.splitlines() if str(base) in line]
         assert len(said) == 1 and f"{SERVER_USER_WHEN_ROOT}, so it may now pass {base} (an ACL entry" in said[0], said
-        assert stat_mode(base) & 0o007 == 0   # others: still nothing
-        assert acl.user_can_pass(base, server.pw_uid, server.pw_gid)
         nobody = pwd.getpwnam("nobody")
-        assert not acl.user_can_pass(base, nobody.pw_uid, nobody.pw_gid)
+        for folder in (base, data_dir):     # the folder above, and gptsql's own
+            assert stat_mode(folder) & 0o007 == 0   # others: still nothing
+            assert acl.user_can_pass(folder, server.pw_uid, server.pw_gid)
+            assert not acl.user_can_pass(folder, nobody.pw_uid, nobody.pw_gid)
         kept_out = subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", f"ls {base}/inner"], capture_output=True)
         assert kept_out.returncode != 0
     finally:
