@@ -45,6 +45,9 @@ SERVER_SETTINGS = {
     "unix_socket_permissions": "0700",
     "max_connections": "100",
 }
+# Values earlier versions wrote at initdb that this one raises when the server next starts (a
+# data directory lives across upgrades; values a user chose are left alone).
+EARLIER_DEFAULTS = {"max_connections": {"40"}}
 
 
 def pg_bin(name: str) -> Path:
@@ -238,6 +241,29 @@ class Embedded:
             for key, value in settings.items():
                 conf.write(f"{key} = {value}\n")
 
+    def _upgrade_settings(self) -> None:
+        """Settings a data directory made by an earlier version lacks, or holds at that version's
+        default, set to this version's (in postgresql.auto.conf, before the server starts)."""
+        conf = self.pgdata / "postgresql.auto.conf"
+        lines = conf.read_text().splitlines()
+        found = {}
+        for i, line in enumerate(lines):
+            key, _, value = line.partition("=")
+            if value and not line.lstrip().startswith("#"):
+                found[key.strip()] = (i, value.strip().strip("'"))
+        changed = False
+        for key, value in SERVER_SETTINGS.items():
+            if key == "shared_buffers":
+                continue   # memory.py's to set
+            if key not in found:
+                lines.append(f"{key} = {value}")
+                changed = True
+            elif found[key][1] in EARLIER_DEFAULTS.get(key, ()):
+                lines[found[key][0]] = f"{key} = {value}"
+                changed = True
+        if changed:
+            conf.write_text("\n".join(lines) + "\n")
+
     def start(self) -> None:
         self.init()
         if self.is_running():
@@ -258,6 +284,7 @@ class Embedded:
         else:
             self._private_tmp_dir(socket_dir)
         self._prepare_binaries()
+        self._upgrade_settings()
         self.log.touch(mode=0o600, exist_ok=True)
         self.log.chmod(0o600)  # it may hold what the server says about a user's statements
         self._chown(self.log)

@@ -222,6 +222,25 @@ def test_log_is_private_and_holds_no_prompt(server):
     assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o066 == 0
 
 
+def test_a_data_directory_of_an_earlier_version_gets_this_versions_connection_limit(server):
+    """Settings are written at initdb: a data directory made when the limit was 40 is raised to
+    100 at the next start, and a setting missing from it is added; a value the user chose stays."""
+    conf = server.embedded.pgdata / "postgresql.auto.conf"
+    server.embedded.stop()
+    text = conf.read_text()
+    try:
+        kept = [line for line in text.splitlines() if not line.startswith(("max_connections", "jit"))]
+        conf.write_text("\n".join(kept + ["max_connections = 40", "work_mem = '64MB'"]) + "\n")
+        conn = server.connect()
+        settings = dict(conn.execute("select name, setting from pg_settings where name in "
+                                     "('max_connections', 'jit', 'work_mem')").fetchall())
+        conn.close()
+        assert settings == {"max_connections": "100", "jit": "off", "work_mem": str(64 * 1024)}
+    finally:
+        server.embedded.stop()
+        conf.write_text(text)
+
+
 # ------------------------------------------------------------- 8: unload during a generation
 @pytest.mark.slow
 def test_unload_during_generation_says_model_removed(server):
