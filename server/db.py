@@ -392,9 +392,10 @@ class Database:
 
     def _wait_for_connection(self, dsn: str, autocommit: bool, first: psycopg.OperationalError) -> psycopg.Connection:
         """Every connection slot is taken: wait (bounded, saying so once) for a command to end."""
+        patience = connect_wait_seconds()
         print(f"waiting for a free connection (the server takes max_connections clients; "
-              f"up to {CONNECT_WAIT_SECONDS:.0f} s)...", file=sys.stderr, flush=True)
-        deadline = time.monotonic() + CONNECT_WAIT_SECONDS
+              f"up to {patience:.0f} s)...", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + patience
         while True:
             time.sleep(0.2)
             try:
@@ -402,13 +403,18 @@ class Database:
             except psycopg.OperationalError as exc:
                 if not refused_for_now(exc) or time.monotonic() > deadline:
                     raise UserError(
-                        f"the server refused a connection for {CONNECT_WAIT_SECONDS:.0f} s ({first_line(exc)}): "
+                        f"the server refused a connection for {patience:.0f} s ({first_line(exc)}): "
                         "too many commands at once; wait for some to finish, or raise max_connections "
                         "(embedded: in postgresql.auto.conf of the data directory)"
                     ) from exc
 
 
-CONNECT_WAIT_SECONDS = 30.0
+def connect_wait_seconds() -> float:
+    """How long a command waits for a free connection slot: GPTSQL_CONNECT_WAIT seconds, or 30."""
+    try:
+        return max(0.0, float(os.environ.get("GPTSQL_CONNECT_WAIT", "30")))
+    except ValueError:
+        return 30.0
 
 
 def refused_for_now(exc: psycopg.OperationalError) -> bool:
