@@ -266,11 +266,14 @@ def test_a_data_directory_of_an_earlier_version_gets_this_versions_connection_li
 
 # ------------------------------------------------------------- 8: unload during a generation
 @pytest.mark.slow
-def test_unload_during_generation_says_model_removed(server):
+@pytest.mark.parametrize("removal", [["unload", "doomed", "--yes"],
+                                     ["load", "random:tiny", "--name", "doomed", "--replace"]])
+def test_unload_during_generation_says_model_removed(server, removal):
+    """An unload, or a load under the same name, while a generation runs on the model."""
     server.cli("load", "random:small", "--name", "doomed", "--replace")
     gen = Streamed(server, "generate", "-m", "doomed", "-n", "250", "-t", "0", PROMPT)
     gen.wait_for_output(len(PROMPT) + 10)
-    server.cli("unload", "doomed", "--yes")
+    server.cli(*removal)
     rc, out, err = gen.finish()
     assert rc == 1 and len(err.strip().splitlines()) == 1, err
     assert "the model was removed" in err and "dimension" not in err
