@@ -177,6 +177,7 @@ def check_utf8(args: list[str]) -> None:
 
 
 def read_prompt(prompt: str) -> str:
+    """A command's prompt argument: "-" reads standard input."""
     check_utf8([prompt])
     if prompt == "-":
         data = sys.stdin.buffer.read()
@@ -185,6 +186,12 @@ def read_prompt(prompt: str) -> str:
         except UnicodeDecodeError as exc:
             raise UserError(f"standard input is not valid UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
                             "convert it, e.g. iconv -t UTF-8") from exc
+    return check_prompt(prompt)
+
+
+def check_prompt(prompt: str) -> str:
+    """A prompt as given (the explorer's box: "-" is text there, never standard input)."""
+    check_utf8([prompt])
     if "\x00" in prompt:
         raise UserError(f"the prompt contains a NUL character (U+0000) at offset {prompt.index(chr(0))}; "
                         "PostgreSQL text cannot hold it: remove it")

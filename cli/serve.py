@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import Context, db_error_message, friendly, pass_ctx, read_prompt, workers_option
+from .common import Context, check_prompt, db_error_message, friendly, pass_ctx, workers_option
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -29,6 +29,6 @@ def serve(ctx: Context, host, port, workers):
     if host not in LOCAL:
         click.echo(f"warning: listening on {host}: anyone who can reach it can run generations and read "
                    "every recorded run (there is no login); use the default 127.0.0.1 unless you mean it", err=True)
-    rules = CliRules(generate.params, read_prompt, db_error_message)
+    rules = CliRules(generate.params, check_prompt, db_error_message)
     run_server(ctx.db, rules, host, port, workers,
                announce=lambda url: click.echo(f"gptsql explorer at {url} (Ctrl-C stops it)"))

@@ -195,6 +195,14 @@ def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
     facts = driver.find_element("id", "model-facts").text
     n_params = db.execute("select n_params from gptsql.model_size where name = %s", [tiny]).fetchone()[0]
     assert f"parameters (counted in the rows)\n{n_params:,}" in facts
+    # Every number of the drawing is a row of the query under it: parameters per block, and the total.
+    parts_sql = css(driver, "pre.sql-text")[1].get_attribute("textContent").rstrip().rstrip(";")
+    parts = {part: (per_block, total) for part, _rows, _blocks, _p, per_block, total in db.execute(parts_sql)}
+    assert {total for _, total in parts.values()} == {n_params}
+    shown = {box.get_attribute("data-part"): box.find_element("css selector", ".params").text
+             for box in css(driver, "#flow .box[data-part]")}
+    assert {p: t for p, t in shown.items() if p in parts} == {p: f"{per_block:,} parameters"
+                                                              for p, (per_block, _) in parts.items()}
     links = {a.get_attribute("href").rsplit("/", 1)[1] for a in css(driver, "#flow a")}
     assert "04_attention.sql" in links and len(links) >= 7
     driver.get(f"{server}sql/04_attention.sql")
@@ -226,6 +234,22 @@ def test_bad_parameters_get_the_clis_line_in_the_page(server, browser, run_cli):
     driver.get(f"{server}#step/999999/1")
     wait(driver, lambda d: css(d, ".error"))
     assert css(driver, ".error")[0].text == "there is no run 999999; list them with: gptsql runs list"
+
+
+def test_a_prompt_of_a_dash_is_text_in_the_page(server, tiny):
+    """On the command line "-" reads standard input; typed in the page it is the prompt itself
+    (the server's standard input is never read)."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"prompt": "-", "max_tokens": 1, "temperature": 0, "model": tiny})
+    with urllib.request.urlopen(f"{server}api/generate?{query}", timeout=60) as stream:
+        for line in stream:
+            if line.startswith(b"data:"):
+                start = json.loads(line[5:])
+                break
+    assert start["prompt"] == "-" and start["prompt_tokens"] == 1
 
 
 def test_serve_warns_off_localhost(backend):

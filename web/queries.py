@@ -107,42 +107,47 @@ FROM    gptsql.model_size
 ORDER BY loaded_at DESC"""
 
 # Parameters counted from the stored rows: how many rows each part has (an index-only count) times
-# the width of one of them, plus a linear layer's biases, kept once per output unit (on part 0).
+# the width of one of them, plus a linear layer's biases, kept once per output unit (on part 0);
+# per block too (the blocks a part is in), and all parts together on every row.
 # A linear layer's row is one output unit's weights, cut in parts of n_embd (sql/00_schema.sql).
 MODEL_PARTS = """\
 WITH model AS (
         SELECT  gptsql.model_id(%(model)s) AS id
 ), embeddings AS (              -- wte: one row per token; wpe: one per place
-        SELECT  'wte' AS part, count(*) AS rows,
+        SELECT  'wte' AS part, count(*) AS rows, 1 AS blocks,
                 count(*) * (SELECT coalesce(vector_dims(w), vector_dims(h)) FROM gptsql.wte x
                             WHERE x.model_id = model.id LIMIT 1) AS parameters
         FROM    model JOIN gptsql.wte ON wte.model_id = model.id
         GROUP BY model.id
         UNION ALL
-        SELECT  'wpe', count(*),
+        SELECT  'wpe', count(*), 1,
                 count(*) * (SELECT vector_dims(w) FROM gptsql.wpe x WHERE x.model_id = model.id LIMIT 1)
         FROM    model JOIN gptsql.wpe ON wpe.model_id = model.id
         GROUP BY model.id
 ), norms AS (                   -- gamma and beta of every layer norm
-        SELECT  norm.name AS part, count(*) AS rows, sum(vector_dims(gamma) + vector_dims(beta)) AS parameters
+        SELECT  norm.name AS part, count(*) AS rows, count(DISTINCT norm.block) AS blocks,
+                sum(vector_dims(gamma) + vector_dims(beta)) AS parameters
         FROM    model JOIN gptsql.norm ON norm.model_id = model.id
         GROUP BY norm.name
 ), linears AS (                 -- weights: rows times their width; biases: one per output unit
         SELECT  linear.name AS part, count(*) AS rows, count(*) FILTER (WHERE linear.part = 0) AS biases,
-                min(model.id) AS model_id
+                count(DISTINCT linear.block) AS blocks, min(model.id) AS model_id
         FROM    model JOIN gptsql.linear ON linear.model_id = model.id
         GROUP BY linear.name
 ), widths AS (
-        SELECT  l.part, l.rows, l.rows * one.width + l.biases AS parameters
+        SELECT  l.part, l.rows, l.blocks, l.rows * one.width + l.biases AS parameters
         FROM    linears l
         CROSS JOIN LATERAL (SELECT coalesce(vector_dims(x.w), vector_dims(x.h)) AS width
                             FROM gptsql.linear x WHERE x.model_id = l.model_id AND x.name = l.part LIMIT 1) one
+), every_part AS (
+        SELECT  part, rows, blocks, parameters FROM embeddings
+        UNION ALL
+        SELECT  part, rows, blocks, parameters FROM norms
+        UNION ALL
+        SELECT  part, rows, blocks, parameters FROM widths
 )
-SELECT  part, rows, parameters FROM embeddings
-UNION ALL
-SELECT  part, rows, parameters FROM norms
-UNION ALL
-SELECT  part, rows, parameters FROM widths
+SELECT  part, rows, blocks, parameters, parameters / blocks AS per_block, sum(parameters) OVER () AS all_parts
+FROM    every_part
 ORDER BY part"""
 
 

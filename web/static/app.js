@@ -459,13 +459,12 @@ async function viewModel(name) {
   const m = all.find((r) => r.name === name) || all[0];
   state.model = m.name;
   const parts = await api(`/api/models/${encodeURIComponent(m.name)}/parts`);
-  const count = Object.fromEntries(records(parts).map((r) => [r.part, r.parameters]));
-  const total = records(parts).reduce((s, r) => s + r.parameters, 0);
+  const perBlock = Object.fromEntries(records(parts).map((r) => [r.part, r.per_block]));
+  const total = parts.rows.length ? records(parts)[0].all_parts : 0;
   const picker = el("select", { id: "model-pick", onchange: (e) => (location.hash = `#model/${encodeURIComponent(e.target.value)}`) },
     ...all.map((r) => el("option", { value: r.name, text: r.name, selected: r.name === m.name ? "" : null })));
   const box = (s) => {
-    let params = count[s.part];
-    if (params !== undefined && s.part !== "wte" && s.part !== "wpe" && s.part !== "ln_f") params = params / m.n_layer;
+    const params = perBlock[s.part];   // a block's part: its parameters in one block (the query's per_block)
     const label = params === undefined ? "" : `${Number(params).toLocaleString("en")} parameters`;
     return el("div", { class: `box ${s.part === "add" ? "add" : ""}`, "data-part": s.part },
       el("b", { text: s.title }), el("a", { href: `/sql/${s.file}`, target: "_blank", text: `sql/${s.file}` }),
