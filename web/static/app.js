@@ -31,7 +31,13 @@ const records = (panel) => panel.rows.map((r) => Object.fromEntries(panel.column
 
 async function api(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
-  const body = await response.json();
+  let body;
+  try {
+    body = await response.json();
+  } catch (_) {   // not the API's JSON (a crash, a proxy's page): one line saying where to look
+    throw new Error(`the server answered ${response.status} ${response.statusText} without a message; ` +
+                    "see the terminal running gptsql serve");
+  }
   if (body.error) throw new Error(body.error);
   return body;
 }
