@@ -12,9 +12,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import pytest
+
+from gptsql.server.db import wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -103,20 +104,32 @@ def panel_sql(driver, scope="") -> str:
 
 
 # -------------------------------------------------------------------------------- the tests
-def test_tokens_stream_in_one_by_one(server, browser, db):
+def test_tokens_stream_in_one_by_one(server, browser, database, db):
+    """Each step records its best tokens in gptsql.step_logit: a lock held there stops the
+    generation at its first step, and taken again as soon as that step has it, at its second;
+    meanwhile the page shows exactly the one token the database has chosen."""
     driver = browser
     driver.get(server)
     wait(driver, lambda d: css(d, "#prompt"))
     for name, value in {"max_tokens": "24", "temperature": "0"}.items():
         css(driver, f"#{name}")[0].clear()
         css(driver, f"#{name}")[0].send_keys(value)
-    css(driver, "#go")[0].click()
-    seen = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and "done" not in css(driver, "#gen-status")[0].text:
-        seen.add(len(css(driver, "#tokens .tok")))
-        time.sleep(0.01)
-    assert any(0 < n < 24 for n in seen), f"the tokens came all at once (counts seen: {sorted(seen)})"
+    holder = database.connect(autocommit=False)
+    me = holder.info.backend_pid
+    blocked = lambda: db.execute("select count(*) from pg_stat_activity "  # noqa: E731
+                                 "where %s = any(pg_blocking_pids(pid))", [me]).fetchone()[0] > 0
+    try:
+        holder.execute("lock gptsql.step_logit in exclusive mode")
+        css(driver, "#go")[0].click()
+        assert wait_for(blocked, 60), "the generation never reached its first step"
+        holder.commit()                                           # the first step takes the lock first,
+        holder.execute("lock gptsql.step_logit in exclusive mode")  # this waits for it, then holds step 2
+        assert wait_for(blocked, 60), "the generation never reached its second step"
+        wait(driver, lambda d: len(css(d, "#tokens .tok")) == 1)
+        assert "done" not in css(driver, "#gen-status")[0].text
+    finally:
+        holder.close()
+    wait(driver, lambda d: "done" in css(d, "#gen-status")[0].text)
     # Coloured by the probability the database gave each token when it chose it.
     run = int(css(driver, "#current-run a")[0].text.lstrip("#"))
     expected = db.execute("select probability from gptsql.run_tokens where run = %s and not is_prompt "
@@ -263,7 +276,9 @@ def test_serve_warns_off_localhost(backend):
     assert err.startswith("warning: listening on 0.0.0.0")
 
 
-def test_closing_the_page_mid_generation_interrupts_the_run(server, browser, db):
+def test_closing_the_page_mid_generation_interrupts_the_run(server, browser, database, db):
+    """The page is left while a step is held (a lock on gptsql.step_logit): once the step goes on,
+    the server sees the page gone and stops the run, marked interrupted, long before its 100 tokens."""
     driver = browser
     driver.get(server)
     wait(driver, lambda d: css(d, "#prompt"))
@@ -272,13 +287,18 @@ def test_closing_the_page_mid_generation_interrupts_the_run(server, browser, db)
     css(driver, "#go")[0].click()
     wait(driver, lambda d: len(css(d, "#tokens .tok")) >= 2)
     run = int(css(driver, "#current-run a")[0].text.lstrip("#"))
-    driver.get("about:blank")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status, n = db.execute("select status, generated_tokens from gptsql.runs where run = %s", [run]).fetchone()
-        if status != "running":
-            break
-        time.sleep(0.2)
+    holder = database.connect(autocommit=False)
+    try:
+        holder.execute("lock gptsql.step_logit in exclusive mode")
+        assert wait_for(lambda: db.execute("select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                                           [holder.info.backend_pid]).fetchone()[0] > 0, 60)
+        driver.get("about:blank")
+    finally:
+        holder.close()
+    row = lambda: db.execute("select status, generated_tokens from gptsql.runs where run = %s",  # noqa: E731
+                             [run]).fetchone()
+    assert wait_for(lambda: row()[0] != "running", 60), row()
+    status, n = row()
     assert (status, n < 100) == ("interrupted", True), f"run {run}: {status} after {n} tokens"
 
 
