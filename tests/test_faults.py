@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +163,13 @@ def assert_printed_matches_database(conn, printed: str, run_id, n_printed: int, 
 def test_database_stops_in_the_middle_of_a_generation(server):
     gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
     gen.wait_for_output(len(PROMPT) + 20)
-    time.sleep(1.0)   # the embedded server commits asynchronously: let the recorded tokens reach the disk
+    # The embedded server commits asynchronously: wait until the WAL written so far (the tokens
+    # recorded) is on disk, as the WAL writer flushes it.
+    conn = server.connect()
+    written = conn.execute("select pg_current_wal_insert_lsn()").fetchone()[0]
+    assert wait_for(lambda: conn.execute("select pg_current_wal_flush_lsn() >= %s::pg_lsn",
+                                         [written]).fetchone()[0], 30)
+    conn.close()
     server.stop_immediately()
     rc, out, err = gen.finish()
     line = one_line(err)

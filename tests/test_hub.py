@@ -18,7 +18,6 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -307,7 +306,6 @@ def test_load_distilgpt2_has_six_layers(hub, gptsql, db):
 
 # ------------------------------------------------------------------------------- failures
 def test_no_network_is_one_line_naming_the_offline_ways(gptsql, tmp_path):
-    started = time.monotonic()
     result = gptsql("load", "gpt2", endpoint=f"http://127.0.0.1:{closed_port()}")
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -315,7 +313,6 @@ def test_no_network_is_one_line_naming_the_offline_ways(gptsql, tmp_path):
     assert lines[0].startswith("Error: cannot download openai-community/gpt2 from the Hugging Face hub")
     assert "gptsql load ./" in lines[0] and "gptsql load random:tiny" in lines[0]
     assert result.stdout == ""
-    assert time.monotonic() - started < 30
 
 
 def test_unknown_repo_is_named(gptsql):

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import psycopg
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from gptsql.driver.generation import Generation
+from gptsql.server.db import wait_for
 
 MODEL = "hf-long"
 N_PROMPT = 1000
@@ -141,23 +141,32 @@ def test_feed_refuses_a_wrong_start(db, tiny):
     db.execute("select gptsql.finish_run(%s)", [run_id])
 
 
-def test_ctrl_c_during_a_long_prefill(backend, db, hf_long, text):
+def test_ctrl_c_during_a_long_prefill(database, backend, db, hf_long, text):
     """SIGINT while the prompt is being fed: exit 130 with one line, the run marked interrupted and
-    its KV cache emptied."""
+    its KV cache emptied. Once the first chunk is in, a lock on the KV cache holds the prefill
+    (whatever the machine's speed) until the signal has cancelled it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")} | backend[1]
     proc = subprocess.Popen([sys.executable, "-m", "gptsql", "generate", "-m", MODEL, "-n", "2", "--workers", "1",
                              text], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    run_id = None
-    for _ in range(600):               # until the first chunk is in the cache
-        row = db.execute("""select r.id from gptsql.run r join gptsql.model m on m.id = r.model_id
-                            where m.name = %s and r.kind = 'generate' and r.status = 'running'
-                              and exists (select from gptsql.kv_cache k where k.run_id = r.id)""", [MODEL]).fetchone()
-        if row:
-            run_id = row[0]
-            break
-        time.sleep(0.1)
-    assert run_id is not None
-    proc.send_signal(signal.SIGINT)
+    def found():
+        return db.execute("""select r.id from gptsql.run r join gptsql.model m on m.id = r.model_id
+                             where m.name = %s and r.kind = 'generate' and r.status = 'running'
+                               and exists (select from gptsql.kv_cache k where k.run_id = r.id)""",
+                          [MODEL]).fetchone()
+
+    assert wait_for(found, 60), "the first chunk never reached the cache"
+    run_id = found()[0]
+    holder = database.connect(autocommit=False)
+    held_up = lambda: [q for (q,) in db.execute("select query from pg_stat_activity "  # noqa: E731
+                                                "where %s = any(pg_blocking_pids(pid))", [holder.info.backend_pid])]
+    try:
+        holder.execute("lock gptsql.kv_cache in exclusive mode")   # after the chunk in flight, if any
+        assert wait_for(lambda: any("gptsql.feed" in q or "gptsql.step" in q for q in held_up()), 60), held_up()
+        proc.send_signal(signal.SIGINT)
+        # the cancelled feed gives way to finish_run, which empties the cache: let it
+        assert wait_for(lambda: proc.poll() is not None or not any("gptsql.feed" in q for q in held_up()), 60)
+    finally:
+        holder.close()
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == f"interrupted after 0 tokens (run {run_id})"
