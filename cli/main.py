@@ -337,13 +337,13 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     explore it with `gptsql runs show` or in `gptsql db psql`.
     """
     prompt = read_prompt(prompt)
-    conn = ctx.conn
     from ..driver.generation import ensure_model
     from ..driver.workers import start_generation
-    from ..server.memory import warn_if_not_held
+    from ..server.memory import before_generating
 
     ensure_model(ctx, model)
-    warn_if_not_held(ctx.db, conn, model)
+    before_generating(ctx, model)
+    conn = ctx.conn
     gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
     try:
@@ -381,8 +381,10 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
 def predict(ctx: Context, prompt, model, top_n, as_json, workers):
     """The next-token distribution after PROMPT (the article's llm(prompt))."""
     from ..driver.workers import start_prediction
+    from ..server.memory import before_generating
 
     prompt = read_prompt(prompt)
+    before_generating(ctx, model)
     gen = start_prediction(ctx.db, ctx.conn, workers, model, prompt)
     with finishing(gen):
         rows = gen.predict(top_n)   # gptsql.predict(prompt), fed in chunks with a progress bar

@@ -170,7 +170,12 @@ def follow_models(db, conn: psycopg.Connection, incoming: int = 0, replacing: st
     if target <= current:
         return False
     conn.execute(f"alter system set shared_buffers = '{pg_setting(target)}'")
-    why = f"shared_buffers {human(current)} -> {human(target)} to hold the models ({human(total)})"
+    if target >= need:
+        why = f"shared_buffers {human(current)} -> {human(target)} to hold the models ({human(total)})"
+    else:
+        why = (f"shared_buffers {human(current)} -> {human(target)} ({RAM_SHARE:.0%} of this machine's "
+               f"{human(mem_total())} of RAM), which still cannot hold the models ({human(total)}): they run, "
+               "slower (--dtype float16 halves a model)")
     if busy(conn):
         say(f"gptsql: {why}: applies at the next start of the server (other clients are connected now; "
             "`gptsql db stop` when they are done)")
@@ -195,11 +200,22 @@ def warn_if_not_held(db, conn: psycopg.Connection, model: str | None, say: Say =
     if size <= current:
         return
     if db.is_embedded:
-        say(f"gptsql: {row[0]} ({human(size)}) is larger than shared_buffers ({human(current)}, at most "
-            f"{RAM_SHARE:.0%} of this machine's {human(mem_total())} of RAM): it runs, slower, reading its "
-            "weights through the OS page cache every token (--dtype float16 halves its size)")
+        limit = (f"at most {RAM_SHARE:.0%} of this machine's {human(mem_total())} of RAM" if current >= ceiling()
+                 else "it grows at the server's next start with no other client connected: `gptsql db stop`")
+        say(f"gptsql: {row[0]} ({human(size)}) is larger than shared_buffers ({human(current)}, {limit}): it "
+            "runs, slower, reading its weights through the OS page cache every token (--dtype float16 halves "
+            "its size)")
     else:
         say(f"warning: shared_buffers of this server ({human(current)}) cannot hold {row[0]} "
             f"({human(size)}): every token reads its weights through the OS page cache, 2-3x slower per "
             f"weight; raise it (ALTER SYSTEM SET shared_buffers = '{pg_setting(needed_shared_buffers(size))}' "
             "and restart the server)")
+
+
+def before_generating(ctx, model: str | None) -> None:
+    """Before a generation or prediction: shared_buffers grown to the loaded models if they can be
+    (a model loaded before it could, or under a smaller machine), else one line when the model
+    cannot be held."""
+    if follow_models(ctx.db, ctx.conn):
+        ctx.reconnect()
+    warn_if_not_held(ctx.db, ctx.conn, model)

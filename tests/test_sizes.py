@@ -108,6 +108,32 @@ def test_shared_buffers_grow_to_hold_the_models(server):
     assert server.embedded.pid() == pid
 
 
+def test_a_generation_grows_shared_buffers_for_models_loaded_before(server):
+    """A model loaded while shared_buffers was small (or on a smaller machine): the next generate
+    (or predict) grows it, saying so, before it runs."""
+    if "random-tiny" not in models(server):
+        assert gptsql(server, "load", "random:tiny", "--replace").returncode == 0
+    set_shared_buffers(server, "8MB")
+    for command in (["generate", "-m", "random-tiny", "-n", "2", "-t", "0", "Hello"],
+                    ["predict", "-m", "random-tiny", "Hello"]):
+        result = gptsql(server, *command, GPTSQL_MEMTOTAL="640MB")
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+        assert len(lines) == 1 and "shared_buffers 8 MB -> 320 MB to hold the models" in lines[0], lines
+        assert shared_buffers(server) == 320 << 20
+        set_shared_buffers(server, "8MB")
+
+
+def test_shared_buffers_at_the_machines_limit_say_they_cannot_hold_the_models(server):
+    set_shared_buffers(server, "8MB")
+    result = gptsql(server, "load", "random:tiny", "--replace", GPTSQL_MEMTOTAL="32MB")   # at most 16 MB
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+    assert len(lines) == 1 and "shared_buffers 8 MB -> 16 MB (50% of this machine's 32 MB of RAM), which still " \
+                               "cannot hold the models" in lines[0], lines
+    assert shared_buffers(server) == 16 << 20
+
+
 def test_no_restart_while_another_client_is_connected(server):
     set_shared_buffers(server, "32MB")
     pid = server.embedded.pid()
