@@ -4,6 +4,7 @@ for the RAM, GPTSQL_FREE_DISK for the disk), never a real big model."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,21 @@ def test_shared_buffers_at_the_machines_limit_say_they_cannot_hold_the_models(se
     assert len(lines) == 1 and "shared_buffers 8 MB -> 16 MB (50% of this machine's 32 MB of RAM), which still " \
                                "cannot hold the models" in lines[0], lines
     assert shared_buffers(server) == 16 << 20
+
+
+def test_a_load_at_a_terminal_shows_progress_with_an_estimate(server):
+    """At a terminal (a pty, through script(1)) the load draws a bar: the model's estimated size,
+    the stage, rows done of all, time spent and time left."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env.update(GPTSQL_DATA_DIR=str(server.embedded.data_dir), COLUMNS="160")
+    result = subprocess.run(["script", "-qec", f"{sys.executable} -m gptsql load random:small --name shown --replace",
+                             "/dev/null"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout)    # the terminal's colours and moves
+    size = memory.human(memory.estimate_model_bytes(random_model("small").config, "float32"))
+    assert f"loading shown (~{size}): " in shown, shown
+    assert re.search(r"\d+/\d+ rows \d+:\d\d:\d\d left \d+:\d\d:\d\d", shown), shown
+    assert "loaded shown (" in shown
 
 
 def test_no_restart_while_another_client_is_connected(server):
