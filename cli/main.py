@@ -267,8 +267,10 @@ def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
         table.add_row(*row)
     if Measurement.get(out, out.options.update_width(10_000), table).maximum > out.width:
         table = Table("name", "source, shape, size", box=box.SIMPLE_HEAD, pad_edge=False)
-        table.columns[0].no_wrap = True
-        table.columns[0].min_width = min(max(len(c[0]) for c in cells), out.width - 12)
+        longest = max(len(c[0]) for c in cells)
+        table.columns[0].min_width = min(longest, out.width - 12)
+        table.columns[0].no_wrap = longest <= out.width - 12
+        table.columns[0].overflow = "fold"     # narrower still: the name wraps, whole, never cut
         table.columns[1].overflow = "fold"
         for name, source, layers, width, heads, context, params, size in cells:
             table.add_row(name, f"{source}; {layers} layers × {width}, {heads} heads, context {context}; "
