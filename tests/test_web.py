@@ -192,6 +192,41 @@ def test_attention_grid_has_every_head_and_the_large_map(server, browser, tiny, 
     assert readout.endswith(f"weight {float(rows[5][2][2]):.4f}")
 
 
+def test_attention_at_200_places_stays_readable(server, browser, db, run_cli):
+    """A 200-place run (a model with a 256-token context): the thumbnails are binned to at most 32
+    squares across, and one head's map keeps 12 px a place with every piece labelled, scrolling."""
+    from selenium.webdriver.support.ui import Select
+
+    run_cli("load", "random:small", "--name", "web-small", "--replace")
+    driver = browser
+    try:
+        driver.get(server)
+        wait(driver, lambda d: css(d, "#prompt") and css(d, "#model option[value='web-small']"))
+        Select(css(driver, "#model")[0]).select_by_value("web-small")
+        prompt = "The quick brown fox jumps over the lazy dog. " * 19
+        driver.execute_script("document.getElementById('prompt').value = arguments[0]", prompt)
+        for name, value in {"max_tokens": "8", "temperature": "0"}.items():
+            css(driver, f"#{name}")[0].clear()
+            css(driver, f"#{name}")[0].send_keys(value)
+        css(driver, "#go")[0].click()
+        wait(driver, lambda d: "done" in css(d, "#gen-status")[0].text or css(d, "#error")[0].text, 300)
+        assert not css(driver, "#error")[0].text, css(driver, "#error")[0].text
+        run = int(css(driver, "#current-run a")[0].text.lstrip("#"))
+        places = db.execute("select count(*) - 1 from gptsql.run_tokens where run = %s", [run]).fetchone()[0]
+        assert places >= 195
+        driver.get(f"{server}#attention/{run}")
+        wait(driver, lambda d: css(d, "#heads canvas.thumb") and css(d, "#head-map"), 120)
+        assert {int(t.get_attribute("width")) for t in css(driver, "#heads canvas.thumb")} <= set(range(1, 33))
+        big = driver.find_element("id", "head-map")
+        assert int(big.get_attribute("data-places")) == places and float(big.get_attribute("data-cell")) >= 12
+        assert big.size["width"] >= 12 * places
+        scrolls = driver.execute_script("const b = arguments[0].parentElement; "
+                                        "return b.scrollWidth > b.clientWidth && getComputedStyle(b).overflowX;", big)
+        assert scrolls in ("auto", "scroll"), scrolls
+    finally:
+        run_cli("unload", "web-small", "--yes")
+
+
 def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
     driver = browser
     run = generate(driver, server, max_tokens=3, temperature=0)
