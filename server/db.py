@@ -284,6 +284,8 @@ class Embedded:
         else:
             self._private_tmp_dir(socket_dir)
         self._prepare_binaries()
+        if os.geteuid() != 0 and stat.S_IMODE(self.data_dir.stat().st_mode) & 0o077:
+            self.data_dir.chmod(0o700)   # made 0755 by versions before: the owner's only
         self._upgrade_settings()
         self.log.touch(mode=0o600, exist_ok=True)
         self.log.chmod(0o600)  # it may hold what the server says about a user's statements
