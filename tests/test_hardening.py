@@ -221,6 +221,20 @@ def test_load_under_existing_name_needs_replace(server):
     assert conn.execute("select id from gptsql.model where name = 'random-tiny'").fetchone()[0] == before[0]
 
 
+def test_load_under_existing_name_asks_at_a_terminal(server):
+    """At a terminal (a pty, through script(1)) the load asks, naming the runs that would go; no
+    keeps the model and its runs."""
+    conn = server.connect()
+    before = conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "
+                          "from gptsql.model m where name = 'random-tiny'").fetchone()
+    result = subprocess.run(["script", "-qec", f"{sys.executable} -m gptsql load random:tiny --name random-tiny",
+                             "/dev/null"], input="n\n", capture_output=True, text=True, env=server.env, timeout=120)
+    assert result.returncode == 0, result.stdout
+    assert f'Replace model "random-tiny" and its {before[1]} recorded run' in result.stdout, result.stdout
+    assert "nothing loaded" in result.stdout
+    assert conn.execute("select id from gptsql.model where name = 'random-tiny'").fetchone()[0] == before[0]
+
+
 def test_load_with_empty_name_refused(server):
     result = server.cli("load", "random:tiny", "--name", "", check=False)
     assert result.returncode == 1 and result.stderr.startswith("Error: --name is empty")
