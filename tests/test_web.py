@@ -151,6 +151,9 @@ def test_a_step_and_its_temperature_slider(server, browser, run_cli):
     chosen = css(driver, "#bars .piece.chosen")
     assert len(chosen) == 1 and chosen[0].text.startswith("★")
     before = [b.text for b in css(driver, "#bars .p-at-t")]
+    width = lambda: [float(re.search(r"width: ([\d.]+)%", b.get_attribute("style")).group(1))  # noqa: E731
+                     for b in css(driver, "#bars .bar")]
+    widths = width()
     slider = css(driver, "#temperature-slider")[0]
     for _ in range(10):
         slider.send_keys(Keys.ARROW_LEFT)                        # 1.0 -> 0.5
@@ -158,6 +161,8 @@ def test_a_step_and_its_temperature_slider(server, browser, run_cli):
          and [b.text for b in css(d, "#bars .p-at-t")] != before)
     after = [float(b.text) for b in css(driver, "#bars .p-at-t")]
     assert after[0] > float(before[0]), "a lower temperature sharpens the distribution"
+    bars = width()
+    assert bars != widths and bars == pytest.approx([100 * p for p in after], abs=0.01), "the bars are the numbers"
     # The numbers are SQL's: the panel's query, run as shown, gives them.
     wait(driver, lambda d: "0.5::float8" in panel_sql(d, "#bars"))
     pasted = css(driver, "#bars pre.sql-text")[0].get_attribute("textContent")
@@ -229,15 +234,18 @@ def test_attention_at_200_places_stays_readable(server, browser, db, run_cli):
 
 def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
     driver = browser
+    earlier = generate(driver, server, max_tokens=2, temperature=0)
     run = generate(driver, server, max_tokens=3, temperature=0)
     driver.get(f"{server}#runs")
     wait(driver, lambda d: css(d, "#runs tr[data-run]"))
-    assert int(css(driver, "#runs tr[data-run]")[0].get_attribute("data-run")) == run, "newest first"
+    listed = [int(tr.get_attribute("data-run")) for tr in css(driver, "#runs tr[data-run]")]
+    assert listed[:2] == [run, earlier] and listed == sorted(listed, reverse=True), "newest first"
     driver.get(f"{server}#lens/{run}")
     wait(driver, lambda d: css(d, "#lens td") and css(d, "#norms polyline"))
     lens = db.execute(panel_sql(driver)).fetchall()
     cells = [td.text.split("\n") for td in css(driver, "#lens td")]
     assert [float(c[1]) for c in cells] == [round(float(r[4]), 3) for r in lens]
+    assert [c[0] for c in cells] == [visible(r[3]) for r in lens], "the top piece of each block and place"
     driver.get(f"{server}#model/{tiny}")
     wait(driver, lambda d: css(d, "#flow .box"))
     facts = driver.find_element("id", "model-facts").text
@@ -372,3 +380,102 @@ def test_serve_on_a_port_in_use_is_one_line(run_cli):
     assert result.returncode == 1
     assert result.stderr == (f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); "
                              "choose another --port (--port 0: any free port)\n")
+
+
+def visible(piece: str) -> str:
+    """A piece as the page shows it (app.js's visible): spaces, newlines and tabs made visible."""
+    return (piece or "").replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
+
+
+def psql_rows(run_cli, sql: str) -> list[list[str]]:
+    """A panel's query pasted into `gptsql db psql`: its rows, fields split (record separator \\x1e,
+    so values holding newlines stay whole)."""
+    out = run_cli("db", "psql", "-X", "-A", "-t", "-F", "\x1f", "-R", "\x1e", "-c", sql).stdout
+    return [record.split("\x1f") for record in out.rstrip("\n").split("\x1e") if record]
+
+
+def test_the_form_passes_top_k_top_p_and_seed(server, browser, tiny, db, run_cli):
+    """Every field of the form reaches the run: the page's run records them, and its text is the
+    CLI's for the same seed (a seeded draw is the same whatever else runs)."""
+    driver = browser
+    options = {"temperature": "1.3", "top_k": "7", "top_p": "0.9", "seed": "424242", "max_tokens": "6"}
+    run = generate(driver, server, prompt=PROMPT, **options)
+    row = db.execute("select model, temperature, top_k, top_p, seed, max_tokens, generated_text from gptsql.runs "
+                     "where run = %s", [run]).fetchone()
+    assert row[:6] == (tiny, 1.3, 7, pytest.approx(0.9), 424242, 6)
+    cli = run_cli("generate", "--model", tiny, "--no-prompt", "-t", "1.3", "--top-k", "7", "--top-p", "0.9",
+                  "--seed", "424242", "-n", "6", PROMPT).stdout
+    assert row[6] == cli.rstrip("\n")
+    assert len(css(driver, "#tokens .tok")) == 6
+
+
+def test_every_panels_query_pasted_into_psql_returns_its_rows(server, browser, tiny, run_cli):
+    """Every view's every panel has "The query behind it" with a Copy button; the copied text, run by
+    `gptsql db psql`, returns as many rows as the panel says it has."""
+    driver = browser
+    run = generate(driver, server, max_tokens=3, temperature=0)
+    driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": server.rstrip("/"),
+                                                        "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
+    views = {f"#run/{run}": 2, f"#step/{run}/2": 1, f"#attention/{run}": 2, f"#lens/{run}": 2,
+             f"#model/{tiny}": 2, "#runs": 1}
+    for view, panels in views.items():
+        driver.get(f"{server}{view}")
+        wait(driver, lambda d: len(css(d, "details.sql")) == panels)
+        assert not css(driver, ".error:not(:empty)"), (view, css(driver, ".error")[0].text)
+        for box in css(driver, "details.sql"):
+            summary = box.find_element("css selector", "summary")
+            summary.click()
+            count = int(re.search(r"\((\d+) rows?\)", summary.text).group(1))
+            button = box.find_element("css selector", "button.copy")
+            button.click()
+            wait(driver, lambda d: button.text == "Copied")
+            copied = driver.execute_async_script(
+                "const done = arguments[0]; navigator.clipboard.readText().then(done, (e) => done('no clipboard: ' + e))")
+            assert copied == box.find_element("css selector", "pre").get_attribute("textContent"), view
+            assert len(psql_rows(run_cli, copied)) == count, (view, copied)
+
+
+def test_the_page_fetches_nothing_from_elsewhere(server, browser, tiny):
+    """No CDN, no internet: every file and request of every view comes from gptsql serve itself."""
+    driver = browser
+    origin = server.rstrip("/")
+    run = generate(driver, server, max_tokens=3, temperature=0)
+    for view in [f"#step/{run}/1", f"#attention/{run}", f"#lens/{run}", f"#model/{tiny}", "#runs"]:
+        driver.get(f"{server}{view}")
+        wait(driver, lambda d: css(d, "details.sql"))
+        fetched = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+        assert fetched and all(url.startswith(origin + "/") for url in fetched), (view, fetched)
+
+
+def test_a_runs_links_open_it_in_each_view(server, browser):
+    driver = browser
+    run = generate(driver, server, max_tokens=3, temperature=0)
+    for link, ready in [("step", "#bars .p-at-t"), ("attention", "#heads canvas.thumb"), ("lens", "#lens td"),
+                        ("tokens", ".tokens .tok")]:
+        driver.get(f"{server}#runs")
+        wait(driver, lambda d: css(d, f'#runs tr[data-run="{run}"]'))
+        row = css(driver, f'#runs tr[data-run="{run}"]')[0]
+        row.find_element("link text", link).click()
+        wait(driver, lambda d: css(d, ready))
+        assert re.search(rf"#\w+/{run}(/\d+)?$", driver.current_url), driver.current_url
+        assert f"run {run}" in driver.find_element("id", "main").text.lower()
+
+
+def test_the_residual_norms_are_the_querys(server, browser, db):
+    """One line per place, its points the query's norms after each half of each block."""
+    driver = browser
+    run = generate(driver, server, max_tokens=4, temperature=0)
+    driver.get(f"{server}#lens/{run}")
+    wait(driver, lambda d: css(d, "#norms polyline"))
+    norms_sql = css(driver, "pre.sql-text")[1].get_attribute("textContent").rstrip().rstrip(";")
+    expected = {}
+    for block, place, _piece, after_attention, after_mlp in db.execute(norms_sql):
+        expected.setdefault(place, []).extend([float(after_attention), float(after_mlp)])
+    lines = [poly.find_element("css selector", "title").get_attribute("textContent")
+             for poly in css(driver, "#norms polyline")]
+    assert len(lines) == len(expected) == db.execute(
+        "select count(*) - 1 from gptsql.run_tokens where run = %s", [run]).fetchone()[0]
+    for line in lines:
+        place = int(re.match(r"place (\d+) ", line).group(1))
+        shown = [float(v) for v in line.split(": ", 1)[1].split(" → ")]
+        assert shown == pytest.approx(expected[place], abs=0.051), line
