@@ -479,3 +479,14 @@ def test_the_residual_norms_are_the_querys(server, browser, db):
         place = int(re.match(r"place (\d+) ", line).group(1))
         shown = [float(v) for v in line.split(": ", 1)[1].split(" → ")]
         assert shown == pytest.approx(expected[place], abs=0.051), line
+
+
+def test_the_step_says_what_each_probability_is_over(server, browser):
+    """The slider's column is over the ten recorded candidates; the last is over the whole
+    vocabulary at T = 1: at T = 1 they differ, so each header says which it is."""
+    driver = browser
+    run = generate(driver, server, max_tokens=2, temperature=0)
+    driver.get(f"{server}#step/{run}/1")
+    wait(driver, lambda d: css(d, "#bars .p-at-t"))
+    heads = [h.text.replace("\n", " ") for h in css(driver, "#bars .bars .head")]
+    assert "these ten" in heads[2] and "whole vocabulary" in heads[3], heads

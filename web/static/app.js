@@ -245,7 +245,9 @@ function stepBars(panel) {
   const head = rows.length ? `after “${visible(rows[0].after_piece)}” (place ${rows[0].place})` : "no candidates recorded";
   const grid = el("div", { class: "bars" },
     el("span", { class: "head", text: "candidate" }), el("span", { class: "head", text: head }),
-    el("span", { class: "head", text: "p at T" }), el("span", { class: "head", text: "p at T=1" }));
+    // At T = 1 the two differ: the slider's softmax is over these ten, the recorded one over the vocabulary.
+    el("span", { class: "head", text: "p at T, among these ten" }),
+    el("span", { class: "head", text: "p at T = 1, whole vocabulary" }));
   for (const r of rows) {
     const cls = r.chosen ? "chosen" : "";
     const bar = el("div", { class: "bar" });
