@@ -490,3 +490,24 @@ def test_the_step_says_what_each_probability_is_over(server, browser):
     wait(driver, lambda d: css(d, "#bars .p-at-t"))
     heads = [h.text.replace("\n", " ") for h in css(driver, "#bars .bars .head")]
     assert "these ten" in heads[2] and "whole vocabulary" in heads[3], heads
+
+
+def test_each_part_of_the_model_links_to_the_file_defining_its_function(server, browser, tiny):
+    """Each box names the SQL function that computes its part and links to the sql/ file that
+    defines it; the generation's default path over several backends links to sql/10_shards.sql."""
+    import urllib.request
+
+    driver = browser
+    driver.get(f"{server}#model/{tiny}")
+    wait(driver, lambda d: css(d, "#flow .box"))
+    boxes = css(driver, "#flow .box[data-part]")
+    assert len(boxes) >= 14
+    for box in boxes:
+        function = box.get_attribute("data-function")
+        link = box.find_element("css selector", "a").get_attribute("href")
+        assert function and function in box.text, box.text
+        source = urllib.request.urlopen(link).read().decode()
+        assert re.search(rf"CREATE (OR REPLACE )?FUNCTION {re.escape(function)}\(", source), (function, link)
+    sampling = css(driver, '#flow .box[data-part="sampling"]')[0]
+    assert sampling.get_attribute("data-function") == "gptsql.choose"
+    assert any(a.get_attribute("href").endswith("/sql/10_shards.sql") for a in css(driver, "#flow ~ * a, #flow a"))

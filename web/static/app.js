@@ -440,24 +440,24 @@ function normsChart(rows) {
 }
 
 // ---------------------------------------------------------------------------------- the model
-const FLOW = [  // one place's way through the model: part, what it is, its shape, the SQL file
-  { part: "tokens", title: "Tokenizer", shape: () => "text → token ids (byte-pair merges)", file: "01_tokenizer.sql" },
-  { part: "wte", title: "Token embedding wte", shape: (m) => `${m.n_vocab} × ${m.n_embd}`, file: "02_embeddings.sql" },
-  { part: "wpe", title: "+ Position embedding wpe", shape: (m) => `${m.n_ctx} × ${m.n_embd}`, file: "02_embeddings.sql" },
+const FLOW = [  // one place's way through the model: part, what it is, its shape, the SQL function and its file
+  { part: "tokens", title: "Tokenizer", shape: () => "text → token ids (byte-pair merges)", fn: "gptsql.tokenize", file: "01_tokenizer.sql" },
+  { part: "wte", title: "Token embedding wte", shape: (m) => `${m.n_vocab} × ${m.n_embd}`, fn: "gptsql.embeddings", file: "02_embeddings.sql" },
+  { part: "wpe", title: "+ Position embedding wpe", shape: (m) => `${m.n_ctx} × ${m.n_embd}`, fn: "gptsql.embeddings", file: "02_embeddings.sql" },
   { block: [
-    { part: "ln_1", title: "Layer norm ln_1", shape: (m) => `γ, β: ${m.n_embd} each`, file: "03_norm_linear.sql" },
-    { part: "c_attn", title: "Queries, keys, values c_attn", shape: (m) => `${m.n_embd} → 3 × ${m.n_embd}`, file: "03_norm_linear.sql" },
-    { part: "attention", title: "Causal self-attention", shape: (m) => `${m.n_head} heads × ${m.n_embd / m.n_head}, softmax(q·k/√${m.n_embd / m.n_head})`, file: "04_attention.sql" },
-    { part: "attn_proj", title: "Projection attn_proj", shape: (m) => `${m.n_embd} → ${m.n_embd}`, file: "03_norm_linear.sql" },
-    { part: "add", title: "+ residual", shape: () => "h + attention(ln_1(h))", file: "06_blocks.sql" },
-    { part: "ln_2", title: "Layer norm ln_2", shape: (m) => `γ, β: ${m.n_embd} each`, file: "03_norm_linear.sql" },
-    { part: "c_fc", title: "MLP up c_fc + GELU", shape: (m) => `${m.n_embd} → ${4 * m.n_embd}`, file: "05_mlp.sql" },
-    { part: "mlp_proj", title: "MLP down mlp_proj", shape: (m) => `${4 * m.n_embd} → ${m.n_embd}`, file: "05_mlp.sql" },
-    { part: "add", title: "+ residual", shape: () => "a + mlp(ln_2(a))", file: "06_blocks.sql" },
+    { part: "ln_1", title: "Layer norm ln_1", shape: (m) => `γ, β: ${m.n_embd} each`, fn: "gptsql.layer_norm", file: "03_norm_linear.sql" },
+    { part: "c_attn", title: "Queries, keys, values c_attn", shape: (m) => `${m.n_embd} → 3 × ${m.n_embd}`, fn: "gptsql.matmul", file: "03_norm_linear.sql" },
+    { part: "attention", title: "Causal self-attention", shape: (m) => `${m.n_head} heads × ${m.n_embd / m.n_head}, softmax(q·k/√${m.n_embd / m.n_head})`, fn: "gptsql.attention", file: "04_attention.sql" },
+    { part: "attn_proj", title: "Projection attn_proj", shape: (m) => `${m.n_embd} → ${m.n_embd}`, fn: "gptsql.matmul", file: "03_norm_linear.sql" },
+    { part: "add", title: "+ residual", shape: () => "h + attention(ln_1(h))", fn: "gptsql.block", file: "06_blocks.sql" },
+    { part: "ln_2", title: "Layer norm ln_2", shape: (m) => `γ, β: ${m.n_embd} each`, fn: "gptsql.layer_norm", file: "03_norm_linear.sql" },
+    { part: "c_fc", title: "MLP up c_fc + GELU", shape: (m) => `${m.n_embd} → ${4 * m.n_embd}`, fn: "gptsql.mlp", file: "05_mlp.sql" },
+    { part: "mlp_proj", title: "MLP down mlp_proj", shape: (m) => `${4 * m.n_embd} → ${m.n_embd}`, fn: "gptsql.mlp", file: "05_mlp.sql" },
+    { part: "add", title: "+ residual", shape: () => "a + mlp(ln_2(a))", fn: "gptsql.block", file: "06_blocks.sql" },
   ] },
-  { part: "ln_f", title: "Final layer norm ln_f", shape: (m) => `γ, β: ${m.n_embd} each`, file: "03_norm_linear.sql" },
-  { part: "logits", title: "Logits: h · wteᵀ (tied)", shape: (m) => `${m.n_embd} → ${m.n_vocab}`, file: "07_logits.sql" },
-  { part: "sampling", title: "Softmax, temperature, top-k / top-p", shape: () => "→ the next token", file: "08_generate.sql" },
+  { part: "ln_f", title: "Final layer norm ln_f", shape: (m) => `γ, β: ${m.n_embd} each`, fn: "gptsql.forward", file: "06_blocks.sql" },
+  { part: "logits", title: "Logits: h · wteᵀ (tied)", shape: (m) => `${m.n_embd} → ${m.n_vocab}`, fn: "gptsql.logits", file: "07_logits.sql" },
+  { part: "sampling", title: "Softmax, temperature, top-k / top-p", shape: () => "→ the next token", fn: "gptsql.choose", file: "07_logits.sql" },
 ];
 
 async function viewModel(name) {
@@ -474,9 +474,10 @@ async function viewModel(name) {
   const box = (s) => {
     const params = perBlock[s.part];   // a block's part: its parameters in one block (the query's per_block)
     const label = params === undefined ? "" : `${Number(params).toLocaleString("en")} parameters`;
-    return el("div", { class: `box ${s.part === "add" ? "add" : ""}`, "data-part": s.part },
+    return el("div", { class: `box ${s.part === "add" ? "add" : ""}`, "data-part": s.part, "data-function": s.fn },
       el("b", { text: s.title }), el("a", { href: `/sql/${s.file}`, target: "_blank", text: `sql/${s.file}` }),
-      el("span", { class: "shape", text: s.shape(m) }), el("span", { class: "params", text: label }));
+      el("span", { class: "shape", text: s.shape(m) }), el("span", { class: "params", text: label }),
+      el("code", { class: "fn", text: s.fn, title: `in psql: \\sf ${s.fn}` }));
   };
   const flow = el("div", { class: "flow", id: "flow" });
   FLOW.forEach((s, i) => {
@@ -496,8 +497,14 @@ async function viewModel(name) {
     kv.append(el("span", { class: "k", text: k }), el("span", { text: String(v) }));
   }
   return [card(["The model ", picker], kv, sqlBox(models)),
-          card(["One place through the model ", el("span", { class: "muted", text: "each part links to the SQL that computes it" })],
-            flow, sqlBox(parts))];
+          card(["One place through the model ", el("span", { class: "muted", text: "each part names the SQL function that computes it and links to its file" })],
+            flow,
+            // The default path (workers, one per core) splits each block's heads and units over several
+            // backends: the same math by other functions, in one file of its own.
+            el("p", { class: "muted", id: "shards" }, "With workers (the default: one backend per core), each block's heads and MLP units are shared out over several backends by ",
+              el("a", { href: "/sql/10_shards.sql", target: "_blank", text: "sql/10_shards.sql" }),
+              " (gptsql.block_attention_share, gptsql.block_mlp_share, gptsql.choose_shards): the same math, split; gptsql serve --workers 1 runs the functions above."),
+            sqlBox(parts))];
 }
 
 // --------------------------------------------------------------------------------------- runs
