@@ -511,3 +511,27 @@ def test_each_part_of_the_model_links_to_the_file_defining_its_function(server, 
     sampling = css(driver, '#flow .box[data-part="sampling"]')[0]
     assert sampling.get_attribute("data-function") == "gptsql.choose"
     assert any(a.get_attribute("href").endswith("/sql/10_shards.sql") for a in css(driver, "#flow ~ * a, #flow a"))
+
+
+def test_the_residual_charts_labels_fit_and_do_not_overlap(server, browser):
+    """The residual chart's labels stay inside it and apart, for every GPT-2 depth (2 to 48 blocks):
+    drawn by the page's own normsChart on norms of that many blocks."""
+    driver = browser
+    driver.get(server)
+    wait(driver, lambda d: css(d, "#prompt"))
+    for blocks in (2, 4, 12, 24, 36, 48):
+        found = driver.execute_script("""
+            const blocks = arguments[0], rows = [];
+            for (let b = 0; b < blocks; b++) for (let p = 0; p < 3; p++)
+              rows.push({ block: b, place: p, piece: 'x', norm_after_attention: 10 * b + p + 1, norm_after_mlp: 10 * b + p + 5 });
+            const chart = normsChart(rows);
+            document.getElementById('main').replaceChildren(chart);
+            const svg = chart.querySelector('svg'), [x0, y0, w, h] = svg.getAttribute('viewBox').split(' ').map(Number);
+            const boxes = [...svg.querySelectorAll('text')].map((t) => [t.textContent, t.getBBox()]);
+            const outside = boxes.filter(([_, b]) => b.x < x0 || b.y < y0 || b.x + b.width > x0 + w || b.y + b.height > y0 + h);
+            const axis = boxes.filter(([_, b]) => b.y > y0 + h - 40 && b.y < y0 + h - 18).sort((a, b) => a[1].x - b[1].x);
+            const overlapping = axis.slice(1).filter(([_, b], i) => b.x < axis[i][1].x + axis[i][1].width + 2);
+            return { outside: outside.map(([t]) => t), overlapping: overlapping.map(([t]) => t),
+                     last: axis.length ? axis[axis.length - 1][0] : null };""", blocks)
+        assert found["outside"] == [] and found["overlapping"] == [], (blocks, found)
+        assert found["last"] is not None and found["last"].startswith(str(blocks - 1)), (blocks, found)

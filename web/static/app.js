@@ -402,7 +402,7 @@ function normsChart(rows) {
     const line = (byPlace[r.place] ??= { piece: r.piece, points: [] });
     line.points[2 * r.block] = r.norm_after_attention; line.points[2 * r.block + 1] = r.norm_after_mlp;
   }
-  const W = 900, H = 300, left = 50, bottom = 40, top = 10, right = 10;
+  const W = 900, H = 300, left = 50, bottom = 40, top = 10, right = 20;  // right: half the last label
   const max = Math.max(...rows.map((r) => Math.max(r.norm_after_attention, r.norm_after_mlp)), 1e-9);
   const x = (i) => left + (i / Math.max(1, 2 * blocks - 1)) * (W - left - right);
   const y = (v) => top + (1 - v / max) * (H - top - bottom);
@@ -420,10 +420,23 @@ function normsChart(rows) {
     add("line", { x1: left, x2: W - right, y1: y(v), y2: y(v), stroke: "#e3e7ec" });
     add("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(v < 10 ? 1 : 0));
   }
-  for (let i = 0; i < 2 * blocks; i++) {
-    add("text", { x: x(i), y: H - bottom + 16, "text-anchor": "middle" }, `${Math.floor(i / 2)}${i % 2 ? "m" : "a"}`);
+  // A label needs about 28 px ("47m"): every point when they fit, else every k-th block's end (and the last).
+  const room = W - left - right, label = 28;
+  if (2 * blocks * label <= room) {
+    for (let i = 0; i < 2 * blocks; i++) {
+      add("text", { x: x(i), y: H - bottom + 16, "text-anchor": "middle" }, `${Math.floor(i / 2)}${i % 2 ? "m" : "a"}`);
+    }
+    add("text", { x: (left + W) / 2, y: H - 6, "text-anchor": "middle" }, "block: a after the attention, m after the MLP");
+  } else {
+    const k = Math.ceil((blocks * label) / room);
+    for (let b = 0; b < blocks; b++) {
+      if ((b % k === 0 && blocks - 1 - b >= k) || b === blocks - 1) {
+        add("text", { x: x(2 * b + 1), y: H - bottom + 16, "text-anchor": "middle" }, String(b));
+      }
+    }
+    add("text", { x: (left + W) / 2, y: H - 6, "text-anchor": "middle" },
+        "block (two points each: after the attention, after the MLP; labelled after the MLP)");
   }
-  add("text", { x: (left + W) / 2, y: H - 6, "text-anchor": "middle" }, "block: a after the attention, m after the MLP");
   const places = Object.keys(byPlace);
   places.forEach((p, j) => {
     const line = byPlace[p];
