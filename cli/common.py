@@ -176,6 +176,16 @@ def check_utf8(args: list[str]) -> None:
                             "gptsql takes UTF-8 text: convert it, e.g. with iconv -t UTF-8")
 
 
+def check_utf8_environment() -> None:
+    """GPTSQL_* variables become a DSN, a path or a number the way arguments do (and Python decodes
+    them the same way): one line naming the first that is not UTF-8, before anything runs."""
+    for name, value in sorted(os.environ.items()):
+        problem = utf8_problem(value) if name.startswith("GPTSQL_") else None
+        if problem:
+            raise UserError(f"the environment variable {name}={shown_arg(value)} is not UTF-8 text ({problem}); "
+                            f"set it to UTF-8 text, or unset it (unset {name})")
+
+
 def read_prompt(prompt: str) -> str:
     """A command's prompt argument: "-" reads standard input."""
     check_utf8([prompt])

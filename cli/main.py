@@ -19,7 +19,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import (SEED, Context, check_utf8, console, count, db_error_message, fail, finishing, friendly,
+from .common import (SEED, Context, check_utf8, check_utf8_environment, console, count, db_error_message, fail, finishing, friendly,
                      IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, token_pieces, trace
 from .serve import serve
@@ -46,6 +46,7 @@ class OneLineErrors(click.Group):
         end_like_ctrl_c()
         try:
             check_utf8(sys.argv[1:] if args is None else list(args))
+            check_utf8_environment()
         except UserError as exc:
             fail(str(exc))
         try:

@@ -4,7 +4,10 @@ agree."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import psycopg
@@ -33,6 +36,17 @@ def one_line_error(result, *fragments):
 ])
 def test_arguments_that_are_not_utf8_are_one_line_naming_the_byte(tiny, run_cli, args):
     one_line_error(run_cli(*args, check=False), "not UTF-8", "byte 0xff at offset 6", r"Hello \xff\xfe world")
+
+
+@pytest.mark.parametrize("name", ["GPTSQL_DSN", "GPTSQL_DATA_DIR", "GPTSQL_WORKERS"])
+def test_environment_variables_that_are_not_utf8_are_one_line_naming_them(backend, tmp_path, name):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env.update(backend[1])
+    env[name] = os.fsencode(tmp_path) + b"/x\xff\xfe" if name == "GPTSQL_DATA_DIR" else b"x\xff\xfe"
+    result = subprocess.run([sys.executable, "-m", "gptsql", "generate", "-n", "1", "hi"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    one_line_error(result, f"environment variable {name}", "not UTF-8", "byte 0xff at offset")
+    assert list(tmp_path.iterdir()) == []            # refused before anything ran: no data directory made
 
 
 # ------------------------------------------------------------------------- markup in the data
