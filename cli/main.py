@@ -213,9 +213,10 @@ def load(ctx: Context, source, name, dtype, replace):
     if memory.follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):
         ctx.reconnect()
     conn = ctx.conn
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+    # the description holds the model's name: data, never markup ('[/bold]' crashed the bar)
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as progress:
+    with Progress(*columns, console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"loading {name} (~{memory.human(size)})", total=None)
 
         def report(stage, done, total):
@@ -452,7 +453,7 @@ def check(ctx: Context, model, prompt, tokens):
     from ..reference.check import check_model
 
     prompt = read_prompt(prompt)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("check", total=None)
         result = check_model(ctx.conn, model, prompt, tokens,

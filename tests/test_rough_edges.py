@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -67,6 +68,40 @@ def test_names_and_prompts_are_data_not_markup(markup_model, run_cli):
         result = run_cli(*args)
         assert markup_model in result.stdout, args
     assert prompt in run_cli("runs", "show").stdout
+
+
+def at_a_terminal(backend, *args, columns: int = 120):
+    """The CLI at a terminal (a pty, through script(1)), as a person runs it; colours and cursor moves
+    taken out of what it printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env.update(backend[1], COLUMNS=str(columns))
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "gptsql", *args])
+    result = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    result.stdout = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout).replace("\r", "")
+    return result
+
+
+def test_at_a_terminal_names_and_prompts_are_data_not_markup(db, backend, run_cli):
+    """Rich reads '[/bold]' as markup unless told not to: at a terminal (tables, the load's bar) a
+    model so named crashed with MarkupError."""
+    name = "[/bold]:smile:[red]"
+    loaded = at_a_terminal(backend, "load", "random:tiny", "--name", name)        # its progress bar names it
+    try:
+        assert loaded.returncode == 0 and "Traceback" not in loaded.stdout, loaded.stdout
+        assert f"loaded {name} (" in loaded.stdout
+        prompt = "[bold]x[/i] :smile:"
+        run_cli("generate", "-m", name, "-n", "2", "-t", "0", prompt)
+        run_id = str(db.execute("select gptsql.latest_run()").fetchone()[0])
+        for args in (["models"], ["runs", "list"], ["runs", "show", run_id], ["trace", "--run", run_id],
+                     ["check", "-m", name, "--tokens", "1"]):
+            result = at_a_terminal(backend, *args)
+            assert result.returncode == 0 and "Traceback" not in result.stdout, (args, result.stdout)
+            assert name in result.stdout, (args, result.stdout)
+            if args[0] != "models" and args[0] != "check":
+                assert prompt in result.stdout, (args, result.stdout)
+    finally:
+        db.execute("select gptsql.drop_model(%s)", [name])
 
 
 # ------------------------------------------------------------------------ bad option values
