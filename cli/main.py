@@ -255,12 +255,13 @@ def models(ctx: Context, as_json):
 
 
 def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
-    """At a terminal: one column per field when they fit whole; otherwise the name (never cut) and
-    beside it the rest, wrapped."""
+    """At a terminal: one column per field when they fit whole; otherwise each model's name on a
+    line of its own and the rest under it, wrapped, so that nothing is cut (a name beside the rest
+    left the rest a few columns, cropped: 'random:t')."""
     from rich import box
-    from rich.table import Table
-
     from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
 
     table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in table.columns:
@@ -268,15 +269,13 @@ def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
     for row in cells:
         table.add_row(*row)
     if Measurement.get(out, out.options.update_width(10_000), table).maximum > out.width:
-        table = Table("name", "source, shape, size", box=box.SIMPLE_HEAD, pad_edge=False)
-        longest = max(len(c[0]) for c in cells)
-        table.columns[0].min_width = min(longest, out.width - 12)
-        table.columns[0].no_wrap = longest <= out.width - 12
-        table.columns[0].overflow = "fold"     # narrower still: the name wraps, whole, never cut
-        table.columns[1].overflow = "fold"
+        table = Table("name: source; shape; parameters, size", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.columns[0].overflow = "fold"     # a name longer than the terminal wraps, whole
         for name, source, layers, width, heads, context, params, size in cells:
-            table.add_row(name, f"{source}; {layers} layers × {width}, {heads} heads, context {context}; "
-                                f"{params} parameters, {size}")
+            text = Text(name, style="bold")
+            text.append(f"\n  {source}; {layers} layers × {width}, {heads} heads, context {context}; "
+                        f"{params} parameters, {size}")
+            table.add_row(text)
     out.print(table)
 
 

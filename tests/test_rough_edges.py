@@ -172,22 +172,28 @@ def test_piped_models_and_runs_list_print_whole_values(db, tiny_checkpoint, run_
         db.execute("select gptsql.drop_model(%s)", [name])
 
 
-@pytest.mark.parametrize("width", [80, 50])
-def test_models_at_an_80_column_terminal_keep_names_whole(width):
+@pytest.mark.parametrize("width", [120, 80, 50, 40])
+def test_models_at_a_narrow_terminal_keep_every_value_whole(width):
+    """Names never cut; nor the other values: at 50 columns the source, shape and size were cropped
+    to 8 characters a line ('random:t')."""
     from rich.console import Console
 
     from gptsql.cli.main import print_models
 
     name = "random-tiny-with-a-long-name-that-tables-cut"
+    rows = [[name, "/a/rather/long/directory/path/of/a/checkpoint", "12", "768", "12", "1024", "124.4M", "488 MB"],
+            ["gpt2", "gpt2", "12", "768", "12", "1024", "124.4M", "488 MB"]]
     buffer = io.StringIO()
     print_models(Console(file=buffer, width=width, force_terminal=True, color_system=None, markup=False),
-                 ["name", "source", "layers", "width", "heads", "context", "parameters", "size on disk"],
-                 [[name, "/a/rather/long/directory/path/of/a/checkpoint", "12", "768", "12", "1024", "124.4M",
-                   "488 MB"]])
-    lines = buffer.getvalue().splitlines()
+                 ["name", "source", "layers", "width", "heads", "context", "params", "size"], rows)
+    shown = buffer.getvalue()
+    lines = shown.splitlines()
     assert max(len(line) for line in lines) <= width
-    names = "".join(line.split()[0] for line in lines if line.strip() and not line.startswith((" name", " ─")))
-    assert name in buffer.getvalue() or names.startswith(name), buffer.getvalue()   # whole, or wrapped whole
+    assert "…" not in shown
+    flat = re.sub(r"\s+", "", shown)
+    for row in rows:                   # every value is there, whole (wrapped lines joined)
+        for value in row:
+            assert re.sub(r"\s+", "", value) in flat, (value, shown)
 
 
 @pytest.mark.parametrize("fontsize", [11, 12])
