@@ -271,6 +271,15 @@ def test_predict_trace_and_runs_show_show_the_bytes_of_partial_characters(tiny, 
         assert partial.search(out), (args, out)
 
 
+def test_pictures_of_characters_the_font_lacks_print_no_warnings(tiny, run_cli, tmp_path):
+    """DejaVu Sans has no CJK: matplotlib warned once per missing glyph on stderr (five lines for
+    '你好，世界' in the subtitle); the picture draws boxes and the command prints its one line."""
+    for command in ("lens", "attention"):
+        result = run_cli(command, "-m", tiny, "-n", "1", "你好，世界", "--out", str(tmp_path / f"{command}.png"))
+        assert result.stderr == "", result.stderr
+        assert result.stdout.startswith("wrote ") and len(result.stdout.splitlines()) == 1, result.stdout
+
+
 def test_readable_pieces():
     from gptsql.pieces import readable
 
