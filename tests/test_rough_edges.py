@@ -364,6 +364,15 @@ def test_check_reports_progress(db, tiny):
     assert all(0 <= done <= total for _, done, total in seen)
 
 
+def test_check_shows_its_progress_at_a_terminal_only(tiny, backend, run_cli):
+    """The 124M shape's check said nothing for 26 s: at a terminal a bar names the stage."""
+    shown = at_a_terminal(backend, "check", "-m", tiny, "--tokens", "2")
+    assert shown.returncode == 0, shown.stdout
+    assert "check: done" in shown.stdout and "greedy SQL" in shown.stdout, shown.stdout
+    piped = run_cli("check", "-m", tiny, "--tokens", "2")
+    assert piped.stderr == "" and piped.stdout.startswith(f"model {tiny}: "), piped
+
+
 def test_one_token_is_singular_and_the_hint_fits_the_options(tiny, run_cli):
     one_line_error(run_cli("generate", "-m", tiny, "-n", "200", "x", check=False), "the prompt (1 token) plus")
     line = one_line_error(run_cli("generate", "-m", tiny, "-n", "128", "--truncate", "left", "x", check=False),
