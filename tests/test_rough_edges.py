@@ -172,6 +172,24 @@ def test_piped_models_and_runs_list_print_whole_values(db, tiny_checkpoint, run_
         db.execute("select gptsql.drop_model(%s)", [name])
 
 
+def test_piped_runs_show_trace_and_predict_print_whole_pieces_and_text(db, tiny, run_cli, monkeypatch):
+    """Piped, rich drew at 80 columns: a 64-character piece became '===============…' and the text
+    wrapped, so a grep for a phrase across the wrap found nothing."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    long_piece = "=" * 64                       # one GPT-2 token
+    prompt = f"{long_piece} and a prompt long enough to pass eighty columns, which a grep wants whole: {long_piece}"
+    run_cli("generate", "-m", tiny, "-n", "2", "-t", "0", prompt)
+    run_id, text = db.execute("select run, prompt || generated_text from gptsql.runs "
+                              "where run = gptsql.latest_run()").fetchone()
+    for args in (["runs", "show", str(run_id)], ["trace", "--run", str(run_id)]):
+        out = run_cli(*args).stdout
+        assert "…" not in out, (args, out)
+        assert text in out.splitlines() or any(line.endswith(text) for line in out.splitlines()), (args, out)
+    assert repr(long_piece) in run_cli("runs", "show", str(run_id)).stdout
+    out = run_cli("predict", "-m", tiny, "--top", "50", "--workers", "1", long_piece).stdout
+    assert "…" not in out, out
+
+
 @pytest.mark.parametrize("width", [120, 80, 50, 40])
 def test_models_at_a_narrow_terminal_keep_every_value_whole(width):
     """Names never cut; nor the other values: at 50 columns the source, shape and size were cropped
