@@ -340,6 +340,16 @@ def test_runs_drop_with_a_missing_id_drops_nothing_and_says_so(db, tiny, run_cli
     assert db.execute("select exists (select from gptsql.run where id = %s)", [real]).fetchone()[0]
 
 
+@pytest.mark.parametrize("age", ["99999999d", "99999999999999999999d", "9999999999w"])
+def test_runs_drop_older_than_an_age_past_postgresqls_dates_drops_nothing(db, tiny, run_cli, age):
+    """'timestamp out of range' / 'interval field value out of range' from the server: no run is
+    older than PostgreSQL's dates go (4713 BC), so there is nothing to drop."""
+    run_cli("generate", "-m", tiny, "-n", "1", "-t", "0", PROMPT)
+    result = run_cli("runs", "drop", "--older-than", age)
+    assert result.stdout.strip() == f"no finished runs older than {age}" and result.stderr == "", result
+    assert db.execute("select count(*) from gptsql.run").fetchone()[0] > 0
+
+
 def test_seeds_are_bigints_end_to_end(db, tiny, run_cli):
     def sample(seed):
         return run_cli("generate", "-m", tiny, "-n", "8", "-t", "2", "--seed", str(seed), "--no-prompt", PROMPT).stdout
