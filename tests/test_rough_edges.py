@@ -298,6 +298,24 @@ def test_pictures_of_characters_the_font_lacks_print_no_warnings(tiny, run_cli, 
         assert result.stdout.startswith("wrote ") and len(result.stdout.splitlines()) == 1, result.stdout
 
 
+def test_the_lens_picture_shows_partial_characters_as_bytes(db, tiny, run_cli, tmp_path, monkeypatch):
+    """Its axes (the run's pieces) and its cells (each block's top token) alike."""
+    from gptsql.cli.runs import draw_lens
+    from gptsql.plots import figures
+
+    run_cli("generate", "-m", tiny, "-n", "1", "-t", "0", "你好，世界")
+    run_id = db.execute("select gptsql.latest_run()").fetchone()[0]
+    drawn = {}
+    real = figures.lens
+    monkeypatch.setattr(figures, "lens", lambda *args, **kw: drawn.update(args=args) or real(*args, **kw))
+    draw_lens(db, run_id, tmp_path / "lens.png")
+    labels, next_labels, top = drawn["args"][:3]
+    shown = [*labels, *filter(None, next_labels), *(t for row in top for t in row)]
+    assert not any("\ufffd" in text for text in shown), shown
+    partial = re.compile(r"<[0-9a-f]{2}( [0-9a-f]{2})*>")
+    assert any(partial.search(t) for t in labels) and any(partial.search(t) for row in top for t in row), shown
+
+
 def test_readable_pieces():
     from gptsql.pieces import readable
 
