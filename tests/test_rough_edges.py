@@ -111,10 +111,12 @@ def test_bench_contexts_must_be_numbers(run_cli):
 
 @pytest.mark.parametrize("out, says", [("/proc/a.png", "cannot write '/proc/a.png'"),
                                        ("/nonexistent-14/dir/x.png", "'/nonexistent-14/dir' does not exist")])
-def test_pictures_say_where_they_cannot_be_written(tiny, run_cli, out, says):
+def test_pictures_say_where_they_cannot_be_written(db, tiny, run_cli, out, says):
+    runs = db.execute("select count(*) from gptsql.run").fetchone()[0]
     for command in ("attention", "lens"):
         one_line_error(run_cli(command, "-m", tiny, PROMPT, "--out", out, check=False), says)
-    assert not __import__("os").path.exists("/nonexistent-14")      # no folders made, even as root
+    assert not os.path.exists("/nonexistent-14")      # no folders made, even as root
+    assert db.execute("select count(*) from gptsql.run").fetchone()[0] == runs     # said before the prompt ran
 
 
 @pytest.mark.parametrize("args, value", [
