@@ -64,12 +64,19 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
+PIPED_WIDTH = 1_000_000    # columns of rich's output when not at a terminal: nothing cut, nothing wrapped
+
+
 def console(stderr: bool = False):
     """Rich output for data: names, prompts and pieces are printed as they are, never read as
-    markup ('[/bold]') or emoji codes (':smile:')."""
+    markup ('[/bold]') or emoji codes (':smile:'). Piped (and COLUMNS unset), tables and texts are
+    as wide as their values: at rich's default 80 columns a long piece was cut ('====…') and a text
+    wrapped where a grep would look for it."""
     from rich.console import Console
 
-    return Console(stderr=stderr, markup=False, emoji=False, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH
+    return Console(stderr=stderr, markup=False, emoji=False, highlight=False, width=width)
 
 
 def plural(n: int, word: str) -> str:
@@ -174,6 +181,16 @@ def check_utf8(args: list[str]) -> None:
         if problem:
             raise UserError(f"the argument {shown_arg(arg)} is not UTF-8 text ({problem}); "
                             "gptsql takes UTF-8 text: convert it, e.g. with iconv -t UTF-8")
+
+
+def check_utf8_environment() -> None:
+    """GPTSQL_* variables become a DSN, a path or a number the way arguments do (and Python decodes
+    them the same way): one line naming the first that is not UTF-8, before anything runs."""
+    for name, value in sorted(os.environ.items()):
+        problem = utf8_problem(value) if name.startswith("GPTSQL_") else None
+        if problem:
+            raise UserError(f"the environment variable {name}={shown_arg(value)} is not UTF-8 text ({problem}); "
+                            f"set it to UTF-8 text, or unset it (unset {name})")
 
 
 def read_prompt(prompt: str) -> str:

@@ -19,7 +19,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import (SEED, Context, check_utf8, console, count, db_error_message, fail, finishing, friendly,
+from .common import (SEED, Context, check_utf8, check_utf8_environment, console, count, db_error_message, fail, finishing, friendly,
                      IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, token_pieces, trace
 from .serve import serve
@@ -46,6 +46,7 @@ class OneLineErrors(click.Group):
         end_like_ctrl_c()
         try:
             check_utf8(sys.argv[1:] if args is None else list(args))
+            check_utf8_environment()
         except UserError as exc:
             fail(str(exc))
         try:
@@ -212,9 +213,10 @@ def load(ctx: Context, source, name, dtype, replace):
     if memory.follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):
         ctx.reconnect()
     conn = ctx.conn
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+    # the description holds the model's name: data, never markup ('[/bold]' crashed the bar)
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
-    with Progress(*columns, transient=True, disable=not sys.stderr.isatty()) as progress:
+    with Progress(*columns, console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task(f"loading {name} (~{memory.human(size)})", total=None)
 
         def report(stage, done, total):
@@ -253,12 +255,13 @@ def models(ctx: Context, as_json):
 
 
 def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
-    """At a terminal: one column per field when they fit whole; otherwise the name (never cut) and
-    beside it the rest, wrapped."""
+    """At a terminal: one column per field when they fit whole; otherwise each model's name on a
+    line of its own and the rest under it, wrapped, so that nothing is cut (a name beside the rest
+    left the rest a few columns, cropped: 'random:t')."""
     from rich import box
-    from rich.table import Table
-
     from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
 
     table = Table(*headers, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in table.columns:
@@ -266,15 +269,13 @@ def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
     for row in cells:
         table.add_row(*row)
     if Measurement.get(out, out.options.update_width(10_000), table).maximum > out.width:
-        table = Table("name", "source, shape, size", box=box.SIMPLE_HEAD, pad_edge=False)
-        longest = max(len(c[0]) for c in cells)
-        table.columns[0].min_width = min(longest, out.width - 12)
-        table.columns[0].no_wrap = longest <= out.width - 12
-        table.columns[0].overflow = "fold"     # narrower still: the name wraps, whole, never cut
-        table.columns[1].overflow = "fold"
+        table = Table("name: source; shape; parameters, size", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.columns[0].overflow = "fold"     # a name longer than the terminal wraps, whole
         for name, source, layers, width, heads, context, params, size in cells:
-            table.add_row(name, f"{source}; {layers} layers × {width}, {heads} heads, context {context}; "
-                                f"{params} parameters, {size}")
+            text = Text(name, style="bold")
+            text.append(f"\n  {source}; {layers} layers × {width}, {heads} heads, context {context}; "
+                        f"{params} parameters, {size}")
+            table.add_row(text)
     out.print(table)
 
 
@@ -451,7 +452,7 @@ def check(ctx: Context, model, prompt, tokens):
     from ..reference.check import check_model
 
     prompt = read_prompt(prompt)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console(stderr=True), transient=True, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("check", total=None)
         result = check_model(ctx.conn, model, prompt, tokens,

@@ -288,6 +288,8 @@ def show_run(ctx, run):
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$")
 UNITS = {"s": "seconds", "sec": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days",
          "w": "weeks"}
+SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800}
+NO_RUN_IS_OLDER = 1000 * 365 * 86400   # seconds: an age past this (or past PostgreSQL's dates) finds no run
 
 
 def parse_age(text: str) -> str:
@@ -310,10 +312,11 @@ def drop_runs(ctx, run_ids, older_than):
     conn = ctx.conn
     with conn.transaction():
         if older_than:
-            ids = [r[0] for r in conn.execute(
+            age = parse_age(older_than)
+            number, unit = age.split()
+            ids = [] if float(number) * SECONDS[unit] > NO_RUN_IS_OLDER else [r[0] for r in conn.execute(
                 """select id from gptsql.run
-                   where started_at < now() - %s::interval and status <> 'running' order by id""",
-                [parse_age(older_than)])]
+                   where started_at < now() - %s::interval and status <> 'running' order by id""", [age])]
         else:
             ids = sorted(set(run_ids))
             found = {r[0]: r[1] for r in conn.execute("select id, status from gptsql.run where id = any(%s)", [ids])}

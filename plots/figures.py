@@ -7,6 +7,7 @@ check a picture without looking at it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -60,13 +61,21 @@ def _pyplot():
     return plt
 
 
+@contextlib.contextmanager
+def missing_glyphs_quiet():
+    """Text in scripts DejaVu Sans lacks (CJK...) draws as boxes; matplotlib would also warn once
+    per character on stderr, wherever text is measured (the subtitle's fit, the layout, the save)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        yield
+
+
 def _save(fig, out: Path, title: str, panels: list[Panel]) -> Picture:
     out = Path(out)
     try:
         if not out.parent.is_dir():     # never made: a mistyped folder is the user's to fix
             raise UserError(f"the folder {str(out.parent)!r} does not exist: create it first, or write elsewhere")
-        with warnings.catch_warnings():     # tokens in scripts DejaVu Sans lacks (CJK...) draw as boxes
-            warnings.filterwarnings("ignore", message="Glyph .* missing")
+        with missing_glyphs_quiet():
             fig.savefig(out, dpi=DPI, format="png")
     except OSError as exc:
         raise UserError(f"cannot write {str(out)!r}: {exc.strerror or exc}; choose another path") from exc
@@ -82,7 +91,8 @@ def _heading(fig, title: str, subtitle: str, fontsize: float) -> None:
     heading = fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=fontsize, parse_math=False)
     renderer, room = fig.canvas.get_renderer(), 0.96 * fig.bbox.width
     for _attempt in range(8):
-        width = heading.get_window_extent(renderer).width
+        with missing_glyphs_quiet():
+            width = heading.get_window_extent(renderer).width
         if width <= room or len(subtitle) <= 1:
             return
         subtitle = subtitle[: max(1, int(len(subtitle) * room / width) - 2)] + "…"

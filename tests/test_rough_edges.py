@@ -4,7 +4,11 @@ agree."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import shlex
+import subprocess
+import sys
 
 import numpy as np
 import psycopg
@@ -35,6 +39,17 @@ def test_arguments_that_are_not_utf8_are_one_line_naming_the_byte(tiny, run_cli,
     one_line_error(run_cli(*args, check=False), "not UTF-8", "byte 0xff at offset 6", r"Hello \xff\xfe world")
 
 
+@pytest.mark.parametrize("name", ["GPTSQL_DSN", "GPTSQL_DATA_DIR", "GPTSQL_WORKERS"])
+def test_environment_variables_that_are_not_utf8_are_one_line_naming_them(backend, tmp_path, name):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env.update(backend[1])
+    env[name] = os.fsencode(tmp_path) + b"/x\xff\xfe" if name == "GPTSQL_DATA_DIR" else b"x\xff\xfe"
+    result = subprocess.run([sys.executable, "-m", "gptsql", "generate", "-n", "1", "hi"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    one_line_error(result, f"environment variable {name}", "not UTF-8", "byte 0xff at offset")
+    assert list(tmp_path.iterdir()) == []            # refused before anything ran: no data directory made
+
+
 # ------------------------------------------------------------------------- markup in the data
 @pytest.fixture
 def markup_model(db, tiny_checkpoint):
@@ -55,6 +70,40 @@ def test_names_and_prompts_are_data_not_markup(markup_model, run_cli):
     assert prompt in run_cli("runs", "show").stdout
 
 
+def at_a_terminal(backend, *args, columns: int = 120):
+    """The CLI at a terminal (a pty, through script(1)), as a person runs it; colours and cursor moves
+    taken out of what it printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+    env.update(backend[1], COLUMNS=str(columns))
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "gptsql", *args])
+    result = subprocess.run(["script", "-qec", command, "/dev/null"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    result.stdout = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout).replace("\r", "")
+    return result
+
+
+def test_at_a_terminal_names_and_prompts_are_data_not_markup(db, backend, run_cli):
+    """Rich reads '[/bold]' as markup unless told not to: at a terminal (tables, the load's bar) a
+    model so named crashed with MarkupError."""
+    name = "[/bold]:smile:[red]"
+    loaded = at_a_terminal(backend, "load", "random:tiny", "--name", name)        # its progress bar names it
+    try:
+        assert loaded.returncode == 0 and "Traceback" not in loaded.stdout, loaded.stdout
+        assert f"loaded {name} (" in loaded.stdout
+        prompt = "[bold]x[/i] :smile:"
+        run_cli("generate", "-m", name, "-n", "2", "-t", "0", prompt)
+        run_id = str(db.execute("select gptsql.latest_run()").fetchone()[0])
+        for args in (["models"], ["runs", "list"], ["runs", "show", run_id], ["trace", "--run", run_id],
+                     ["check", "-m", name, "--tokens", "1"]):
+            result = at_a_terminal(backend, *args)
+            assert result.returncode == 0 and "Traceback" not in result.stdout, (args, result.stdout)
+            assert name in result.stdout, (args, result.stdout)
+            if args[0] != "models" and args[0] != "check":
+                assert prompt in result.stdout, (args, result.stdout)
+    finally:
+        db.execute("select gptsql.drop_model(%s)", [name])
+
+
 # ------------------------------------------------------------------------ bad option values
 def test_bench_contexts_must_be_numbers(run_cli):
     one_line_error(run_cli("bench", "--contexts", "abc", check=False), "--contexts", "'abc'")
@@ -62,10 +111,12 @@ def test_bench_contexts_must_be_numbers(run_cli):
 
 @pytest.mark.parametrize("out, says", [("/proc/a.png", "cannot write '/proc/a.png'"),
                                        ("/nonexistent-14/dir/x.png", "'/nonexistent-14/dir' does not exist")])
-def test_pictures_say_where_they_cannot_be_written(tiny, run_cli, out, says):
+def test_pictures_say_where_they_cannot_be_written(db, tiny, run_cli, out, says):
+    runs = db.execute("select count(*) from gptsql.run").fetchone()[0]
     for command in ("attention", "lens"):
         one_line_error(run_cli(command, "-m", tiny, PROMPT, "--out", out, check=False), says)
-    assert not __import__("os").path.exists("/nonexistent-14")      # no folders made, even as root
+    assert not os.path.exists("/nonexistent-14")      # no folders made, even as root
+    assert db.execute("select count(*) from gptsql.run").fetchone()[0] == runs     # said before the prompt ran
 
 
 @pytest.mark.parametrize("args, value", [
@@ -123,22 +174,46 @@ def test_piped_models_and_runs_list_print_whole_values(db, tiny_checkpoint, run_
         db.execute("select gptsql.drop_model(%s)", [name])
 
 
-@pytest.mark.parametrize("width", [80, 50])
-def test_models_at_an_80_column_terminal_keep_names_whole(width):
+def test_piped_runs_show_trace_and_predict_print_whole_pieces_and_text(db, tiny, run_cli, monkeypatch):
+    """Piped, rich drew at 80 columns: a 64-character piece became '===============…' and the text
+    wrapped, so a grep for a phrase across the wrap found nothing."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    long_piece = "=" * 64                       # one GPT-2 token
+    prompt = f"{long_piece} and a prompt long enough to pass eighty columns, which a grep wants whole: {long_piece}"
+    run_cli("generate", "-m", tiny, "-n", "2", "-t", "0", prompt)
+    run_id, text = db.execute("select run, prompt || generated_text from gptsql.runs "
+                              "where run = gptsql.latest_run()").fetchone()
+    for args in (["runs", "show", str(run_id)], ["trace", "--run", str(run_id)]):
+        out = run_cli(*args).stdout
+        assert "…" not in out, (args, out)
+        assert text in out.splitlines() or any(line.endswith(text) for line in out.splitlines()), (args, out)
+    assert repr(long_piece) in run_cli("runs", "show", str(run_id)).stdout
+    out = run_cli("predict", "-m", tiny, "--top", "50", "--workers", "1", long_piece).stdout
+    assert "…" not in out, out
+
+
+@pytest.mark.parametrize("width", [120, 80, 50, 40])
+def test_models_at_a_narrow_terminal_keep_every_value_whole(width):
+    """Names never cut; nor the other values: at 50 columns the source, shape and size were cropped
+    to 8 characters a line ('random:t')."""
     from rich.console import Console
 
     from gptsql.cli.main import print_models
 
     name = "random-tiny-with-a-long-name-that-tables-cut"
+    rows = [[name, "/a/rather/long/directory/path/of/a/checkpoint", "12", "768", "12", "1024", "124.4M", "488 MB"],
+            ["gpt2", "gpt2", "12", "768", "12", "1024", "124.4M", "488 MB"]]
     buffer = io.StringIO()
     print_models(Console(file=buffer, width=width, force_terminal=True, color_system=None, markup=False),
-                 ["name", "source", "layers", "width", "heads", "context", "parameters", "size on disk"],
-                 [[name, "/a/rather/long/directory/path/of/a/checkpoint", "12", "768", "12", "1024", "124.4M",
-                   "488 MB"]])
-    lines = buffer.getvalue().splitlines()
+                 ["name", "source", "layers", "width", "heads", "context", "params", "size"], rows)
+    shown = buffer.getvalue()
+    lines = shown.splitlines()
     assert max(len(line) for line in lines) <= width
-    names = "".join(line.split()[0] for line in lines if line.strip() and not line.startswith((" name", " ─")))
-    assert name in buffer.getvalue() or names.startswith(name), buffer.getvalue()   # whole, or wrapped whole
+    assert "…" not in shown
+    flat = re.sub(r"\s+", "", shown)
+    for row in rows:                   # every value is there, whole (wrapped lines joined)
+        for value in row:
+            assert re.sub(r"\s+", "", value) in flat, (value, shown)
 
 
 @pytest.mark.parametrize("fontsize", [11, 12])
@@ -216,6 +291,33 @@ def test_predict_trace_and_runs_show_show_the_bytes_of_partial_characters(tiny, 
         assert partial.search(out), (args, out)
 
 
+def test_pictures_of_characters_the_font_lacks_print_no_warnings(tiny, run_cli, tmp_path):
+    """DejaVu Sans has no CJK: matplotlib warned once per missing glyph on stderr (five lines for
+    '你好，世界' in the subtitle); the picture draws boxes and the command prints its one line."""
+    for command in ("lens", "attention"):
+        result = run_cli(command, "-m", tiny, "-n", "1", "你好，世界", "--out", str(tmp_path / f"{command}.png"))
+        assert result.stderr == "", result.stderr
+        assert result.stdout.startswith("wrote ") and len(result.stdout.splitlines()) == 1, result.stdout
+
+
+def test_the_lens_picture_shows_partial_characters_as_bytes(db, tiny, run_cli, tmp_path, monkeypatch):
+    """Its axes (the run's pieces) and its cells (each block's top token) alike."""
+    from gptsql.cli.runs import draw_lens
+    from gptsql.plots import figures
+
+    run_cli("generate", "-m", tiny, "-n", "1", "-t", "0", "你好，世界")
+    run_id = db.execute("select gptsql.latest_run()").fetchone()[0]
+    drawn = {}
+    real = figures.lens
+    monkeypatch.setattr(figures, "lens", lambda *args, **kw: drawn.update(args=args) or real(*args, **kw))
+    draw_lens(db, run_id, tmp_path / "lens.png")
+    labels, next_labels, top = drawn["args"][:3]
+    shown = [*labels, *filter(None, next_labels), *(t for row in top for t in row)]
+    assert not any("\ufffd" in text for text in shown), shown
+    partial = re.compile(r"<[0-9a-f]{2}( [0-9a-f]{2})*>")
+    assert any(partial.search(t) for t in labels) and any(partial.search(t) for row in top for t in row), shown
+
+
 def test_readable_pieces():
     from gptsql.pieces import readable
 
@@ -258,6 +360,16 @@ def test_runs_drop_with_a_missing_id_drops_nothing_and_says_so(db, tiny, run_cli
     assert db.execute("select exists (select from gptsql.run where id = %s)", [real]).fetchone()[0]
 
 
+@pytest.mark.parametrize("age", ["99999999d", "99999999999999999999d", "9999999999w"])
+def test_runs_drop_older_than_an_age_past_postgresqls_dates_drops_nothing(db, tiny, run_cli, age):
+    """'timestamp out of range' / 'interval field value out of range' from the server: no run is
+    older than PostgreSQL's dates go (4713 BC), so there is nothing to drop."""
+    run_cli("generate", "-m", tiny, "-n", "1", "-t", "0", PROMPT)
+    result = run_cli("runs", "drop", "--older-than", age)
+    assert result.stdout.strip() == f"no finished runs older than {age}" and result.stderr == "", result
+    assert db.execute("select count(*) from gptsql.run").fetchone()[0] > 0
+
+
 def test_seeds_are_bigints_end_to_end(db, tiny, run_cli):
     def sample(seed):
         return run_cli("generate", "-m", tiny, "-n", "8", "-t", "2", "--seed", str(seed), "--no-prompt", PROMPT).stdout
@@ -298,6 +410,15 @@ def test_check_reports_progress(db, tiny):
     stages = [s for s, *_ in seen]
     assert "reading the weights" in stages and any(s.startswith("SQL") for s in stages) and stages[-1] == "done"
     assert all(0 <= done <= total for _, done, total in seen)
+
+
+def test_check_shows_its_progress_at_a_terminal_only(tiny, backend, run_cli):
+    """The 124M shape's check said nothing for 26 s: at a terminal a bar names the stage."""
+    shown = at_a_terminal(backend, "check", "-m", tiny, "--tokens", "2")
+    assert shown.returncode == 0, shown.stdout
+    assert "check: done" in shown.stdout and "greedy SQL" in shown.stdout, shown.stdout
+    piped = run_cli("check", "-m", tiny, "--tokens", "2")
+    assert piped.stderr == "" and piped.stdout.startswith(f"model {tiny}: "), piped
 
 
 def test_one_token_is_singular_and_the_hint_fits_the_options(tiny, run_cli):
