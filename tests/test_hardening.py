@@ -190,6 +190,55 @@ def test_a_full_server_that_stays_full_is_one_line_after_the_wait(server):
     assert server.embedded.pid() == pid
 
 
+# Each child makes its Database, says "ready", then waits for its stdin to close: all of them
+# connect together, to a server that is not running.
+CONNECT_TOGETHER = """
+import sys
+from gptsql.server.db import Database
+from gptsql.errors import UserError
+db = Database()
+print("ready", flush=True)
+sys.stdin.read()
+try:
+    conn = db.connect()
+    print(conn.execute("select pg_postmaster_start_time()").fetchone()[0], flush=True)
+except UserError as exc:
+    print("Error:", exc, flush=True)
+"""
+
+
+def connect_together(s, n: int = 6) -> None:
+    children = [subprocess.Popen([sys.executable, "-c", CONNECT_TOGETHER], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=s.env)
+                for _ in range(n)]
+    for child in children:
+        assert child.stdout.readline() == "ready\n", child.stderr.read()
+    for child in children:
+        child.stdin.close()
+    said = [child.stdout.read().strip() for child in children]
+    for child in children:
+        child.wait(120)
+    assert not [line for line in said if line.startswith("Error")], said
+    assert len(set(said)) == 1, said          # one server, started once
+    assert s.embedded.is_running()
+
+
+@pytest.mark.slow
+def test_commands_finding_the_server_down_start_it_once(server):
+    """Commands that find the server stopped at the same time: one starts it, the others wait for
+    it and connect (each ran pg_ctl start: all but one failed on postmaster.pid's lock, and one that
+    saw the new pid file before its socket stopped the server being started). The same with no data
+    directory yet: one runs initdb."""
+    server.embedded.stop()
+    connect_together(server)
+    fresh = make_server(Path(tempfile.mkdtemp(prefix="gqs-", dir="/tmp")) / "data")
+    try:
+        connect_together(fresh)
+    finally:
+        fresh.embedded.stop()
+        shutil.rmtree(fresh.embedded.data_dir.parent, ignore_errors=True)
+
+
 # ------------------------------------------------------------- 6: SIGTERM and SIGHUP cancel like Ctrl-C
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
