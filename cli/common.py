@@ -199,7 +199,7 @@ def check_prompt(prompt: str) -> str:
 
 
 WORKERS_HELP = ("Backends that share each step's heads, MLP units and vocabulary "
-                "(1: one backend; default: one per core).")
+                "(1: one backend; default: one per core while the server has half its connections free).")
 
 
 MAX_WORKERS = 64   # each is a connection; the embedded server takes 100 (checked before a run starts)
