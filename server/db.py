@@ -158,13 +158,14 @@ class Embedded:
         self._check_passable([*install_dir.parents], f"its binaries in {install_dir}")
         self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
         # gptsql's own folder: the server's user passes it by an ACL entry, other users not at all
-        # (versions before made it 0711: narrowed); without ACLs here, x for all is the only way.
+        # (versions before made it 0711 or 0755: narrowed); without ACLs here, x for all is the only way.
         mode = stat.S_IMODE(self.data_dir.stat().st_mode)
         if acl.let_pass(self.data_dir, self._server_uid()[0]):
-            if mode & 0o007:
-                self.data_dir.chmod(mode & ~0o007)   # the group bits are the ACL's mask: kept
-        elif mode & 0o011 != 0o011:
-            self.data_dir.chmod(mode | 0o011)
+            if mode & 0o067:
+                # The group bits are the ACL's mask: x, which the named entry needs, and no more.
+                self.data_dir.chmod(mode & 0o700 | 0o010)
+        elif mode & 0o066 or mode & 0o011 != 0o011:
+            self.data_dir.chmod(mode & 0o700 | 0o011)
 
     def _check_passable(self, folders: list[Path], what: str) -> None:
         """As root: let the server's user pass the folders above (x, by an ACL entry for that user

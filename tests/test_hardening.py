@@ -94,6 +94,22 @@ def test_psql_uri_password_not_in_argv():
     assert env["PGPASSWORD"] == "p@ss"
 
 
+def test_db_psql_gets_the_password_by_its_environment(server, tmp_path):
+    """gptsql db psql as a user runs it: the psql it starts (a stand-in on PATH that writes down its
+    arguments and PGPASSWORD) has the password in its environment, not among its arguments."""
+    fake = tmp_path / "psql"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\nprintf "%s" "$PGPASSWORD" > "$0.env"\n')
+    fake.chmod(0o755)
+    env = {**server.env, "PATH": f"{tmp_path}:{os.environ['PATH']}",
+           "GPTSQL_DSN": server.embedded.dsn() + " password=s3cret-pw"}   # trust: the password is not checked
+    result = subprocess.run([sys.executable, "-m", "gptsql", "db", "psql", "-c", "select 1"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    argv = (tmp_path / "psql.argv").read_text()
+    assert "select 1" in argv and f"host={server.embedded.socket_dir}" in argv and "s3cret-pw" not in argv
+    assert (tmp_path / "psql.env").read_text() == "s3cret-pw"
+
+
 # ------------------------------------------------------------- 1: more clients than the server takes
 from test_faults import PROMPT, Streamed, server  # noqa: E402,F401  (the module's server fixture)
 
@@ -116,22 +132,22 @@ def hold_every_slot(s) -> list:
 def test_full_server_is_not_restarted(server):
     """With every slot taken, a command waits (saying so) instead of restarting the server; a running
     generation survives, and the command goes on once a slot is free."""
-    import threading
-
     gen = Streamed(server, "generate", "-m", "random-small", "-n", "40", "-t", "0", PROMPT)
     gen.wait_for_output(len(PROMPT) + 5)
     pid = server.embedded.pid()
     held = hold_every_slot(server)
     try:
-        release = threading.Timer(3.0, lambda: [c.close() for c in held[:3]])
-        release.start()
-        result = server.cli("models", check=False)
-        release.join()
+        models = Streamed(server, "models")
+        assert wait_for(lambda: b"waiting for a free connection" in models.err or models.proc.poll() is not None,
+                        60), models.err
+        for c in held[:3]:      # once it waits: a slot comes free
+            c.close()
+        rc, out, err = models.finish()
     finally:
         for c in held:
             c.close()
-    assert result.returncode == 0, result.stderr
-    assert "waiting for a free connection" in result.stderr and result.stdout.strip()
+    assert rc == 0, err
+    assert "waiting for a free connection" in err and out.strip()
     assert server.embedded.pid() == pid
     rc, out, err = gen.finish()
     assert rc == 0, err
@@ -308,6 +324,20 @@ def test_log_is_private_and_holds_no_prompt(server):
     assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o066 == 0
 
 
+@pytest.mark.slow
+def test_an_earlier_versions_log_and_data_directory_are_made_private(server):
+    """Versions before left server.log 0644 in a 0755 data directory: the next start makes both the
+    owner's only (as root the server's user passes the data directory by its ACL entry: x, no more)."""
+    import stat as st
+
+    server.embedded.stop()
+    server.embedded.log.chmod(0o644)
+    server.embedded.data_dir.chmod(0o755)
+    server.connect().close()
+    assert st.S_IMODE(server.embedded.log.stat().st_mode) == 0o600
+    assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o067 == 0   # group: x at most; others: nothing
+
+
 def test_a_data_directory_of_an_earlier_version_gets_this_versions_connection_limit(server):
     """Settings are written at initdb: a data directory made when the limit was 40 is raised to
     100 at the next start, and a setting missing from it is added; a value the user chose stays."""
@@ -340,6 +370,33 @@ def test_unload_during_generation_says_model_removed(server, removal):
     rc, out, err = gen.finish()
     assert rc == 1 and len(err.strip().splitlines()) == 1, err
     assert "the model was removed" in err and "dimension" not in err
+
+
+@pytest.mark.slow
+def test_a_load_killed_after_its_commit_has_replaced_the_model(server):
+    """kill -9 during the ANALYZE that follows the commit (stopped there by a lock on gptsql.token):
+    no "loaded" line, and the new model is in place, whole, as the README says; the old one's
+    tables are gone."""
+    from test_faults import blocking
+
+    server.cli("load", "random:tiny", "--name", "analyzed", "--replace")
+    conn = server.connect()
+    old = conn.execute("select id from gptsql.model where name = 'analyzed'").fetchone()[0]
+    with blocking(server, "lock gptsql.token in share update exclusive mode") as blocked:
+        loader = Streamed(server, "load", "random:small", "--name", "analyzed", "--replace")
+        (backend, query), = blocked(1, loader)
+        assert query.startswith("analyze gptsql.token"), query
+        loader.proc.send_signal(signal.SIGKILL)
+        rc, out, err = loader.finish()
+    assert rc == -signal.SIGKILL and "loaded" not in out
+    assert wait_for(lambda: conn.execute("select count(*) from pg_stat_activity where pid = %s",
+                                         [backend]).fetchone()[0] == 0, 30)
+    new, n_layer = conn.execute("select id, n_layer from gptsql.model where name = 'analyzed'").fetchone()
+    assert new != old and n_layer == 4
+    assert conn.execute("select gptsql.generate(%s, 3, model => 'analyzed')", [PROMPT]).fetchone()[0]
+    assert conn.execute("select count(*) from pg_class where relname in (%s, %s)",
+                        [f"wte_{old}", f"linear_{old}"]).fetchone()[0] == 0
+    server.cli("unload", "analyzed", "--yes")
 
 
 # ------------------------------------------------------------- 2: a load or unload of B never blocks A
