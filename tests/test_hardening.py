@@ -300,6 +300,32 @@ def test_load_under_existing_name_asks_at_a_terminal(server):
     assert conn.execute("select id from gptsql.model where name = 'random-tiny'").fetchone()[0] == before[0]
 
 
+def test_a_model_loaded_while_the_load_asks_is_not_replaced(server):
+    """The load asks about the model it found; another load under that name while it asks (the
+    question stopped at a terminal) replaces it first: 'y' then loads nothing, in one line, and the
+    other load's model and runs stay (it deleted whatever was there by then)."""
+    server.cli("load", "random:tiny", "--name", "racing", "--replace")
+    asking = subprocess.Popen(["script", "-qec", f"{sys.executable} -m gptsql load random:tiny --name racing",
+                               "/dev/null"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=server.env)
+    said = b""
+    while b"Replace model" not in said:
+        chunk = os.read(asking.stdout.fileno(), 4096)
+        assert chunk, said
+        said += chunk
+    server.cli("load", "random:tiny", "--name", "racing", "--replace")
+    conn = server.connect()
+    theirs = conn.execute("select id from gptsql.model where name = 'racing'").fetchone()[0]
+    conn.execute("select gptsql.generate('Hi', 1, model => 'racing')")
+    asking.stdin.write(b"y\n")
+    asking.stdin.close()
+    said += asking.stdout.read()
+    assert asking.wait(120) == 1, said
+    assert b"was loaded by another command" in said and b"nothing loaded" in said and b"Traceback" not in said
+    assert conn.execute("select id, (select count(*) from gptsql.run where model_id = m.id) from gptsql.model m "
+                        "where name = 'racing'").fetchone() == (theirs, 1)
+    server.cli("unload", "racing", "--yes")
+
+
 def test_load_with_empty_name_refused(server):
     result = server.cli("load", "random:tiny", "--name", "", check=False)
     assert result.returncode == 1 and result.stderr.startswith("Error: --name is empty")
