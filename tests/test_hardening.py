@@ -274,6 +274,27 @@ def test_signal_cancels_statement_and_marks_run(server, signum):
     assert wait_for(lambda: active() == 0, 10), active()
 
 
+@pytest.mark.slow
+def test_a_reader_that_stops_reading_interrupts_the_run(server):
+    """`gptsql generate ... | head -c 40`: the pipe closes under the stream (EPIPE: Python ignores
+    SIGPIPE), the run is marked interrupted, as after Ctrl-C, and no statement of it runs on; it
+    was left 'running' until the next command marked it failed ('cut off')."""
+    conn = server.connect()
+    newest = conn.execute("select coalesce(max(id), 0) from gptsql.run").fetchone()[0]
+    gen = subprocess.Popen([sys.executable, "-m", "gptsql", "generate", "-m", "random-small", "-n", "250", "-t", "0",
+                            PROMPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server.env)
+    assert len(gen.stdout.read(len(PROMPT) + 10)) == len(PROMPT) + 10
+    gen.stdout.close()                      # as head does once it has its bytes
+    err = gen.stderr.read().decode()
+    gen.wait(60)
+    assert "Traceback" not in err, err
+    status = conn.execute("select status from gptsql.run where id > %s", [newest]).fetchall()
+    assert status == [("interrupted",)]
+    active = lambda: conn.execute("select count(*) from pg_stat_activity where state = 'active' "  # noqa: E731
+                                  "and query like '%%gptsql.%%' and pid <> pg_backend_pid()").fetchone()[0]
+    assert wait_for(lambda: active() == 0, 10), active()
+
+
 # ------------------------------------------------------------- 7: loading under a name in use
 @pytest.mark.slow
 def test_load_under_existing_name_needs_replace(server):
