@@ -327,3 +327,34 @@ def test_default_workers_leave_half_the_connections_to_other_commands(database, 
     empty = start_generation(database, db, None, MODEL, PROMPT, 3, temperature=0)
     assert isinstance(empty, ShardedGeneration) and empty.workers.n == 2
     assert "".join(empty.stream()) == text
+
+
+def test_default_workers_given_back_when_other_commands_took_the_room_meanwhile(database, db, hf_model,
+                                                                                 monkeypatch):
+    """Commands started together each pass the first check (their leads connected, no workers yet):
+    one that finds the server past half once its workers are connected gives them back and runs on
+    one backend."""
+    from gptsql.driver.generation import Generation
+    from gptsql.driver.workers import ShardedGeneration
+    from gptsql.server.db import wait_for
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    clients = "select count(*) from pg_stat_activity where backend_type = 'client backend'"
+    used, limit = db.execute(clients.replace("count(*)", "count(*), current_setting('max_connections')::int")
+                             ).fetchone()
+    held, connect_workers = [], ShardedGeneration.start_workers
+
+    def others_connect_meanwhile(self, *args):
+        connect_workers(self, *args)
+        held.extend(psycopg.connect(database.dsn(), autocommit=True) for _ in range(limit // 2 - used - 1))
+
+    monkeypatch.setattr(ShardedGeneration, "start_workers", others_connect_meanwhile)
+    try:
+        gen = start_generation(database, db, None, MODEL, PROMPT, 3, temperature=0)
+        assert type(gen) is Generation
+        assert wait_for(lambda: db.execute(clients).fetchone()[0] == used + len(held), 10)   # the workers left
+        text = "".join(gen.stream())
+    finally:
+        for conn in held:
+            conn.close()
+    assert text == db.execute("select gptsql.generate(%s, 3, model => %s)", [PROMPT, MODEL]).fetchone()[0]
