@@ -331,9 +331,12 @@ class Embedded:
         self.log.touch(mode=0o600, exist_ok=True)
         self.log.chmod(0o600)  # it may hold what the server says about a user's statements
         self._chown(self.log)
+        # Statements' errors stay out of the log: their text is a prompt (log_min_error_statement),
+        # and the message of a syntax error or a bad value quotes what was typed (log_min_messages:
+        # the server's own LOG, FATAL and PANIC lines only; the client gets every error anyway).
         result = subprocess.run(
             [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log),
-             "-o", f"-k {socket_dir} -h '' -c log_min_error_statement=panic", "start"],
+             "-o", f"-k {socket_dir} -h '' -c log_min_error_statement=panic -c log_min_messages=log", "start"],
             capture_output=True, text=True, **self._run_as(),
         )
         if result.returncode != 0:

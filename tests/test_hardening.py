@@ -357,6 +357,8 @@ def test_load_with_empty_name_refused(server):
 def test_log_is_private_and_holds_no_prompt(server):
     import stat as st
 
+    import psycopg
+
     secret = "my bank PIN is 4921-zq"
     result = server.cli("generate", "-m", "no-such-model-here", secret, check=False)
     assert result.returncode == 1
@@ -364,6 +366,10 @@ def test_log_is_private_and_holds_no_prompt(server):
     with pytest.raises(Exception):
         # The text as psql sends it: the prompt inside the statement, not a parameter.
         conn.execute(f"select gptsql.generate('{secret}', 1, model => 'no-such-model-here')".encode())
+    # Errors whose message quotes what was typed: a syntax error (the words near it), a bad value.
+    for typed in (f"select gptsql.generate('Once' '{secret}')", f"select gptsql.detokenize('{{{secret}}}')"):
+        with pytest.raises(psycopg.Error, match="4921"):
+            conn.execute(typed.encode())
     conn.close()
     log = server.embedded.log
     assert secret not in log.read_text(errors="replace")
