@@ -216,7 +216,7 @@ def check_prompt(prompt: str) -> str:
 
 
 WORKERS_HELP = ("Backends that share each step's heads, MLP units and vocabulary "
-                "(1: one backend; default: one per core).")
+                "(1: one backend; default: one per core while the server has half its connections free).")
 
 
 MAX_WORKERS = 64   # each is a connection; the embedded server takes 100 (checked before a run starts)
@@ -275,10 +275,15 @@ class PrefillBar:
 def finishing(gen, newline: bool = False):
     """Around a Generation's loop: shows the prefill bar; on Ctrl-C or an error it takes the bar
     away, ends the line of text if `newline` (after Ctrl-C, with the recorded tokens it had not
-    shown), marks the run interrupted or failed, and re-raises."""
+    shown), marks the run interrupted or failed, and re-raises. Output closed under the stream
+    (`| head`: EPIPE, Python ignores SIGPIPE) is an interrupt too; click then exits quietly."""
     bar = gen.on_prefill = PrefillBar()
     try:
         yield
+    except BrokenPipeError:
+        bar.close()
+        gen.stop("interrupted")
+        raise
     except (KeyboardInterrupt, psycopg.Error, UserError) as exc:
         bar.close()
         if newline:

@@ -157,17 +157,22 @@ def psql(ctx: Context, psql_args):
 
 
 # ------------------------------------------------------------------------------------ models
-def confirm_replace(conn, name: str, replace: bool) -> bool:
-    """Loading under a name in use deletes that model's recorded runs: ask first, like unload."""
-    found = conn.execute("select (select count(*) from gptsql.run r where r.model_id = m.id) "
+def confirm_replace(conn, name: str, replace: bool) -> tuple[bool, int | str | None]:
+    """Loading under a name in use deletes that model's recorded runs: ask first, like unload.
+    (go ahead, what the load may replace: the id of the model agreed to, None, or with --replace any)."""
+    from ..loader.load import ANY
+
+    found = conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "
                          "from gptsql.model m where m.name = %s", [name]).fetchone()
-    if found is None or replace:
-        return True
-    what = f'model "{name}" and its {found[0]} recorded run{"s" * (found[0] != 1)}'
+    if replace:
+        return True, ANY
+    if found is None:
+        return True, None
+    what = f'model "{name}" and its {found[1]} recorded run{"s" * (found[1] != 1)}'
     if not sys.stdin.isatty():
         raise UserError(f"{what} would be replaced; add --replace to confirm when not at a terminal, "
                         "or choose another --name")
-    return click.confirm(f"Replace {what}?")
+    return click.confirm(f"Replace {what}?"), found[0]
 
 
 @cli.command()
@@ -205,7 +210,8 @@ def load(ctx: Context, source, name, dtype, replace):
         raise UserError("--name is empty: give the model a name, or leave --name out for the default")
     checkpoint = resolve(source, name)
     name = name or checkpoint.default_name
-    if not confirm_replace(ctx.conn, name, replace):
+    go, replaces = confirm_replace(ctx.conn, name, replace)
+    if not go:
         click.echo("nothing loaded")
         return
     size = memory.estimate_model_bytes(checkpoint.config, dtype)
@@ -223,7 +229,7 @@ def load(ctx: Context, source, name, dtype, replace):
             progress.update(task, description=f"loading {name} (~{memory.human(size)}): {stage}",
                             completed=done, total=total)
 
-        loader.load(conn, checkpoint, name, dtype=dtype, progress=report)
+        loader.load(conn, checkpoint, name, dtype=dtype, progress=report, replaces=replaces)
     c = checkpoint.config
     click.echo(f"loaded {name} ({checkpoint.n_params() / 1e6:.1f}M parameters, {c.n_layer} layers, "
                f"{c.n_embd} wide, {c.n_head} heads, context {c.n_ctx}) from {checkpoint.source} "

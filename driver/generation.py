@@ -23,7 +23,10 @@ def ensure_model(ctx, model: str | None) -> None:
         checkpoint = from_hub("gpt2")
     except UserError as exc:
         raise UserError(f"no model is loaded and {exc}") from exc
-    loader.load(ctx.conn, checkpoint, checkpoint.default_name)
+    try:
+        loader.load(ctx.conn, checkpoint, checkpoint.default_name, replaces=None)
+    except loader.NameTaken:
+        pass   # another command loaded it meanwhile: that one is used
 
 
 Progress = Callable[[int, int], None]  # (prompt places computed, prompt places in all)

@@ -48,15 +48,18 @@ def start_prediction(db, conn: psycopg.Connection, workers: int | None, model: s
 
 
 def sharded(db, conn, workers: int | None, *args, **kwargs) -> "Generation | None":
-    """A ShardedGeneration over `workers` backends; None for one backend (workers = 1); with the
-    default, when the server refuses the worker connections, the started run on one backend. Worker connections go straight to the
-    server: a refusal is not a crash, so it never restarts the embedded server."""
+    """A ShardedGeneration over `workers` backends; None for one backend (workers = 1). The default
+    runs on one backend when its workers would take the server past half its connections, or did
+    (room_for_workers: checked before they connect, and after, as commands started together all
+    pass the first check), and when the server refuses the worker connections, going on with the
+    started run. Worker connections go straight to the server: a refusal is not a crash, so it
+    never restarts the embedded server."""
     if workers is None:
         workers = default_workers() or os.cpu_count() or 1
         clamp = True
     else:
         clamp = False
-    if workers == 1:
+    if workers == 1 or (clamp and not room_for_workers(conn, min(workers, Workers.GROUPS))):
         return None
     gen = ShardedGeneration(conn, *args, **kwargs)
     try:
@@ -68,7 +71,20 @@ def sharded(db, conn, workers: int | None, *args, **kwargs) -> "Generation | Non
         # A busy server: the default (one worker per core) gives way to one backend, so a crowd of
         # commands still all run (the run already started goes on there); only --workers N insists.
         return gen.on_one_backend()
+    if clamp and not room_for_workers(conn, 0):
+        gen.workers.close()
+        return gen.on_one_backend()
     return gen
+
+
+def room_for_workers(conn: psycopg.Connection, n: int) -> bool:
+    """Whether the server's connections in use, and n more, stay within half its max_connections.
+    The default workers take only that half: a crowd of commands (3 connections each on 2 cores)
+    took every slot on workers, and the commands that came later waited for one, then failed. The
+    other half is for commands' own connections (one each, on one backend)."""
+    used, limit = conn.execute("select count(*), current_setting('max_connections')::int from pg_stat_activity "
+                               "where backend_type = 'client backend'").fetchone()
+    return used + n <= limit // 2
 
 
 class WorkersRefused(UserError):

@@ -66,9 +66,18 @@ def linear_chunks(model_id: int, name: str, block: int, weight: np.ndarray, bias
         ])
 
 
+class NameTaken(UserError):
+    """The model under the name is no longer the one the caller agreed to replace."""
+
+
+ANY = "any"
+
+
 def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "float32",
-         progress: Progress | None = None) -> int:
-    """Load `ck` as model `name`, replacing a model of that name; returns the new model id."""
+         progress: Progress | None = None, replaces: int | None | str = ANY) -> int:
+    """Load `ck` as model `name`, replacing a model of that name; returns the new model id.
+    `replaces`: the id of the model of that name the caller agreed to replace (None: there is none);
+    another one found there (a load under the same name meanwhile) is NameTaken, nothing loaded."""
     if dtype not in ("float32", "float16"):
         raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
     # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
@@ -91,14 +100,23 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
         # The embedded server commits asynchronously (fast steps); a load is durable once it returns.
         conn.execute("set local synchronous_commit = on")
         ensure_unicode_classes(conn)
+        taken = NameTaken(f'model "{name}" was loaded by another command while this one was starting; '
+                          "nothing loaded: run the load again to replace it")
+        if replaces != ANY:
+            found = conn.execute("select id from gptsql.model where name = %s for update", [name]).fetchone()
+            if (found and found[0]) != replaces:
+                raise taken
         conn.execute("select gptsql.drop_model(%s)", [name])
-        model_id = conn.execute(
-            """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer,
-                                         layer_norm_epsilon, dtype, n_params)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
-            [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer,
-             c.layer_norm_epsilon, dtype, ck.n_params()],
-        ).fetchone()[0]
+        try:
+            model_id = conn.execute(
+                """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer,
+                                             layer_norm_epsilon, dtype, n_params)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
+                [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer,
+                 c.layer_norm_epsilon, dtype, ck.n_params()],
+            ).fetchone()[0]
+        except psycopg.errors.UniqueViolation as exc:   # another load of the name committed first
+            raise taken from exc
         conn.execute("select gptsql.new_partitions(%s)", [model_id])
 
         with conn.cursor() as cur:

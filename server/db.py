@@ -6,6 +6,8 @@ commands, and is started on demand by every command that needs it.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import pwd
@@ -14,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -78,6 +80,7 @@ class Embedded:
     """The embedded server under DATA_DIR/pgdata."""
 
     data_dir: Path
+    _holding: bool = field(default=False, init=False, repr=False)   # the start lock, in this process
 
     @property
     def pgdata(self) -> Path:
@@ -155,13 +158,14 @@ class Embedded:
         self._check_passable([*install_dir.parents], f"its binaries in {install_dir}")
         self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
         # gptsql's own folder: the server's user passes it by an ACL entry, other users not at all
-        # (versions before made it 0711: narrowed); without ACLs here, x for all is the only way.
+        # (versions before made it 0711 or 0755: narrowed); without ACLs here, x for all is the only way.
         mode = stat.S_IMODE(self.data_dir.stat().st_mode)
         if acl.let_pass(self.data_dir, self._server_uid()[0]):
-            if mode & 0o007:
-                self.data_dir.chmod(mode & ~0o007)   # the group bits are the ACL's mask: kept
-        elif mode & 0o011 != 0o011:
-            self.data_dir.chmod(mode | 0o011)
+            if mode & 0o067:
+                # The group bits are the ACL's mask: x, which the named entry needs, and no more.
+                self.data_dir.chmod(mode & 0o700 | 0o010)
+        elif mode & 0o066 or mode & 0o011 != 0o011:
+            self.data_dir.chmod(mode & 0o700 | 0o011)
 
     def _check_passable(self, folders: list[Path], what: str) -> None:
         """As root: let the server's user pass the folders above (x, by an ACL entry for that user
@@ -214,14 +218,46 @@ class Embedded:
     def is_running(self) -> bool:
         return self.pid() is not None and (self.socket_dir / ".s.PGSQL.5432").exists()
 
-    def init(self) -> None:
-        if (self.pgdata / "PG_VERSION").exists():
-            return
+    def _make_data_dir(self, chmod: bool = True) -> None:
         if os.geteuid() == 0:   # before anything is made
             self._check_passable([*self.data_dir.parents], f"the data directory {self.data_dir}")
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.data_dir.chmod(0o700)  # owner-only (as root, _prepare_binaries lets the server's user pass)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if chmod:   # owner-only (as root, _prepare_binaries then lets the server's user pass)
+                self.data_dir.chmod(0o700)
+        except OSError as exc:
+            raise UserError(f"cannot create the data directory {self.data_dir}: {exc.strerror or exc} "
+                            "(choose another with --data-dir / GPTSQL_DATA_DIR)") from exc
+
+    @contextlib.contextmanager
+    def one_at_a_time(self):
+        """Starting, stopping or restarting the server, one process at a time (an flock in the data
+        directory): commands that found it down together each ran pg_ctl start, and all but one
+        failed on postmaster.pid's lock; one that saw the new pid file before its socket stopped
+        the server being started. Reentrant within a process."""
+        if self._holding:
+            yield
+            return
+        if not self.data_dir.is_dir():
+            self._make_data_dir(chmod=False)   # init() makes it private, under the lock
+        try:
+            fd = os.open(self.data_dir / "server.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise UserError(f"cannot open {self.data_dir / 'server.lock'}: {exc.strerror or exc} "
+                            "(choose another --data-dir / GPTSQL_DATA_DIR)") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)   # released when fd closes, or the process dies
+            self._holding = True
+            yield
+        finally:
+            self._holding = False
+            os.close(fd)
+
+    def init(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        self._make_data_dir()
+        try:
             self._prepare_binaries()
             self.pgdata.mkdir(mode=0o700, exist_ok=True)
             self._chown(self.pgdata)
@@ -265,9 +301,14 @@ class Embedded:
             conf.write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
-        self.init()
         if self.is_running():
             return
+        with self.one_at_a_time():
+            if not self.is_running():   # else another command started it while this one waited
+                self._start()
+
+    def _start(self) -> None:
+        self.init()
         pid = self.pid()
         if pid is not None:
             # A server whose socket vanished: stop it so it can start clean.
@@ -290,9 +331,12 @@ class Embedded:
         self.log.touch(mode=0o600, exist_ok=True)
         self.log.chmod(0o600)  # it may hold what the server says about a user's statements
         self._chown(self.log)
+        # Statements' errors stay out of the log: their text is a prompt (log_min_error_statement),
+        # and the message of a syntax error or a bad value quotes what was typed (log_min_messages:
+        # the server's own LOG, FATAL and PANIC lines only; the client gets every error anyway).
         result = subprocess.run(
             [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-t", "60", "-l", str(self.log),
-             "-o", f"-k {socket_dir} -h '' -c log_min_error_statement=panic", "start"],
+             "-o", f"-k {socket_dir} -h '' -c log_min_error_statement=panic -c log_min_messages=log", "start"],
             capture_output=True, text=True, **self._run_as(),
         )
         if result.returncode != 0:
@@ -306,10 +350,13 @@ class Embedded:
     def stop(self) -> bool:
         if self.pid() is None:
             return False
-        subprocess.run(
-            [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
-            capture_output=True, text=True, **self._run_as(),
-        )
+        with self.one_at_a_time():
+            if self.pid() is None:
+                return False
+            subprocess.run(
+                [str(pg_bin("pg_ctl")), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
+                capture_output=True, text=True, **self._run_as(),
+            )
         return True
 
     def dsn(self, dbname: str = DB_NAME) -> str:
@@ -373,9 +420,9 @@ class Database:
             if refused_for_now(exc):
                 conn = self._wait_for_connection(dsn, autocommit, exc)
             elif self.is_embedded and not self.embedded.is_running():
-                # The server died since its pid file was written: restart once. A server that is up
-                # is never restarted because it refused a connection (that would cut off every run).
-                self.embedded.stop()
+                # The server died since its pid file was written (or a command is starting it):
+                # start it once. A server that is up is never restarted because it refused a
+                # connection (that would cut off every run).
                 self.embedded.start()
                 try:
                     conn = psycopg.connect(self.embedded.dsn(), autocommit=autocommit)

@@ -182,8 +182,9 @@ def follow_models(db, conn: psycopg.Connection, incoming: int = 0, replacing: st
         return False
     say(f"gptsql: {why}: restarting the embedded server")
     conn.close()
-    db.embedded.stop()
-    db.embedded.start()
+    with db.embedded.one_at_a_time():   # a command that finds it down meanwhile waits, not starts it too
+        db.embedded.stop()
+        db.embedded.start()
     return True
 
 

@@ -94,6 +94,22 @@ def test_psql_uri_password_not_in_argv():
     assert env["PGPASSWORD"] == "p@ss"
 
 
+def test_db_psql_gets_the_password_by_its_environment(server, tmp_path):
+    """gptsql db psql as a user runs it: the psql it starts (a stand-in on PATH that writes down its
+    arguments and PGPASSWORD) has the password in its environment, not among its arguments."""
+    fake = tmp_path / "psql"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$0.argv"\nprintf "%s" "$PGPASSWORD" > "$0.env"\n')
+    fake.chmod(0o755)
+    env = {**server.env, "PATH": f"{tmp_path}:{os.environ['PATH']}",
+           "GPTSQL_DSN": server.embedded.dsn() + " password=s3cret-pw"}   # trust: the password is not checked
+    result = subprocess.run([sys.executable, "-m", "gptsql", "db", "psql", "-c", "select 1"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    argv = (tmp_path / "psql.argv").read_text()
+    assert "select 1" in argv and f"host={server.embedded.socket_dir}" in argv and "s3cret-pw" not in argv
+    assert (tmp_path / "psql.env").read_text() == "s3cret-pw"
+
+
 # ------------------------------------------------------------- 1: more clients than the server takes
 from test_faults import PROMPT, Streamed, server  # noqa: E402,F401  (the module's server fixture)
 
@@ -116,22 +132,22 @@ def hold_every_slot(s) -> list:
 def test_full_server_is_not_restarted(server):
     """With every slot taken, a command waits (saying so) instead of restarting the server; a running
     generation survives, and the command goes on once a slot is free."""
-    import threading
-
     gen = Streamed(server, "generate", "-m", "random-small", "-n", "40", "-t", "0", PROMPT)
     gen.wait_for_output(len(PROMPT) + 5)
     pid = server.embedded.pid()
     held = hold_every_slot(server)
     try:
-        release = threading.Timer(3.0, lambda: [c.close() for c in held[:3]])
-        release.start()
-        result = server.cli("models", check=False)
-        release.join()
+        models = Streamed(server, "models")
+        assert wait_for(lambda: b"waiting for a free connection" in models.err or models.proc.poll() is not None,
+                        60), models.err
+        for c in held[:3]:      # once it waits: a slot comes free
+            c.close()
+        rc, out, err = models.finish()
     finally:
         for c in held:
             c.close()
-    assert result.returncode == 0, result.stderr
-    assert "waiting for a free connection" in result.stderr and result.stdout.strip()
+    assert rc == 0, err
+    assert "waiting for a free connection" in err and out.strip()
     assert server.embedded.pid() == pid
     rc, out, err = gen.finish()
     assert rc == 0, err
@@ -190,6 +206,55 @@ def test_a_full_server_that_stays_full_is_one_line_after_the_wait(server):
     assert server.embedded.pid() == pid
 
 
+# Each child makes its Database, says "ready", then waits for its stdin to close: all of them
+# connect together, to a server that is not running.
+CONNECT_TOGETHER = """
+import sys
+from gptsql.server.db import Database
+from gptsql.errors import UserError
+db = Database()
+print("ready", flush=True)
+sys.stdin.read()
+try:
+    conn = db.connect()
+    print(conn.execute("select pg_postmaster_start_time()").fetchone()[0], flush=True)
+except UserError as exc:
+    print("Error:", exc, flush=True)
+"""
+
+
+def connect_together(s, n: int = 6) -> None:
+    children = [subprocess.Popen([sys.executable, "-c", CONNECT_TOGETHER], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=s.env)
+                for _ in range(n)]
+    for child in children:
+        assert child.stdout.readline() == "ready\n", child.stderr.read()
+    for child in children:
+        child.stdin.close()
+    said = [child.stdout.read().strip() for child in children]
+    for child in children:
+        child.wait(120)
+    assert not [line for line in said if line.startswith("Error")], said
+    assert len(set(said)) == 1, said          # one server, started once
+    assert s.embedded.is_running()
+
+
+@pytest.mark.slow
+def test_commands_finding_the_server_down_start_it_once(server):
+    """Commands that find the server stopped at the same time: one starts it, the others wait for
+    it and connect (each ran pg_ctl start: all but one failed on postmaster.pid's lock, and one that
+    saw the new pid file before its socket stopped the server being started). The same with no data
+    directory yet: one runs initdb."""
+    server.embedded.stop()
+    connect_together(server)
+    fresh = make_server(Path(tempfile.mkdtemp(prefix="gqs-", dir="/tmp")) / "data")
+    try:
+        connect_together(fresh)
+    finally:
+        fresh.embedded.stop()
+        shutil.rmtree(fresh.embedded.data_dir.parent, ignore_errors=True)
+
+
 # ------------------------------------------------------------- 6: SIGTERM and SIGHUP cancel like Ctrl-C
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -204,6 +269,27 @@ def test_signal_cancels_statement_and_marks_run(server, signum):
     status = conn.execute("select status from gptsql.run where id = %s", [run_id]).fetchone()[0]
     assert status == "interrupted"
     # No statement of the generation runs on: the lead's step, nor the workers' shares (the default).
+    active = lambda: conn.execute("select count(*) from pg_stat_activity where state = 'active' "  # noqa: E731
+                                  "and query like '%%gptsql.%%' and pid <> pg_backend_pid()").fetchone()[0]
+    assert wait_for(lambda: active() == 0, 10), active()
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_reading_interrupts_the_run(server):
+    """`gptsql generate ... | head -c 40`: the pipe closes under the stream (EPIPE: Python ignores
+    SIGPIPE), the run is marked interrupted, as after Ctrl-C, and no statement of it runs on; it
+    was left 'running' until the next command marked it failed ('cut off')."""
+    conn = server.connect()
+    newest = conn.execute("select coalesce(max(id), 0) from gptsql.run").fetchone()[0]
+    gen = subprocess.Popen([sys.executable, "-m", "gptsql", "generate", "-m", "random-small", "-n", "250", "-t", "0",
+                            PROMPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server.env)
+    assert len(gen.stdout.read(len(PROMPT) + 10)) == len(PROMPT) + 10
+    gen.stdout.close()                      # as head does once it has its bytes
+    err = gen.stderr.read().decode()
+    gen.wait(60)
+    assert "Traceback" not in err, err
+    status = conn.execute("select status from gptsql.run where id > %s", [newest]).fetchall()
+    assert status == [("interrupted",)]
     active = lambda: conn.execute("select count(*) from pg_stat_activity where state = 'active' "  # noqa: E731
                                   "and query like '%%gptsql.%%' and pid <> pg_backend_pid()").fetchone()[0]
     assert wait_for(lambda: active() == 0, 10), active()
@@ -235,6 +321,32 @@ def test_load_under_existing_name_asks_at_a_terminal(server):
     assert conn.execute("select id from gptsql.model where name = 'random-tiny'").fetchone()[0] == before[0]
 
 
+def test_a_model_loaded_while_the_load_asks_is_not_replaced(server):
+    """The load asks about the model it found; another load under that name while it asks (the
+    question stopped at a terminal) replaces it first: 'y' then loads nothing, in one line, and the
+    other load's model and runs stay (it deleted whatever was there by then)."""
+    server.cli("load", "random:tiny", "--name", "racing", "--replace")
+    asking = subprocess.Popen(["script", "-qec", f"{sys.executable} -m gptsql load random:tiny --name racing",
+                               "/dev/null"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=server.env)
+    said = b""
+    while b"Replace model" not in said:
+        chunk = os.read(asking.stdout.fileno(), 4096)
+        assert chunk, said
+        said += chunk
+    server.cli("load", "random:tiny", "--name", "racing", "--replace")
+    conn = server.connect()
+    theirs = conn.execute("select id from gptsql.model where name = 'racing'").fetchone()[0]
+    conn.execute("select gptsql.generate('Hi', 1, model => 'racing')")
+    asking.stdin.write(b"y\n")
+    asking.stdin.close()
+    said += asking.stdout.read()
+    assert asking.wait(120) == 1, said
+    assert b"was loaded by another command" in said and b"nothing loaded" in said and b"Traceback" not in said
+    assert conn.execute("select id, (select count(*) from gptsql.run where model_id = m.id) from gptsql.model m "
+                        "where name = 'racing'").fetchone() == (theirs, 1)
+    server.cli("unload", "racing", "--yes")
+
+
 def test_load_with_empty_name_refused(server):
     result = server.cli("load", "random:tiny", "--name", "", check=False)
     assert result.returncode == 1 and result.stderr.startswith("Error: --name is empty")
@@ -245,6 +357,8 @@ def test_load_with_empty_name_refused(server):
 def test_log_is_private_and_holds_no_prompt(server):
     import stat as st
 
+    import psycopg
+
     secret = "my bank PIN is 4921-zq"
     result = server.cli("generate", "-m", "no-such-model-here", secret, check=False)
     assert result.returncode == 1
@@ -252,11 +366,29 @@ def test_log_is_private_and_holds_no_prompt(server):
     with pytest.raises(Exception):
         # The text as psql sends it: the prompt inside the statement, not a parameter.
         conn.execute(f"select gptsql.generate('{secret}', 1, model => 'no-such-model-here')".encode())
+    # Errors whose message quotes what was typed: a syntax error (the words near it), a bad value.
+    for typed in (f"select gptsql.generate('Once' '{secret}')", f"select gptsql.detokenize('{{{secret}}}')"):
+        with pytest.raises(psycopg.Error, match="4921"):
+            conn.execute(typed.encode())
     conn.close()
     log = server.embedded.log
     assert secret not in log.read_text(errors="replace")
     assert st.S_IMODE(log.stat().st_mode) == 0o600
     assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o066 == 0
+
+
+@pytest.mark.slow
+def test_an_earlier_versions_log_and_data_directory_are_made_private(server):
+    """Versions before left server.log 0644 in a 0755 data directory: the next start makes both the
+    owner's only (as root the server's user passes the data directory by its ACL entry: x, no more)."""
+    import stat as st
+
+    server.embedded.stop()
+    server.embedded.log.chmod(0o644)
+    server.embedded.data_dir.chmod(0o755)
+    server.connect().close()
+    assert st.S_IMODE(server.embedded.log.stat().st_mode) == 0o600
+    assert st.S_IMODE(server.embedded.data_dir.stat().st_mode) & 0o067 == 0   # group: x at most; others: nothing
 
 
 def test_a_data_directory_of_an_earlier_version_gets_this_versions_connection_limit(server):
@@ -291,6 +423,33 @@ def test_unload_during_generation_says_model_removed(server, removal):
     rc, out, err = gen.finish()
     assert rc == 1 and len(err.strip().splitlines()) == 1, err
     assert "the model was removed" in err and "dimension" not in err
+
+
+@pytest.mark.slow
+def test_a_load_killed_after_its_commit_has_replaced_the_model(server):
+    """kill -9 during the ANALYZE that follows the commit (stopped there by a lock on gptsql.token):
+    no "loaded" line, and the new model is in place, whole, as the README says; the old one's
+    tables are gone."""
+    from test_faults import blocking
+
+    server.cli("load", "random:tiny", "--name", "analyzed", "--replace")
+    conn = server.connect()
+    old = conn.execute("select id from gptsql.model where name = 'analyzed'").fetchone()[0]
+    with blocking(server, "lock gptsql.token in share update exclusive mode") as blocked:
+        loader = Streamed(server, "load", "random:small", "--name", "analyzed", "--replace")
+        (backend, query), = blocked(1, loader)
+        assert query.startswith("analyze gptsql.token"), query
+        loader.proc.send_signal(signal.SIGKILL)
+        rc, out, err = loader.finish()
+    assert rc == -signal.SIGKILL and "loaded" not in out
+    assert wait_for(lambda: conn.execute("select count(*) from pg_stat_activity where pid = %s",
+                                         [backend]).fetchone()[0] == 0, 30)
+    new, n_layer = conn.execute("select id, n_layer from gptsql.model where name = 'analyzed'").fetchone()
+    assert new != old and n_layer == 4
+    assert conn.execute("select gptsql.generate(%s, 3, model => 'analyzed')", [PROMPT]).fetchone()[0]
+    assert conn.execute("select count(*) from pg_class where relname in (%s, %s)",
+                        [f"wte_{old}", f"linear_{old}"]).fetchone()[0] == 0
+    server.cli("unload", "analyzed", "--yes")
 
 
 # ------------------------------------------------------------- 2: a load or unload of B never blocks A

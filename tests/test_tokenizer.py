@@ -157,6 +157,16 @@ def test_megabyte_word(db, tiny, reference):
         assert tokenize(db, word, tiny) == reference.encode_ordinary(word)
 
 
+def test_long_word_of_random_letters(db, tiny, reference):
+    """Random letters are where the windows count (a run of one letter merges in few rounds even
+    whole): 100 KB of them took about 3 minutes encoded as one piece, seconds in windows."""
+    rnd = random.Random(13)
+    word = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(100_000))
+    with db.transaction():
+        db.execute("set local statement_timeout = '60s'")   # a hang, not a timing (about 5 s here)
+        assert tokenize(db, word, tiny) == reference.encode_ordinary(word)
+
+
 LONG_CASES = {
     "tokens longer than the windows' overlap (stitched only on the second try)": "-" * 3000,
     "period 3": "abc" * 700, "digits": "".join(str(i * i % 10) for i in range(3000)), "accents": "\u00e9" * 900,

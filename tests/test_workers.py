@@ -5,6 +5,7 @@ residual stream) the same as one backend records."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -302,3 +303,58 @@ def test_default_workers_refused_go_on_with_the_same_run_on_one_backend(database
     assert runs == [(gen.run_id, "done")]
     one = db.execute("select gptsql.generate(%s, 3, model => %s)", [PROMPT, MODEL]).fetchone()[0]
     assert text == one
+
+
+def test_default_workers_leave_half_the_connections_to_other_commands(database, db, hf_model, monkeypatch):
+    """The default workers take connections only while half of max_connections stays free: a crowd
+    of commands (3 connections each on 2 cores) took every slot on workers, and the commands that
+    came later waited for one, then failed. With the server half full a generation runs on one
+    backend (the same text); with it empty, over the workers."""
+    from gptsql.driver.generation import Generation
+    from gptsql.driver.workers import ShardedGeneration
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)   # the default: one worker per core
+    used, limit = db.execute("select count(*), current_setting('max_connections')::int from pg_stat_activity "
+                             "where backend_type = 'client backend'").fetchone()
+    held = [psycopg.connect(database.dsn(), autocommit=True) for _ in range(limit // 2 - used)]
+    try:
+        crowded = start_generation(database, db, None, MODEL, PROMPT, 3, temperature=0)
+        assert type(crowded) is Generation
+        text = "".join(crowded.stream())
+    finally:
+        for conn in held:
+            conn.close()
+    empty = start_generation(database, db, None, MODEL, PROMPT, 3, temperature=0)
+    assert isinstance(empty, ShardedGeneration) and empty.workers.n == 2
+    assert "".join(empty.stream()) == text
+
+
+def test_default_workers_given_back_when_other_commands_took_the_room_meanwhile(database, db, hf_model,
+                                                                                 monkeypatch):
+    """Commands started together each pass the first check (their leads connected, no workers yet):
+    one that finds the server past half once its workers are connected gives them back and runs on
+    one backend."""
+    from gptsql.driver.generation import Generation
+    from gptsql.driver.workers import ShardedGeneration
+    from gptsql.server.db import wait_for
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    clients = "select count(*) from pg_stat_activity where backend_type = 'client backend'"
+    used, limit = db.execute(clients.replace("count(*)", "count(*), current_setting('max_connections')::int")
+                             ).fetchone()
+    held, connect_workers = [], ShardedGeneration.start_workers
+
+    def others_connect_meanwhile(self, *args):
+        connect_workers(self, *args)
+        held.extend(psycopg.connect(database.dsn(), autocommit=True) for _ in range(limit // 2 - used - 1))
+
+    monkeypatch.setattr(ShardedGeneration, "start_workers", others_connect_meanwhile)
+    try:
+        gen = start_generation(database, db, None, MODEL, PROMPT, 3, temperature=0)
+        assert type(gen) is Generation
+        assert wait_for(lambda: db.execute(clients).fetchone()[0] == used + len(held), 10)   # the workers left
+        text = "".join(gen.stream())
+    finally:
+        for conn in held:
+            conn.close()
+    assert text == db.execute("select gptsql.generate(%s, 3, model => %s)", [PROMPT, MODEL]).fetchone()[0]
