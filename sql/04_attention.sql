@@ -119,7 +119,7 @@ AS $$
                     SELECT  array_agg(one.scores ORDER BY ch.chunk) AS scores, max(one.top) AS top
                     FROM    gptsql.kv_chunk ch
                     CROSS JOIN LATERAL (
-                            SELECT  array_agg(a.score ORDER BY a.j) AS scores, max(a.score) AS top
+                            SELECT  array_agg(a.score) AS scores, max(a.score) AS top     -- in j's order, as generated
                             FROM    (SELECT  j, inner_product(heads.q, subvector(ch.k, j * config.head_dim + 1,
                                                                                  config.head_dim)) * config.scale AS score
                                      FROM    generate_series(0, config.c - 1) AS j
@@ -129,8 +129,7 @@ AS $$
                       AND   ch.chunk < heads.chunks
             ) by_chunk
             CROSS JOIN LATERAL (         -- the keys after them, the query's own last: one cache row each
-                    SELECT  array_agg(t.score ORDER BY t.key_place) AS scores, array_agg(t.v ORDER BY t.key_place) AS vs,
-                            max(t.score) AS top
+                    SELECT  array_agg(t.score) AS scores, array_agg(t.v) AS vs, max(t.score) AS top   -- in place order
                     FROM    gptsql.attention_scores(run, block, heads.place, heads.head, heads.q, config.head_dim,
                                                     heads.chunks * config.c) AS t
             ) tail
