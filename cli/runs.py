@@ -329,6 +329,7 @@ def drop_runs(ctx, run_ids, older_than):
             if running:
                 raise UserError(f"run {', '.join(map(str, running))} is still running; stop it first (Ctrl-C)")
         conn.execute("delete from gptsql.kv_cache where run_id = any(%s)", [ids])   # no foreign key: scratch
+        conn.execute("delete from gptsql.kv_chunk where run_id = any(%s)", [ids])
         conn.execute("delete from gptsql.run where id = any(%s)", [ids])           # the rest cascades
     if not ids:
         click.echo(f"no finished runs older than {older_than}")

@@ -280,6 +280,22 @@ CREATE UNLOGGED TABLE IF NOT EXISTS gptsql.kv_cache (
 );
 ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;   -- caches created before q was kept
 
+-- The same keys and values again, a chunk of C = chunk_places(head_dim) places to a row, for the
+-- long contexts: k holds the chunk's keys side by side (k_0 || k_1 || ...), v its values
+-- dimension-major (element i * C + j is element i of value j), so that one pgvector product mixes a
+-- whole chunk's values (sql/04_attention.sql). Made from kv_cache rows once a chunk is complete;
+-- k and v of a row stay under a page (C * head_dim <= 1000), inline.
+CREATE UNLOGGED TABLE IF NOT EXISTS gptsql.kv_chunk (
+    run_id bigint NOT NULL,
+    block  int NOT NULL,
+    head   int NOT NULL,
+    chunk  int NOT NULL,             -- places chunk * C .. chunk * C + C - 1
+    k      vector NOT NULL,
+    v      vector NOT NULL,
+    PRIMARY KEY (run_id, block, head, chunk)
+);
+ALTER TABLE gptsql.kv_chunk ALTER COLUMN k SET STORAGE PLAIN, ALTER COLUMN v SET STORAGE PLAIN;
+
 -- Activations kept for exploring a run (when run.record): residual stream, attention, top logits.
 CREATE TABLE IF NOT EXISTS gptsql.residual (
     run_id          bigint NOT NULL REFERENCES gptsql.run ON DELETE CASCADE,

@@ -203,6 +203,7 @@ LANGUAGE sql VOLATILE AS $$
     SET     status = finish_run.status, error = finish_run.error, finished_at = clock_timestamp()
     WHERE   id = finish_run.run AND run.status = 'running';
     DELETE FROM gptsql.kv_cache WHERE run_id = run;
+    DELETE FROM gptsql.kv_chunk WHERE run_id = run;
 $$;
 
 -- The article's generation loop as one recursive query: each row of `generation` is one step,

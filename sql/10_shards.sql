@@ -104,47 +104,9 @@ AS $$
     JOIN    qkv k ON k.place = q.place AND k.grp = q.grp + config.n_head
     JOIN    qkv v ON v.place = q.place AND v.grp = q.grp + 2 * config.n_head;
 
-    WITH config AS (
-            SELECT  n_head, n_embd / n_head AS head_dim,
-                    (SELECT r.record FROM gptsql.run r WHERE r.id = run) AS recording
-            FROM    gptsql.model m
-            WHERE   m.id = model
-    ), heads AS MATERIALIZED (          -- per new place and head of the share: its query and own score
-            SELECT  c.place, c.head, c.q, inner_product(c.q, c.k) / sqrt(config.head_dim) AS own_score
-            FROM    config
-            CROSS JOIN generate_series(head_lo, head_hi - 1) AS h(head)
-            JOIN    gptsql.kv_cache c
-                    ON c.run_id = run AND c.block = attention_share.block AND c.head = h.head AND c.place >= start
-    ), attended AS (                    -- as in attention(): one pass, a second one past e^20
-            SELECT  heads.place, heads.head,
-                    CASE WHEN one_pass.top - heads.own_score <= 20
-                         THEN one_pass.mixed * gptsql.fill(1 / one_pass.z, config.head_dim)
-                         ELSE (SELECT sum(v * gptsql.fill(weight, config.head_dim))
-                               FROM   gptsql.attention_softmax(run, block, heads.place, heads.head, heads.q,
-                                                               config.head_dim, one_pass.top))
-                    END AS z,
-                    CASE WHEN NOT config.recording THEN NULL
-                         WHEN one_pass.top - heads.own_score <= 20
-                         THEN ARRAY(SELECT e / one_pass.z FROM unnest(one_pass.e) AS e)
-                         ELSE (SELECT array_agg(weight ORDER BY key_place)
-                               FROM   gptsql.attention_softmax(run, block, heads.place, heads.head, heads.q,
-                                                               config.head_dim, one_pass.top))
-                    END AS weights
-            FROM    config, heads
-            CROSS JOIN LATERAL (
-                    SELECT  max(s.score) AS top, sum(s.e) AS z, sum(s.v * gptsql.fill(s.e, config.head_dim)) AS mixed,
-                            array_agg(s.e ORDER BY s.key_place) FILTER (WHERE config.recording) AS e
-                    FROM    (SELECT  c.key_place, c.v, c.score, gptsql.weight_exp(least(c.score - heads.own_score, 20)) AS e
-                             FROM    gptsql.attention_scores(run, block, heads.place, heads.head, heads.q,
-                                                             config.head_dim) AS c
-                             ORDER BY c.key_place
-                             OFFSET  0) AS s    -- e a column too: one exp() a key
-            ) one_pass
-    ), recorded AS (
-            INSERT INTO gptsql.attention_row (run_id, block, head, place, weights)
-            SELECT  run, block, head, place, weights
-            FROM    attended
-            WHERE   weights IS NOT NULL
+    WITH attended AS (
+            SELECT  a.place, a.head, a.z
+            FROM    gptsql.attend(run, model, block, start, cardinality(x), head_lo, head_hi) AS a
     ), merged AS (                      -- the share's heads side by side
             SELECT  place, gptsql.concat(z ORDER BY head) AS z, gptsql.concat(z ORDER BY head)::halfvec AS zh
             FROM    attended

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from gptsql.driver.generation import Generation
+from gptsql.driver.workers import start_generation
 from gptsql.server.db import wait_for
 
 MODEL = "hf-long"
@@ -58,11 +59,13 @@ def expected(hf_long, prompt):
 
 
 @pytest.fixture(scope="module")
-def runs(db, text, prompt):
-    """(run id, chosen token, prefill progress reported) of the prompt in one step() and through the
-    driver, which feeds it in chunks."""
+def runs(database, db, text, prompt):
+    """(run id, chosen token, prefill progress reported) of the prompt in one step(), through the
+    driver, which feeds it in chunks, and over two workers (each attending its heads, chunked
+    keys and values included)."""
     run_id = db.execute("select run_id from gptsql.start_run(%s, '', 1)", [MODEL]).fetchone()[0]
     token = db.execute("select token from gptsql.step(%s, %s, 0)", [run_id, prompt]).fetchone()[0]
+    chunk_rows = db.execute("select count(*) from gptsql.kv_chunk where run_id = %s", [run_id]).fetchone()[0]
     db.execute("select gptsql.finish_run(%s)", [run_id])
     gen = Generation(db, MODEL, text, 1)
     assert gen.prompt_tokens == prompt
@@ -70,10 +73,25 @@ def runs(db, text, prompt):
     gen.on_prefill = lambda done, total: seen.append((done, total))
     for _ in gen.steps():
         pass
-    return {"one": (run_id, token, None), "chunks": (gen.run_id, gen.tokens[0], seen)}
+    sharded = start_generation(database, db, 2, MODEL, text, 1)
+    for _ in sharded.steps():
+        pass
+    return {"one": (run_id, token, None), "chunks": (gen.run_id, gen.tokens[0], seen),
+            "workers": (sharded.run_id, sharded.tokens[0], None), "chunk_rows": chunk_rows}
 
 
-@pytest.mark.parametrize("how", ["one", "chunks"])
+def test_long_contexts_read_keys_and_values_a_chunk_at_a_time(db, hf_long, runs):
+    """The 1000 places were attended through kv_chunk rows (whole chunks of C places per block and
+    head), which finish_run removes with the KV cache."""
+    head_dim, n_layer, n_head = db.execute("select n_embd / n_head, n_layer, n_head from gptsql.model where name = %s",
+                                           [MODEL]).fetchone()
+    c = db.execute("select gptsql.chunk_places(%s)", [head_dim]).fetchone()[0]
+    assert c > 1 and runs["chunk_rows"] == n_layer * n_head * (N_PROMPT // c)
+    for how in ("one", "chunks", "workers"):
+        assert db.execute("select count(*) from gptsql.kv_chunk where run_id = %s", [runs[how][0]]).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("how", ["one", "chunks", "workers"])
 def test_logits_match_transformers_at_1000_tokens(db, runs, expected, how):
     logits, _ = expected
     run_id, token, _ = runs[how]
@@ -84,7 +102,7 @@ def test_logits_match_transformers_at_1000_tokens(db, runs, expected, how):
     assert token == int(logits[N_PROMPT - 1].argmax())
 
 
-@pytest.mark.parametrize("how", ["one", "chunks"])
+@pytest.mark.parametrize("how", ["one", "chunks", "workers"])
 def test_attention_weights_match_transformers(db, runs, expected, how):
     """The recorded attention of every block and head at a few places, the last one included."""
     _, attentions = expected
