@@ -160,7 +160,10 @@ def test_generation_stops_at_endoftext(db, ends, run_cli, workers):
 
 
 # --------------------------------------------------------------------------- layer_norm_epsilon
-def test_layer_norm_epsilon_other_than_the_default(db, tmp_path, run_cli):
+def test_layer_norm_epsilon_other_than_the_default(database, db, tmp_path, run_cli):
+    """On one backend (every logit) and over two workers (their own ln_f: the ten best logits)."""
+    from gptsql.driver.workers import start_prediction
+
     model = make_hf_model(tmp_path, seed=4)
     tokens = PROMPT_TOKENS
     default = torch_logits(model, tokens)
@@ -175,6 +178,9 @@ def test_layer_norm_epsilon_other_than_the_default(db, tmp_path, run_cli):
     name = load_dir(run_cli, tmp_path, "epsilon")
     assert db.execute("select layer_norm_epsilon from gptsql.model where name = %s", [name]).fetchone()[0] == 0.1
     assert np.abs(sql_logits(db, name, tokens) - expected[-1]).max() <= 1e-3
+    rows = start_prediction(database, db, 2, name, PROMPT).predict(10)
+    assert [r[1] for r in rows] == np.argsort(-expected[-1], kind="stable")[:10].tolist()
+    assert np.abs(np.array([r[4] for r in rows]) - expected[-1][[r[1] for r in rows]]).max() <= 1e-3
 
 
 # ----------------------------------------------------------------------- the residual stream
