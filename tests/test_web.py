@@ -85,10 +85,20 @@ def css(driver, selector):
     return driver.find_elements(By.CSS_SELECTOR, selector)
 
 
-def generate(driver, server, prompt=PROMPT, **fields):
-    """Open the page, type the prompt and the fields, press Generate; the run's id once done."""
+def open_form(driver, server, model):
+    """Open the page with `model` chosen: never the page's default (the newest model), which
+    depends on what other tests loaded."""
+    from selenium.webdriver.support.ui import Select
+
     driver.get(server)
-    wait(driver, lambda d: css(d, "#prompt"))
+    wait(driver, lambda d: css(d, "#prompt") and css(d, f"#model option[value='{model}']"))
+    Select(css(driver, "#model")[0]).select_by_value(model)
+
+
+def generate(driver, server, model, prompt=PROMPT, **fields):
+    """Open the page, choose the model, type the prompt and the fields, press Generate; the run's id
+    once done."""
+    open_form(driver, server, model)
     for name, value in {"prompt": prompt, **fields}.items():
         box = css(driver, f"#{name}")[0]
         box.clear()
@@ -104,13 +114,12 @@ def panel_sql(driver, scope="") -> str:
 
 
 # -------------------------------------------------------------------------------- the tests
-def test_tokens_stream_in_one_by_one(server, browser, database, db):
+def test_tokens_stream_in_one_by_one(server, browser, database, db, tiny):
     """Each step records its best tokens in gptsql.step_logit: a lock held there stops the
     generation at its first step, and taken again as soon as that step has it, at its second;
     meanwhile the page shows exactly the one token the database has chosen."""
     driver = browser
-    driver.get(server)
-    wait(driver, lambda d: css(d, "#prompt"))
+    open_form(driver, server, tiny)
     for name, value in {"max_tokens": "24", "temperature": "0"}.items():
         css(driver, f"#{name}")[0].clear()
         css(driver, f"#{name}")[0].send_keys(value)
@@ -140,11 +149,11 @@ def test_tokens_stream_in_one_by_one(server, browser, database, db):
     assert len(colours) > 1
 
 
-def test_a_step_and_its_temperature_slider(server, browser, run_cli):
+def test_a_step_and_its_temperature_slider(server, browser, run_cli, tiny):
     from selenium.webdriver.common.keys import Keys
 
     driver = browser
-    run = generate(driver, server, max_tokens=5, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=5, temperature=0)
     css(driver, "#tokens .tok")[2].click()                      # the third generated token
     wait(driver, lambda d: css(d, "#bars .p-at-t"))
     assert driver.current_url.endswith(f"#step/{run}/3")
@@ -172,7 +181,7 @@ def test_a_step_and_its_temperature_slider(server, browser, run_cli):
 
 def test_attention_grid_has_every_head_and_the_large_map(server, browser, tiny, db):
     driver = browser
-    run = generate(driver, server, max_tokens=4, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=4, temperature=0)
     driver.get(f"{server}#attention/{run}")
     wait(driver, lambda d: css(d, "#heads canvas.thumb") and css(d, "#head-map"))
     n_layer, n_head, = db.execute("select n_layer, n_head from gptsql.model_size where name = %s", [tiny]).fetchone()
@@ -200,14 +209,10 @@ def test_attention_grid_has_every_head_and_the_large_map(server, browser, tiny, 
 def test_attention_at_200_places_stays_readable(server, browser, db, run_cli):
     """A 200-place run (a model with a 256-token context): the thumbnails are binned to at most 32
     squares across, and one head's map keeps 12 px a place with every piece labelled, scrolling."""
-    from selenium.webdriver.support.ui import Select
-
     run_cli("load", "random:small", "--name", "web-small", "--replace")
     driver = browser
     try:
-        driver.get(server)
-        wait(driver, lambda d: css(d, "#prompt") and css(d, "#model option[value='web-small']"))
-        Select(css(driver, "#model")[0]).select_by_value("web-small")
+        open_form(driver, server, "web-small")
         prompt = "The quick brown fox jumps over the lazy dog. " * 19
         driver.execute_script("document.getElementById('prompt').value = arguments[0]", prompt)
         for name, value in {"max_tokens": "8", "temperature": "0"}.items():
@@ -234,8 +239,8 @@ def test_attention_at_200_places_stays_readable(server, browser, db, run_cli):
 
 def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
     driver = browser
-    earlier = generate(driver, server, max_tokens=2, temperature=0)
-    run = generate(driver, server, max_tokens=3, temperature=0)
+    earlier = generate(driver, server, tiny, max_tokens=2, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=3, temperature=0)
     driver.get(f"{server}#runs")
     wait(driver, lambda d: css(d, "#runs tr[data-run]"))
     listed = [int(tr.get_attribute("data-run")) for tr in css(driver, "#runs tr[data-run]")]
@@ -265,16 +270,15 @@ def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
     assert "CREATE" in driver.find_element("tag name", "body").text
 
 
-def test_bad_parameters_get_the_clis_line_in_the_page(server, browser, run_cli):
+def test_bad_parameters_get_the_clis_line_in_the_page(server, browser, run_cli, tiny):
     driver = browser
-    driver.get(server)
-    wait(driver, lambda d: css(d, "#prompt"))
+    open_form(driver, server, tiny)
     box = css(driver, "#temperature")[0]
     box.clear()
     box.send_keys("-1")
     css(driver, "#go")[0].click()
     wait(driver, lambda d: css(d, "#error")[0].text)
-    cli = run_cli("generate", "-t", "-1", PROMPT, check=False)
+    cli = run_cli("generate", "-m", tiny, "-t", "-1", PROMPT, check=False)
     assert cli.returncode == 1
     assert css(driver, "#error")[0].text in cli.stderr
     # A run that is not a number: the page's API says what `gptsql runs show` says.
@@ -319,22 +323,23 @@ def test_serve_warns_off_localhost(backend):
     assert err.startswith("warning: listening on 0.0.0.0")
 
 
-def test_closing_the_page_mid_generation_interrupts_the_run(server, browser, database, db):
-    """The page is left while a step is held (a lock on gptsql.step_logit): once the step goes on,
-    the server sees the page gone and stops the run, marked interrupted, long before its 100 tokens."""
+def test_closing_the_page_mid_generation_interrupts_the_run(server, browser, database, db, tiny):
+    """The page is left while a step is held (a lock on gptsql.step_logit, taken before the run
+    starts, so a fast model cannot finish first): once the step goes on, the server sees the page
+    gone and stops the run, marked interrupted, long before its 100 tokens."""
     driver = browser
-    driver.get(server)
-    wait(driver, lambda d: css(d, "#prompt"))
+    open_form(driver, server, tiny)
     css(driver, "#max_tokens")[0].clear()
     css(driver, "#max_tokens")[0].send_keys("100")
-    css(driver, "#go")[0].click()
-    wait(driver, lambda d: len(css(d, "#tokens .tok")) >= 2)
-    run = int(css(driver, "#current-run a")[0].text.lstrip("#"))
+    newest = db.execute("select coalesce(max(id), 0) from gptsql.run").fetchone()[0]
     holder = database.connect(autocommit=False)
     try:
         holder.execute("lock gptsql.step_logit in exclusive mode")
+        css(driver, "#go")[0].click()
         assert wait_for(lambda: db.execute("select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
                                            [holder.info.backend_pid]).fetchone()[0] > 0, 60)
+        run, = db.execute("select id from gptsql.run where id > %s and model_id = gptsql.model_id(%s)",
+                          [newest, tiny]).fetchone()
         driver.get("about:blank")
     finally:
         holder.close()
@@ -399,7 +404,7 @@ def test_the_form_passes_top_k_top_p_and_seed(server, browser, tiny, db, run_cli
     CLI's for the same seed (a seeded draw is the same whatever else runs)."""
     driver = browser
     options = {"temperature": "1.3", "top_k": "7", "top_p": "0.9", "seed": "424242", "max_tokens": "6"}
-    run = generate(driver, server, prompt=PROMPT, **options)
+    run = generate(driver, server, tiny, prompt=PROMPT, **options)
     row = db.execute("select model, temperature, top_k, top_p, seed, max_tokens, generated_text from gptsql.runs "
                      "where run = %s", [run]).fetchone()
     assert row[:6] == (tiny, 1.3, 7, pytest.approx(0.9), 424242, 6)
@@ -413,7 +418,7 @@ def test_every_panels_query_pasted_into_psql_returns_its_rows(server, browser, t
     """Every view's every panel has "The query behind it" with a Copy button; the copied text, run by
     `gptsql db psql`, returns as many rows as the panel says it has."""
     driver = browser
-    run = generate(driver, server, max_tokens=3, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=3, temperature=0)
     driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": server.rstrip("/"),
                                                         "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
     views = {f"#run/{run}": 2, f"#step/{run}/2": 1, f"#attention/{run}": 2, f"#lens/{run}": 2,
@@ -439,7 +444,7 @@ def test_the_page_fetches_nothing_from_elsewhere(server, browser, tiny):
     """No CDN, no internet: every file and request of every view comes from gptsql serve itself."""
     driver = browser
     origin = server.rstrip("/")
-    run = generate(driver, server, max_tokens=3, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=3, temperature=0)
     for view in [f"#step/{run}/1", f"#attention/{run}", f"#lens/{run}", f"#model/{tiny}", "#runs"]:
         driver.get(f"{server}{view}")
         wait(driver, lambda d: css(d, "details.sql"))
@@ -447,9 +452,9 @@ def test_the_page_fetches_nothing_from_elsewhere(server, browser, tiny):
         assert fetched and all(url.startswith(origin + "/") for url in fetched), (view, fetched)
 
 
-def test_a_runs_links_open_it_in_each_view(server, browser):
+def test_a_runs_links_open_it_in_each_view(server, browser, tiny):
     driver = browser
-    run = generate(driver, server, max_tokens=3, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=3, temperature=0)
     for link, ready in [("step", "#bars .p-at-t"), ("attention", "#heads canvas.thumb"), ("lens", "#lens td"),
                         ("tokens", ".tokens .tok")]:
         driver.get(f"{server}#runs")
@@ -461,10 +466,10 @@ def test_a_runs_links_open_it_in_each_view(server, browser):
         assert f"run {run}" in driver.find_element("id", "main").text.lower()
 
 
-def test_the_residual_norms_are_the_querys(server, browser, db):
+def test_the_residual_norms_are_the_querys(server, browser, db, tiny):
     """One line per place, its points the query's norms after each half of each block."""
     driver = browser
-    run = generate(driver, server, max_tokens=4, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=4, temperature=0)
     driver.get(f"{server}#lens/{run}")
     wait(driver, lambda d: css(d, "#norms polyline"))
     norms_sql = css(driver, "pre.sql-text")[1].get_attribute("textContent").rstrip().rstrip(";")
@@ -481,11 +486,11 @@ def test_the_residual_norms_are_the_querys(server, browser, db):
         assert shown == pytest.approx(expected[place], abs=0.051), line
 
 
-def test_the_step_says_what_each_probability_is_over(server, browser):
+def test_the_step_says_what_each_probability_is_over(server, browser, tiny):
     """The slider's column is over the ten recorded candidates; the last is over the whole
     vocabulary at T = 1: at T = 1 they differ, so each header says which it is."""
     driver = browser
-    run = generate(driver, server, max_tokens=2, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=2, temperature=0)
     driver.get(f"{server}#step/{run}/1")
     wait(driver, lambda d: css(d, "#bars .p-at-t"))
     heads = [h.text.replace("\n", " ") for h in css(driver, "#bars .bars .head")]
