@@ -210,10 +210,20 @@ def test_empty_and_null(db, tiny):
     assert db.execute("select gptsql.detokenize_bytes('{}', %s)", [tiny]).fetchone()[0] == b""
 
 
-def test_default_model_is_a_loaded_one(db, tiny, reference):
-    text = "Which model? The latest one."
-    assert db.execute("select gptsql.tokenize(%s)", [text]).fetchone()[0] == reference.encode_ordinary(text)
-    assert db.execute("select gptsql.detokenize(%s::int[])", [reference.encode_ordinary(text)]).fetchone()[0] == text
+def test_default_model_is_the_newest(db, tiny_checkpoint, reference):
+    """Without a model the functions take the most recently loaded one: loaded here, so that which
+    model that is does not depend on what other tests loaded."""
+    from gptsql.loader.load import load
+
+    newest = load(db, tiny_checkpoint, "tokenizer-newest")
+    try:
+        assert db.execute("select gptsql.model_id()").fetchone()[0] == newest
+        text = "Which model? The latest one."
+        assert db.execute("select gptsql.tokenize(%s)", [text]).fetchone()[0] == reference.encode_ordinary(text)
+        assert db.execute("select gptsql.detokenize(%s::int[])",
+                          [reference.encode_ordinary(text)]).fetchone()[0] == text
+    finally:
+        db.execute("select gptsql.drop_model('tokenizer-newest')")
 
 
 # --- detokenize -------------------------------------------------------------------------------
