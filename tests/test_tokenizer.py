@@ -210,9 +210,9 @@ def test_empty_and_null(db, tiny):
     assert db.execute("select gptsql.detokenize_bytes('{}', %s)", [tiny]).fetchone()[0] == b""
 
 
-def test_default_model_is_the_newest(db, tiny_checkpoint, reference):
-    """Without a model the functions take the most recently loaded one: loaded here, so that which
-    model that is does not depend on what other tests loaded."""
+def test_default_model_is_the_newest(db, tiny, tiny_checkpoint, reference):
+    """Without a model the functions take the most recently loaded one: loaded here, after `tiny`,
+    so that which model that is does not depend on what other tests loaded."""
     from gptsql.loader.load import load
 
     newest = load(db, tiny_checkpoint, "tokenizer-newest")
