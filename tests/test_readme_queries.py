@@ -32,10 +32,10 @@ MODEL = "readme-newest"
 
 
 @pytest.fixture(scope="module")
-def generated(db, tiny_checkpoint, run_cli):
+def generated(db, tiny, tiny_checkpoint, run_cli):
     """What the README says to do first: one generation, from the command line. Its model is loaded
-    here, last, because the README's predict names none (the newest model answers): which model
-    that is must not depend on what other tests loaded before."""
+    here, after `tiny`, because the README's predict names none (the newest model answers): which
+    model that is must not depend on what other tests loaded before."""
     from gptsql.loader.load import load
 
     load(db, tiny_checkpoint, MODEL)
