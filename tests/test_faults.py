@@ -128,6 +128,43 @@ def blocking(server: Server, lock: str):
         watcher.close()
 
 
+LOCK_STEPS = "lock gptsql.step_logit in exclusive mode"   # a recorded step writes there once
+
+
+@contextlib.contextmanager
+def held_after(server: Server, steps: int, *args):
+    """Start `gptsql *args` (a recorded generation) with a lock on gptsql.step_logit held, let it
+    take exactly `steps` steps, and hold it at the next one: yields (the Streamed process, the pid
+    of the backend waiting, its run id). Events, not time: each step waits for the lock; given
+    back, the lock goes to that step first (it queued first), and taking it again waits for that
+    step to end. Leaving closes the holder (the lock is released, also after a server crash)."""
+    holder, watcher = server.database.connect(autocommit=False), server.connect()
+    try:
+        holder.execute("set lock_timeout = '120s'")
+        holder.execute(LOCK_STEPS)
+        gen = Streamed(server, *args)
+
+        def waiting():
+            assert wait_for(lambda: gen.proc.poll() is not None or watcher.execute(
+                "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                [holder.info.backend_pid]).fetchone()[0] > 0, 120), "no step reached the lock"
+            assert gen.proc.poll() is None, f"finished before the lock: {gen.err.decode()}"
+            return watcher.execute("select pid from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                                   [holder.info.backend_pid]).fetchone()[0]
+
+        for _ in range(steps):
+            waiting()
+            holder.commit()
+            holder.execute(LOCK_STEPS)     # waits for the step that had been waiting to end
+        backend = waiting()
+        run_id = watcher.execute("select id from gptsql.run where backend_pid = %s and status = 'running'",
+                                 [backend]).fetchone()[0]
+        yield gen, backend, run_id
+    finally:
+        holder.close()
+        watcher.close()
+
+
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -161,16 +198,17 @@ def assert_printed_matches_database(conn, printed: str, run_id, n_printed: int, 
 
 # ------------------------------------------------------------------------------------ faults
 def test_database_stops_in_the_middle_of_a_generation(server):
-    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
-    gen.wait_for_output(len(PROMPT) + 20)
-    # The embedded server commits asynchronously: wait until the WAL written so far (the tokens
-    # recorded) is on disk, as the WAL writer flushes it.
-    conn = server.connect()
-    written = conn.execute("select pg_current_wal_insert_lsn()").fetchone()[0]
-    assert wait_for(lambda: conn.execute("select pg_current_wal_flush_lsn() >= %s::pg_lsn",
-                                         [written]).fetchone()[0], 30)
-    conn.close()
-    server.stop_immediately()
+    with held_after(server, 8, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT) as (gen, _, _):
+        # The embedded server commits asynchronously: a synchronous commit of our own (one that
+        # writes WAL: a table's catalog rows) puts the WAL written so far (the tokens recorded) on
+        # disk. Waiting for the WAL writer would not do: it leaves the paused step's page unflushed.
+        conn = server.connect()
+        written = conn.execute("select pg_current_wal_insert_lsn()").fetchone()[0]
+        conn.execute("set synchronous_commit = on")
+        conn.execute("create temporary table flushed ()")
+        assert conn.execute("select pg_current_wal_flush_lsn() >= %s::pg_lsn", [written]).fetchone()[0]
+        conn.close()
+        server.stop_immediately()
     rc, out, err = gen.finish()
     line = one_line(err)
     assert rc == 1
@@ -178,8 +216,8 @@ def test_database_stops_in_the_middle_of_a_generation(server):
                          r"above, and the run is marked failed when the server is back", line)
     assert match, line
     n_printed, run_id = int(match[1]), int(match[2])
-    assert 0 < n_printed < 250
-    assert out.startswith(PROMPT) and out.endswith("\n") and len(out) > len(PROMPT) + 20
+    assert n_printed == 8
+    assert out.startswith(PROMPT) and out.endswith("\n") and len(out) > len(PROMPT)
     # The next command brings the server back; the run it cut off is marked failed, its cache gone.
     conn = server.connect()
     status, error, finished = run_row(conn, run_id)
@@ -276,15 +314,15 @@ def test_tokens_recorded_but_not_streamed_are_shown_after_ctrl_c(server):
 
 
 def test_ctrl_c_during_generate(server):
-    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
-    gen.wait_for_output(len(PROMPT) + 20)
-    gen.proc.send_signal(signal.SIGINT)
-    rc, out, err = gen.finish()
+    with held_after(server, 8, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT) as (gen, _, held):
+        gen.proc.send_signal(signal.SIGINT)      # while step 9 waits: the statement is cancelled
+        rc, out, err = gen.finish()
     assert rc == 130
     match = re.fullmatch(r"interrupted after (\d+) tokens \(run (\d+)\)", one_line(err))
     assert match, err
     n_printed, run_id = int(match[1]), int(match[2])
-    assert out.startswith(PROMPT) and out.endswith("\n") and len(out) > len(PROMPT) + 20
+    assert (n_printed, run_id) == (8, held)
+    assert out.startswith(PROMPT) and out.endswith("\n") and len(out) > len(PROMPT)
     conn = server.connect()
     status, error, finished = run_row(conn, run_id)
     assert (status, error, finished) == ("interrupted", None, True)
@@ -329,12 +367,12 @@ def test_client_killed_in_the_middle_of_a_generation(server):
     """The process that drove a generation crashed (SIGKILL): the server runs on; the next command marks
     the run failed and frees its KV cache."""
     postmaster = server.embedded.pid()
-    gen = Streamed(server, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
-    gen.wait_for_output(len(PROMPT) + 20)
-    conn = server.connect()
-    run_id, backend = conn.execute("select id, backend_pid from gptsql.run order by id desc limit 1").fetchone()
-    gen.proc.send_signal(signal.SIGKILL)
-    gen.finish()
+    conn = server.connect()     # before the kill: connecting marks the runs of vanished backends failed
+    with held_after(server, 8, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT) as (gen, backend,
+                                                                                                      run_id):
+        gen.proc.send_signal(signal.SIGKILL)
+        assert gen.finish()[0] == -signal.SIGKILL
+    # Its step goes on once the lock is given back; the backend finds its client gone when it answers.
     assert wait_for(lambda: conn.execute("select count(*) from pg_stat_activity where pid = %s",
                                          [backend]).fetchone()[0] == 0, 30)
     assert run_row(conn, run_id)[0] == "running" and cached_rows(conn, run_id) > 0
