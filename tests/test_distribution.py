@@ -131,5 +131,5 @@ def test_workers_draw_what_choose_draws(db, spread, case):
         [SHARD_DRAWS, model_id, hidden, temperature, top_k, top_p, seed])]
     shared = shard_draws(db, model_id, hidden, run_id, temperature, top_k, top_p, seed)
     differ = [i + 1 for i, (a, b) in enumerate(zip(one, shared)) if a != b]
-    assert not differ, f"{case}: {len(differ)} of {SHARD_DRAWS} draws differ over {SHARES} shares, first at {differ[:5]}"
+    assert not differ, f"{case}: {len(differ)} of {SHARD_DRAWS} draws differ over {SHARES} shares: {differ[:5]}..."
     assert len(set(one)) > 10                     # the draws do spread over the tokens

@@ -110,7 +110,7 @@ def test_db_psql_gets_the_password_by_its_environment(server, tmp_path):
 
 
 # ------------------------------------------------------------- 1: more clients than the server takes
-from test_faults import PROMPT, Streamed, held_after, server  # noqa: E402,F401  (the module's server fixture)
+from test_faults import LONG_RUN, PROMPT, Streamed, held_after, server  # noqa: E402,F401  (the module's server fixture)
 
 
 def hold_every_slot(s) -> list:
@@ -257,12 +257,12 @@ def test_commands_finding_the_server_down_start_it_once(server):
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signal_cancels_statement_and_marks_run(server, signum):
-    with held_after(server, 4, "generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT) as (gen, _, held):
-        gen.proc.send_signal(signum)             # while step 5 waits for the lock
+    with held_after(server, 4, *LONG_RUN) as (gen, _, held, recorded):
+        gen.proc.send_signal(signum)             # while a step waits for the lock
         rc, out, err = gen.finish()
     assert rc == 130, err
-    run_id = int(re.fullmatch(r"interrupted after 4 tokens \(run (\d+)\)", err.strip())[1])
-    assert run_id == held
+    assert err.strip() == f"interrupted after {recorded} tokens (run {held})"
+    run_id = held
     conn = server.connect()
     status = conn.execute("select status from gptsql.run where id = %s", [run_id]).fetchone()[0]
     assert status == "interrupted"

@@ -161,25 +161,31 @@ def test_feed_refuses_a_wrong_start(db, tiny):
 
 def test_ctrl_c_during_a_long_prefill(database, backend, db, hf_long, text):
     """SIGINT while the prompt is being fed: exit 130 with one line, the run marked interrupted and
-    its KV cache emptied. Once the first chunk is in, a lock on the KV cache holds the prefill
-    (whatever the machine's speed) until the signal has cancelled it."""
+    its KV cache emptied. A lock on the KV cache, taken before the command starts and given back one
+    statement at a time, lets the first chunk in and holds the second (events, whatever the
+    machine's speed) until the signal has cancelled it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")} | backend[1]
-    proc = subprocess.Popen([sys.executable, "-m", "gptsql", "generate", "-m", MODEL, "-n", "2", "--workers", "1",
-                             text], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    def found():
-        return db.execute("""select r.id from gptsql.run r join gptsql.model m on m.id = r.model_id
-                             where m.name = %s and r.kind = 'generate' and r.status = 'running'
-                               and exists (select from gptsql.kv_cache k where k.run_id = r.id)""",
-                          [MODEL]).fetchone()
-
-    assert wait_for(found, 60), "the first chunk never reached the cache"
-    run_id = found()[0]
+    lock = "lock gptsql.kv_cache in exclusive mode"
     holder = database.connect(autocommit=False)
     held_up = lambda: [q for (q,) in db.execute("select query from pg_stat_activity "  # noqa: E731
                                                 "where %s = any(pg_blocking_pids(pid))", [holder.info.backend_pid])]
     try:
-        holder.execute("lock gptsql.kv_cache in exclusive mode")   # after the chunk in flight, if any
-        assert wait_for(lambda: any("gptsql.feed" in q or "gptsql.step" in q for q in held_up()), 60), held_up()
+        holder.execute("set lock_timeout = '120s'")
+        holder.execute(lock)
+        proc = subprocess.Popen([sys.executable, "-m", "gptsql", "generate", "-m", MODEL, "-n", "2", "--workers",
+                                 "1", text], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        while True:     # what waits goes on, one statement at a time, until a chunk is in and a feed waits
+            assert wait_for(lambda: proc.poll() is not None or held_up(), 60), "nothing reached the lock"
+            assert proc.poll() is None, proc.stderr.read()
+            fed = db.execute("""select r.id from gptsql.run r join gptsql.model m on m.id = r.model_id
+                                where m.name = %s and r.kind = 'generate' and r.status = 'running'
+                                  and exists (select from gptsql.kv_cache k where k.run_id = r.id)""",
+                             [MODEL]).fetchone()
+            if fed and any("gptsql.feed" in q for q in held_up()):
+                break
+            holder.commit()
+            holder.execute(lock)          # waits for the statement that was waiting to end
+        run_id = fed[0]
         proc.send_signal(signal.SIGINT)
         # the cancelled feed gives way to finish_run, which empties the cache: let it
         assert wait_for(lambda: proc.poll() is not None or not any("gptsql.feed" in q for q in held_up()), 60)
