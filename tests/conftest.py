@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,12 @@ from gptsql.server.db import Database
 
 REPO = Path(__file__).resolve().parent.parent
 PGVECTOR_IMAGE = "pgvector/pgvector:0.8.1-pg17"
+
+# The CLIs the tests start must take Ctrl-C as at a terminal: a session started where SIGINT is
+# ignored (in the background of a shell without job control) would pass that on to every child,
+# and the Ctrl-C tests would wait for a process that never heard it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def docker_dsn():
