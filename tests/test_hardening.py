@@ -154,14 +154,20 @@ def test_full_server_is_not_restarted(server):
 
 @pytest.mark.slow
 def test_many_commands_at_once(server):
-    """More generations at once than free slots (all but 5 held until one command says it waits): every one
-    succeeds, the extra ones after waiting for a slot; the server is never restarted."""
+    """More generations at once than free slots (all but 5 held until one command says it waits, the five
+    stopped at their first step meanwhile): every one succeeds, the extra ones after waiting for a slot;
+    the server is never restarted."""
     import threading
 
     pid = server.embedded.pid()
     held = hold_every_slot(server)
     for c in held[:5]:
         c.close()
+    # Every step records its candidates in gptsql.step_logit: this lock, released with the held
+    # slots, keeps the first five generations in their first step, so the others must wait for a slot
+    # however slowly the machine starts them.
+    held[-1].execute("begin")
+    held[-1].execute("lock table gptsql.step_logit in exclusive mode")
     gens = []
 
     def release_once_one_waits():
