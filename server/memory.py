@@ -91,13 +91,25 @@ def _table_bytes(rows: int, row_data: int, index_per_row: int) -> int:
     return -(-rows // rows_per_page) * BLOCK + rows * index_per_row
 
 
+def _vector_bytes(n_embd: int, dtype: str) -> int:
+    return 8 + (2 if dtype == "float16" else 4) * n_embd
+
+
+def wte_bytes(rows: int, n_embd: int, dtype: str) -> int:
+    """Disk of `rows` token embeddings (gptsql.wte): heap and primary key."""
+    return _table_bytes(rows, 16 + _vector_bytes(n_embd, dtype), 24)
+
+
+def linear_bytes(rows: int, n_embd: int, dtype: str) -> int:
+    """Disk of `rows` rows of gptsql.linear (one output unit's weights over an n_embd input slice)."""
+    return _table_bytes(rows, 44 + _vector_bytes(n_embd, dtype), 64)
+
+
 def estimate_model_bytes(config, dtype: str) -> int:
     """Bytes the weight partitions of a model of this shape take on disk (what every token reads):
     the token embeddings and the linear layers, one row per output unit and input slice."""
-    vector = 8 + (2 if dtype == "float16" else 4) * config.n_embd
-    wte = _table_bytes(config.n_vocab, 16 + vector, 24)
-    linear = _table_bytes(config.n_layer * 12 * config.n_embd, 44 + vector, 64)
-    return wte + linear
+    return (wte_bytes(config.n_vocab, config.n_embd, dtype)
+            + linear_bytes(config.n_layer * 12 * config.n_embd, config.n_embd, dtype))
 
 
 def estimate_load_bytes(config, dtype: str) -> int:
