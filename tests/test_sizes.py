@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from gptsql.loader.sources import random_model
+from hubserver import FakeHub, HubRepo
 from gptsql.server import memory
 from gptsql.server.db import Database
 
@@ -123,6 +124,30 @@ def test_a_load_without_the_disk_for_it_writes_nothing(server):
     assert models(server) == []
 
 
+def test_a_bench_without_the_disk_for_its_model_writes_nothing(server):
+    result = gptsql(server, "bench", "--shape", "tiny", GPTSQL_FREE_DISK="5MB")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: not enough free disk for bench-tiny-float32") and "has 5 MB free" in lines[0]
+    assert models(server) == []
+
+
+def test_the_first_generate_checks_the_disk_before_it_loads_gpt2(server, hf_tiny, tmp_path):
+    """With no model loaded, generate loads gpt2 from the hub (here a stand-in serving a tiny one):
+    that load checks the disk like any other."""
+    hub = FakeHub()
+    hub.add(HubRepo.from_directory("openai-community/gpt2", hf_tiny[0]))
+    with hub:
+        result = gptsql(server, "generate", "-n", "2", "Hello", GPTSQL_FREE_DISK="5MB", HF_ENDPOINT=hub.endpoint,
+                        HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()    # huggingface_hub's "Fetching 4 files" between them
+    assert lines[0].startswith("no model loaded yet: loading gpt2"), lines
+    assert lines[-1].startswith("Error: not enough free disk for gpt2"), lines
+    assert sum("Error" in line for line in lines) == 1, lines
+    assert models(server) == []
+
+
 def test_shared_buffers_are_sized_for_all_the_loaded_models(server, monkeypatch):
     """The loaded models (less the one a load replaces) and the one coming, x1.2 + 256 MB, in whole
     64 MB: pretend sizes, with another client connected so that the server is not restarted."""
@@ -186,6 +211,20 @@ def test_shared_buffers_at_the_machines_limit_say_they_cannot_hold_the_models(se
     assert shared_buffers(server) == 16 << 20
 
 
+def test_a_load_with_shared_buffers_at_the_limit_says_the_models_cannot_be_held(server):
+    set_shared_buffers(server, "8MB")
+    with server.connect() as conn:     # the models loaded, and the one coming (estimated)
+        total = memory.human(sum(memory.model_bytes(conn).values())
+                             + memory.estimate_model_bytes(random_model("tiny").config, "float32"))
+    result = gptsql(server, "load", "random:tiny", "--name", "over", GPTSQL_MEMTOTAL="16MB")   # at most 8 MB
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+    assert lines == [f"gptsql: shared_buffers (8 MB, at most 50% of this machine's 16 MB of RAM) cannot hold the "
+                     f"models ({total}): they run, slower (--dtype float16 halves a model)"], lines
+    assert shared_buffers(server) == 8 << 20
+    assert gptsql(server, "unload", "over", "--yes").returncode == 0
+
+
 def test_a_load_at_a_terminal_shows_progress_with_an_estimate(server):
     """At a terminal (a pty, through script(1)) the load draws a bar: the model's estimated size,
     the stage, rows done of all, time spent and time left."""
@@ -227,6 +266,12 @@ def test_a_model_larger_than_shared_buffers_runs_and_says_so_once(server):
     assert result.stdout.startswith("Hello") and len(result.stdout) > len("Hello\n")
     lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
     assert len(lines) == 1 and f"random-tiny ({size}) is larger than shared_buffers (8 MB" in lines[0], lines
+    # every command that runs the model: predict, and trace / attention / lens with a prompt
+    for command in (["predict", "-m", "random-tiny", "Hello"], ["trace", "-m", "random-tiny", "-n", "1", "Hello"]):
+        result = gptsql(server, *command, **small_machine)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+        assert len(lines) == 1 and f"random-tiny ({size}) is larger than shared_buffers (8 MB" in lines[0], lines
     # With --dsn the server is someone else's: one warning naming the setting, nothing changed.
     dsn = {**small_machine, "GPTSQL_DSN": server.embedded.dsn(), "GPTSQL_MEMTOTAL": "64GB"}
     pid = server.embedded.pid()
@@ -235,6 +280,16 @@ def test_a_model_larger_than_shared_buffers_runs_and_says_so_once(server):
     lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
     assert len(lines) == 1 and lines[0].startswith(
         f"warning: shared_buffers of this server (8 MB) cannot hold random-tiny ({size})"), lines
+    # A load there: the same one line for the model coming (its estimated size), nothing changed.
     result = gptsql(server, "load", "random:tiny", "--name", "more", **dsn)
-    assert result.returncode == 0 and "shared_buffers" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    estimate = memory.human(memory.estimate_model_bytes(random_model("tiny").config, "float32"))
+    lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: shared_buffers of this server (8 MB) cannot hold more ({estimate})"), lines
     assert server.embedded.pid() == pid and shared_buffers(server) == 8 << 20
+    # A server that holds it: no line.
+    set_shared_buffers(server, "64MB")
+    for command in (["load", "random:tiny", "--name", "more", "--replace"], ["generate", "-m", "more", "-n", "2", "Hi"]):
+        result = gptsql(server, *command, **dsn)
+        assert result.returncode == 0 and "shared_buffers" not in result.stderr, result.stderr
