@@ -214,10 +214,7 @@ def load(ctx: Context, source, name, dtype, replace):
     if not go:
         click.echo("nothing loaded")
         return
-    size = memory.estimate_model_bytes(checkpoint.config, dtype)
-    memory.check_disk(ctx.db, ctx.conn, checkpoint.config, dtype, name)
-    if memory.follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):
-        ctx.reconnect()
+    size = memory.prepare_load(ctx, checkpoint.config, dtype, name)
     conn = ctx.conn
     # the description holds the model's name: data, never markup ('[/bold]' crashed the bar)
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
@@ -506,10 +503,7 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
 
     checkpoint = random_model(shape)
     name = f"bench-{shape}-{dtype}"
-    memory.check_disk(ctx.db, ctx.conn, checkpoint.config, dtype, name)
-    if memory.follow_models(ctx.db, ctx.conn, incoming=memory.estimate_model_bytes(checkpoint.config, dtype),
-                            replacing=name):
-        ctx.reconnect()
+    memory.prepare_load(ctx, checkpoint.config, dtype, name)
     err = console(stderr=True)
     # transformers' FutureWarnings (deprecations inside its GPT-2) are not the benchmark's output
     with err.status("benchmark") as status, warnings.catch_warnings():

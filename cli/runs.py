@@ -94,9 +94,11 @@ def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, see
     """Generate from PROMPT with every activation recorded; returns the new run's id."""
     from ..driver.generation import ensure_model
     from ..driver.workers import start_generation
+    from ..server.memory import before_generating
 
     prompt = read_prompt(prompt)
     ensure_model(ctx, model)
+    before_generating(ctx, model)
     gen = start_generation(ctx.db, ctx.conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=True)
     with finishing(gen):

@@ -18,11 +18,13 @@ def ensure_model(ctx, model: str | None) -> None:
     click.echo("no model loaded yet: loading gpt2 from the Hugging Face hub...", err=True)
     from ..loader import load as loader
     from ..loader.sources import from_hub
+    from ..server.memory import prepare_load
 
     try:
         checkpoint = from_hub("gpt2")
     except UserError as exc:
         raise UserError(f"no model is loaded and {exc}") from exc
+    prepare_load(ctx, checkpoint.config, "float32", checkpoint.default_name)   # the disk, shared_buffers
     try:
         loader.load(ctx.conn, checkpoint, checkpoint.default_name, replaces=None)
     except loader.NameTaken:

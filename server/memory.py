@@ -91,13 +91,25 @@ def _table_bytes(rows: int, row_data: int, index_per_row: int) -> int:
     return -(-rows // rows_per_page) * BLOCK + rows * index_per_row
 
 
+def _vector_bytes(n_embd: int, dtype: str) -> int:
+    return 8 + (2 if dtype == "float16" else 4) * n_embd
+
+
+def wte_bytes(rows: int, n_embd: int, dtype: str) -> int:
+    """Disk of `rows` token embeddings (gptsql.wte): heap and primary key."""
+    return _table_bytes(rows, 16 + _vector_bytes(n_embd, dtype), 24)
+
+
+def linear_bytes(rows: int, n_embd: int, dtype: str) -> int:
+    """Disk of `rows` rows of gptsql.linear (one output unit's weights over an n_embd input slice)."""
+    return _table_bytes(rows, 44 + _vector_bytes(n_embd, dtype), 64)
+
+
 def estimate_model_bytes(config, dtype: str) -> int:
     """Bytes the weight partitions of a model of this shape take on disk (what every token reads):
     the token embeddings and the linear layers, one row per output unit and input slice."""
-    vector = 8 + (2 if dtype == "float16" else 4) * config.n_embd
-    wte = _table_bytes(config.n_vocab, 16 + vector, 24)
-    linear = _table_bytes(config.n_layer * 12 * config.n_embd, 44 + vector, 64)
-    return wte + linear
+    return (wte_bytes(config.n_vocab, config.n_embd, dtype)
+            + linear_bytes(config.n_layer * 12 * config.n_embd, config.n_embd, dtype))
 
 
 def estimate_load_bytes(config, dtype: str) -> int:
@@ -154,20 +166,28 @@ def check_disk(db, conn: psycopg.Connection, config, dtype: str, name: str) -> N
 def follow_models(db, conn: psycopg.Connection, incoming: int = 0, replacing: str | None = None,
                   say: Say = say_stderr) -> bool:
     """Grow the embedded server's shared_buffers to hold the loaded models (plus `incoming` bytes
-    about to be loaded, replacing the model named `replacing`), within RAM_SHARE of the machine.
-    Restarts the server when no other client is connected (then True: reconnect), otherwise the
-    new size waits for the next start. A server given by DSN is never changed."""
+    about to be loaded as the model named `replacing`, which it replaces), within RAM_SHARE of the
+    machine. Restarts the server when no other client is connected (then True: reconnect), otherwise
+    the new size waits for the next start. A load whose models cannot be held says so. A server given
+    by DSN is never changed: a load there warns when it cannot hold the model coming."""
+    current = current_shared_buffers(conn)
     if not db.is_embedded:
+        if incoming > current:
+            say(dsn_warning(current, replacing, incoming))
         return False
     sizes = model_bytes(conn)
     sizes.pop(replacing, None)
     total = sum(sizes.values()) + incoming
     need = needed_shared_buffers(total)
-    current = current_shared_buffers(conn)
     if current >= need:
         return False
     target = min(max(need, BASE_SHARED_BUFFERS), ceiling())
     if target <= current:
+        # Nothing to grow into. Said by a load only: generate and predict say it of their own model.
+        if incoming and total > current:
+            say(f"gptsql: shared_buffers ({human(current)}, at most {RAM_SHARE:.0%} of this machine's "
+                f"{human(mem_total())} of RAM) cannot hold the models ({human(total)}): they run, slower "
+                "(--dtype float16 halves a model)")
         return False
     conn.execute(f"alter system set shared_buffers = '{pg_setting(target)}'")
     if target >= need:
@@ -207,14 +227,28 @@ def warn_if_not_held(db, conn: psycopg.Connection, model: str | None, say: Say =
             "runs, slower, reading its weights through the OS page cache every token (--dtype float16 halves "
             "its size)")
     else:
-        say(f"warning: shared_buffers of this server ({human(current)}) cannot hold {row[0]} "
-            f"({human(size)}): every token reads its weights through the OS page cache, 2-3x slower per "
-            f"weight; raise it (ALTER SYSTEM SET shared_buffers = '{pg_setting(needed_shared_buffers(size))}' "
-            "and restart the server)")
+        say(dsn_warning(current, row[0], size))
+
+
+def dsn_warning(current: int, name: str, size: int) -> str:
+    """The one line for a server given by DSN whose shared_buffers cannot hold model `name`."""
+    return (f"warning: shared_buffers of this server ({human(current)}) cannot hold {name} ({human(size)}): "
+            "every token reads its weights through the OS page cache, 2-3x slower per weight; raise it "
+            f"(ALTER SYSTEM SET shared_buffers = '{pg_setting(needed_shared_buffers(size))}' and restart the server)")
+
+
+def prepare_load(ctx, config, dtype: str, name: str) -> int:
+    """Before a load writes anything: the disk checked, shared_buffers grown for the model coming (or
+    a line saying why not). Returns the model's estimated bytes on disk."""
+    size = estimate_model_bytes(config, dtype)
+    check_disk(ctx.db, ctx.conn, config, dtype, name)
+    if follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):
+        ctx.reconnect()
+    return size
 
 
 def before_generating(ctx, model: str | None) -> None:
-    """Before a generation or prediction: shared_buffers grown to the loaded models if they can be
+    """Before a command runs the model (generate, predict, trace, attention, lens): shared_buffers grown to the loaded models if they can be
     (a model loaded before it could, or under a smaller machine), else one line when the model
     cannot be held."""
     if follow_models(ctx.db, ctx.conn):

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from gptsql.loader.sources import random_model
+from hubserver import FakeHub, HubRepo
 from gptsql.server import memory
 from gptsql.server.db import Database
 
@@ -66,17 +67,47 @@ def test_the_estimate_is_the_size_on_disk(db, tiny, tiny_checkpoint):
     db.execute("select gptsql.drop_model('random-tiny-f16')")
 
 
-def test_big_shapes_match_transformers_and_are_made_one_tensor_at_a_time():
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_estimate_packs_rows_as_postgresql_does_at_every_width(db, dtype):
+    """Rows of 768-1600 floats are where the packing matters (a float32 row of 1024 takes a page of its
+    own): a few hundred such rows in a model's own partitions, rolled back, against the estimate."""
+    rows, fake_id, column = 300, 999_917, ("w" if dtype == "float32" else "h")
+    cast = "vector" if dtype == "float32" else "halfvec"
+    with db.transaction(force_rollback=True):
+        db.execute("select gptsql.new_partitions(%s)", [fake_id])
+        for width in (768, 1024, 1280, 1600):
+            db.execute(f"truncate gptsql.wte_{fake_id}, gptsql.linear_{fake_id}")
+            # random floats: nothing for PostgreSQL to compress, as in a real model
+            vector = f"(select array_agg(random()::real) from generate_series(1, {width}) where i > 0)::{cast}"
+            db.execute(f"insert into gptsql.wte_{fake_id} (model_id, token, {column}) "
+                       f"select {fake_id}, i, {vector} from generate_series(1, {rows}) i")
+            db.execute(f"insert into gptsql.linear_{fake_id} (model_id, name, block, part, grp, idx, {column}, bias) "
+                       f"select {fake_id}, 'attn_proj', 0, 0, i / 64, i % 64, {vector}, 0 from generate_series(1, {rows}) i")
+            for table, estimate in (("wte", memory.wte_bytes), ("linear", memory.linear_bytes)):
+                actual = db.execute(f"select pg_total_relation_size('gptsql.{table}_{fake_id}')").fetchone()[0]
+                expected = estimate(rows, width, dtype)
+                assert abs(expected / actual - 1) < 0.1, (table, width, dtype, expected, actual)
+
+
+# The shapes OpenAI published (config.json of openai-community/gpt2, -medium, -large, -xl on the hub):
+# n_layer, n_embd, n_head; every one has 1024 places and GPT-2's 50257 tokens.
+PUBLISHED_SHAPES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),
+                    "gpt2-xl": (48, 1600, 25)}
+
+
+def test_shapes_are_the_published_ones_and_big_ones_are_made_one_tensor_at_a_time():
     torch = pytest.importorskip("torch")
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    for shape in ("gpt2-large", "gpt2-xl"):
+    for shape, (n_layer, n_embd, n_head) in PUBLISHED_SHAPES.items():
         ck = random_model(shape)
         c = ck.config
+        assert (c.n_layer, c.n_embd, c.n_head, c.n_ctx, c.n_vocab) == (n_layer, n_embd, n_head, 1024, 50257), shape
         with torch.device("meta"):
-            model = GPT2LMHeadModel(GPT2Config(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
-                                               n_positions=c.n_ctx, vocab_size=c.n_vocab))
-        assert ck.n_params() == model.num_parameters()
+            model = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head))
+        assert ck.n_params() == model.num_parameters(), shape
+        if shape in ("gpt2", "gpt2-medium"):
+            continue
         first = ck.tensors["h.0.attn.c_proj.weight"]
         assert first.dtype.name == "float32" and first.shape == (c.n_embd, c.n_embd)
         assert not ck.tensors.made, "a big random model must not keep its tensors"
@@ -91,6 +122,51 @@ def test_a_load_without_the_disk_for_it_writes_nothing(server):
     needed = memory.human(memory.estimate_load_bytes(random_model("tiny").config, "float32") + (64 << 20))
     assert f"needs about {needed}" in lines[0] and "has 5 MB free" in lines[0], lines[0]
     assert models(server) == []
+
+
+def test_a_bench_without_the_disk_for_its_model_writes_nothing(server):
+    result = gptsql(server, "bench", "--shape", "tiny", GPTSQL_FREE_DISK="5MB")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: not enough free disk for bench-tiny-float32") and "has 5 MB free" in lines[0]
+    assert models(server) == []
+
+
+def test_the_first_generate_checks_the_disk_before_it_loads_gpt2(server, hf_tiny, tmp_path):
+    """With no model loaded, generate loads gpt2 from the hub (here a stand-in serving a tiny one):
+    that load checks the disk like any other."""
+    hub = FakeHub()
+    hub.add(HubRepo.from_directory("openai-community/gpt2", hf_tiny[0]))
+    with hub:
+        result = gptsql(server, "generate", "-n", "2", "Hello", GPTSQL_FREE_DISK="5MB", HF_ENDPOINT=hub.endpoint,
+                        HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()    # huggingface_hub's "Fetching 4 files" between them
+    assert lines[0].startswith("no model loaded yet: loading gpt2"), lines
+    assert lines[-1].startswith("Error: not enough free disk for gpt2"), lines
+    assert sum("Error" in line for line in lines) == 1, lines
+    assert models(server) == []
+
+
+def test_shared_buffers_are_sized_for_all_the_loaded_models(server, monkeypatch):
+    """The loaded models (less the one a load replaces) and the one coming, x1.2 + 256 MB, in whole
+    64 MB: pretend sizes, with another client connected so that the server is not restarted."""
+    set_shared_buffers(server, "32MB")
+    monkeypatch.setenv("GPTSQL_MEMTOTAL", "64GB")
+    monkeypatch.setattr(memory, "model_bytes", lambda conn: {"a": 700 << 20, "b": 900 << 20, "old": 5 << 30})
+    said = []
+    try:
+        with server.connect() as _other_client, server.connect() as conn:
+            assert not memory.follow_models(server, conn, incoming=300 << 20, replacing="old", say=said.append)
+            pending = conn.execute("select setting from pg_file_settings where name = 'shared_buffers' "
+                                   "order by seqno desc limit 1").fetchone()[0]
+    finally:
+        with server.connect() as conn:
+            conn.execute("alter system set shared_buffers = '32MB'")
+    # (700 + 900 + 300) MB x 1.2 + 256 MB = 2536 MB -> 2560 MB
+    assert pending == "2560MB", pending
+    assert said == ["gptsql: shared_buffers 32 MB -> 2.5 GB to hold the models (1.9 GB): applies at the next "
+                    "start of the server (other clients are connected now; `gptsql db stop` when they are done)"]
 
 
 def test_shared_buffers_grow_to_hold_the_models(server):
@@ -135,6 +211,20 @@ def test_shared_buffers_at_the_machines_limit_say_they_cannot_hold_the_models(se
     assert shared_buffers(server) == 16 << 20
 
 
+def test_a_load_with_shared_buffers_at_the_limit_says_the_models_cannot_be_held(server):
+    set_shared_buffers(server, "8MB")
+    with server.connect() as conn:     # the models loaded, and the one coming (estimated)
+        total = memory.human(sum(memory.model_bytes(conn).values())
+                             + memory.estimate_model_bytes(random_model("tiny").config, "float32"))
+    result = gptsql(server, "load", "random:tiny", "--name", "over", GPTSQL_MEMTOTAL="16MB")   # at most 8 MB
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+    assert lines == [f"gptsql: shared_buffers (8 MB, at most 50% of this machine's 16 MB of RAM) cannot hold the "
+                     f"models ({total}): they run, slower (--dtype float16 halves a model)"], lines
+    assert shared_buffers(server) == 8 << 20
+    assert gptsql(server, "unload", "over", "--yes").returncode == 0
+
+
 def test_a_load_at_a_terminal_shows_progress_with_an_estimate(server):
     """At a terminal (a pty, through script(1)) the load draws a bar: the model's estimated size,
     the stage, rows done of all, time spent and time left."""
@@ -176,6 +266,12 @@ def test_a_model_larger_than_shared_buffers_runs_and_says_so_once(server):
     assert result.stdout.startswith("Hello") and len(result.stdout) > len("Hello\n")
     lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
     assert len(lines) == 1 and f"random-tiny ({size}) is larger than shared_buffers (8 MB" in lines[0], lines
+    # every command that runs the model: predict, and trace / attention / lens with a prompt
+    for command in (["predict", "-m", "random-tiny", "Hello"], ["trace", "-m", "random-tiny", "-n", "1", "Hello"]):
+        result = gptsql(server, *command, **small_machine)
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+        assert len(lines) == 1 and f"random-tiny ({size}) is larger than shared_buffers (8 MB" in lines[0], lines
     # With --dsn the server is someone else's: one warning naming the setting, nothing changed.
     dsn = {**small_machine, "GPTSQL_DSN": server.embedded.dsn(), "GPTSQL_MEMTOTAL": "64GB"}
     pid = server.embedded.pid()
@@ -184,6 +280,16 @@ def test_a_model_larger_than_shared_buffers_runs_and_says_so_once(server):
     lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
     assert len(lines) == 1 and lines[0].startswith(
         f"warning: shared_buffers of this server (8 MB) cannot hold random-tiny ({size})"), lines
+    # A load there: the same one line for the model coming (its estimated size), nothing changed.
     result = gptsql(server, "load", "random:tiny", "--name", "more", **dsn)
-    assert result.returncode == 0 and "shared_buffers" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    estimate = memory.human(memory.estimate_model_bytes(random_model("tiny").config, "float32"))
+    lines = [line for line in result.stderr.splitlines() if "shared_buffers" in line]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"warning: shared_buffers of this server (8 MB) cannot hold more ({estimate})"), lines
     assert server.embedded.pid() == pid and shared_buffers(server) == 8 << 20
+    # A server that holds it: no line.
+    set_shared_buffers(server, "64MB")
+    for command in (["load", "random:tiny", "--name", "more", "--replace"], ["generate", "-m", "more", "-n", "2", "Hi"]):
+        result = gptsql(server, *command, **dsn)
+        assert result.returncode == 0 and "shared_buffers" not in result.stderr, result.stderr
