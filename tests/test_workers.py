@@ -339,20 +339,22 @@ def test_default_workers_given_back_when_other_commands_took_the_room_meanwhile(
     from gptsql.server.db import wait_for
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    clients = "select count(*) from pg_stat_activity where backend_type = 'client backend'"
-    used, limit = db.execute(clients.replace("count(*)", "count(*), current_setting('max_connections')::int")
-                             ).fetchone()
-    held, connect_workers = [], ShardedGeneration.start_workers
+    limit = db.execute("select current_setting('max_connections')::int").fetchone()[0]
+    held, workers, connect_workers = [], [], ShardedGeneration.start_workers
 
     def others_connect_meanwhile(self, *args):
         connect_workers(self, *args)
-        held.extend(psycopg.connect(database.dsn(), autocommit=True) for _ in range(limit // 2 - used - 1))
+        workers.extend(c.info.backend_pid for c in self.workers.conns)
+        # counted now, with the workers in: earlier tests' connections may have ended since the start
+        used = db.execute("select count(*) from pg_stat_activity where backend_type = 'client backend'").fetchone()[0]
+        held.extend(psycopg.connect(database.dsn(), autocommit=True) for _ in range(limit // 2 - used + 1))
 
     monkeypatch.setattr(ShardedGeneration, "start_workers", others_connect_meanwhile)
     try:
         gen = start_generation(database, db, None, MODEL, PROMPT, 3, temperature=0)
-        assert type(gen) is Generation
-        assert wait_for(lambda: db.execute(clients).fetchone()[0] == used + len(held), 10)   # the workers left
+        assert type(gen) is Generation and len(workers) == 2
+        assert wait_for(lambda: not db.execute("select count(*) from pg_stat_activity where pid = any(%s)",
+                                               [workers]).fetchone()[0], 10)   # the workers left
         text = "".join(gen.stream())
     finally:
         for conn in held:
