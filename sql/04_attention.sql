@@ -99,8 +99,7 @@ AS $$
     WHERE   config.c > 0 AND gptsql.chunks_read(start + n_new - 1, config.c) > 0;
 
     WITH config AS (
-            SELECT  n_embd / n_head AS head_dim, 1 / sqrt(n_embd / n_head) AS scale,
-                    gptsql.chunk_places(n_embd / n_head) AS c,
+            SELECT  n_embd / n_head AS head_dim, gptsql.chunk_places(n_embd / n_head) AS c,
                     gptsql.fill(1, greatest(gptsql.chunk_places(n_embd / n_head), 1)) AS ones,
                     (SELECT r.record FROM gptsql.run r WHERE r.id = run) AS recording
             FROM    gptsql.model m
@@ -121,7 +120,8 @@ AS $$
                     CROSS JOIN LATERAL (
                             SELECT  array_agg(a.score) AS scores, max(a.score) AS top     -- in j's order, as generated
                             FROM    (SELECT  j, inner_product(heads.q, subvector(ch.k, j * config.head_dim + 1,
-                                                                                 config.head_dim)) * config.scale AS score
+                                                                                 config.head_dim))
+                                                 / sqrt(config.head_dim) AS score   -- as attention_scores divides
                                      FROM    generate_series(0, config.c - 1) AS j
                                      OFFSET  0) AS a      -- the score a column: one inner product a key
                     ) AS one
