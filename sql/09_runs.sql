@@ -251,3 +251,4 @@ COMMENT ON COLUMN gptsql.residual.after_mlp IS 'a + mlp(ln_2(a)): the block''s o
 COMMENT ON TABLE gptsql.attention_row IS 'Recorded runs: one row of attention weights per block, head and query place (unnested in gptsql.attention_weights).';
 COMMENT ON TABLE gptsql.step_logit IS 'Recorded runs: the ten best next-token candidates of each step (read it through gptsql.step_candidates).';
 COMMENT ON TABLE gptsql.kv_cache IS 'Queries, keys and values of the places a running run has computed, per block and head; emptied when the run finishes.';
+COMMENT ON TABLE gptsql.kv_chunk IS 'The KV cache again, a chunk of C = gptsql.chunk_places(head_dim) places a row (keys side by side, values dimension-major), for long contexts; emptied when the run finishes.';
