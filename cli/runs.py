@@ -330,8 +330,7 @@ def drop_runs(ctx, run_ids, older_than):
             running = [i for i in ids if found[i] == "running"]
             if running:
                 raise UserError(f"run {', '.join(map(str, running))} is still running; stop it first (Ctrl-C)")
-        conn.execute("delete from gptsql.kv_cache where run_id = any(%s)", [ids])   # no foreign key: scratch
-        conn.execute("delete from gptsql.kv_chunk where run_id = any(%s)", [ids])
+        conn.execute("select gptsql.forget_cache(%s::bigint[])", [ids])   # no foreign key: scratch
         conn.execute("delete from gptsql.run where id = any(%s)", [ids])           # the rest cascades
     if not ids:
         click.echo(f"no finished runs older than {older_than}")

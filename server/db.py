@@ -483,9 +483,8 @@ def mark_orphaned_runs(conn: psycopg.Connection) -> None:
                       error = coalesce(error, 'cut off: its connection ended before the run finished')
                where status = 'running'
                  and backend_pid not in (select pid from pg_stat_activity where pid is not null)
-               returning id), cache as (
-               delete from gptsql.kv_cache where run_id in (select id from orphan))
-           delete from gptsql.kv_chunk where run_id in (select id from orphan)"""
+               returning id)
+           select gptsql.forget_cache(array(select id from orphan))"""
     )
 
 

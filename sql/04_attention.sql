@@ -95,8 +95,8 @@ AS $$
     CROSS JOIN LATERAL (SELECT  coalesce(max(ch.chunk) + 1, 0) AS next
                         FROM    gptsql.kv_chunk ch
                         WHERE   ch.run_id = run AND ch.block = attend.block AND ch.head = h.head) AS made
-    CROSS JOIN LATERAL generate_series(made.next, (start + n_new) / config.c - 1) AS todo(chunk)
-    WHERE   config.c > 0 AND gptsql.chunks_read(start + n_new - 1, config.c) > 0;
+    CROSS JOIN LATERAL generate_series(made.next, (start + n_new) / nullif(config.c, 0) - 1) AS todo(chunk)
+    WHERE   gptsql.chunks_read(start + n_new - 1, config.c) > 0;      -- never with C = 0 (no chunks)
 
     WITH config AS (
             SELECT  n_embd / n_head AS head_dim, gptsql.chunk_places(n_embd / n_head) AS c,

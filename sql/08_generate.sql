@@ -195,6 +195,15 @@ BEGIN
 END
 $$;
 
+-- The scratch a run keeps while it runs (the KV cache and its chunks; no foreign keys, unlogged),
+-- removed: when it finishes, when it was cut off, when it is dropped.
+CREATE OR REPLACE FUNCTION gptsql.forget_cache(runs bigint[])
+RETURNS void
+LANGUAGE sql VOLATILE AS $$
+    DELETE FROM gptsql.kv_cache WHERE run_id = ANY (runs);
+    DELETE FROM gptsql.kv_chunk WHERE run_id = ANY (runs);
+$$;
+
 -- Close a run: its status, and the KV cache it no longer needs.
 CREATE OR REPLACE FUNCTION gptsql.finish_run(run bigint, status text DEFAULT 'done', error text DEFAULT NULL)
 RETURNS void
@@ -202,8 +211,7 @@ LANGUAGE sql VOLATILE AS $$
     UPDATE  gptsql.run
     SET     status = finish_run.status, error = finish_run.error, finished_at = clock_timestamp()
     WHERE   id = finish_run.run AND run.status = 'running';
-    DELETE FROM gptsql.kv_cache WHERE run_id = run;
-    DELETE FROM gptsql.kv_chunk WHERE run_id = run;
+    SELECT  gptsql.forget_cache(ARRAY[run]);
 $$;
 
 -- The article's generation loop as one recursive query: each row of `generation` is one step,
