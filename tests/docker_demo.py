@@ -134,7 +134,7 @@ def is_standin(image) -> bool:
     return image is not None and INPUTS_LABEL in (image.labels or {})
 
 
-def pull(client, name: str) -> tuple[bool, str]:
+def pull(name: str) -> tuple[bool, str]:
     """(pulled?, why not) within PULL_TIMEOUT; a registry that cannot be reached fails at once here."""
     import docker
 
@@ -299,7 +299,7 @@ def base_images(client) -> Images:
         if current is not None and not is_standin(current):
             images.origin[name] = "present"
             continue
-        pulled, why = pull(client, name)
+        pulled, why = pull(name)
         if pulled:
             images.origin[name] = "pulled"
         else:
