@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import PGVECTOR_IMAGE, REPO
+from docker_demo import compose_command, embedded_versions, image_versions
 
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
@@ -75,7 +76,8 @@ def compose(env: dict | None = None) -> dict:
 
 
 def variables_with_defaults() -> dict[str, str]:
-    return dict(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}", COMPOSE.read_text()))
+    # ${VAR:-default} of Compose; $${...} is the shell's, escaped
+    return dict(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}", COMPOSE.read_text()))
 
 
 def command_args(service: dict) -> list[str]:
@@ -166,9 +168,10 @@ def test_only_localhost_can_reach_the_database():
     # The explorer: published on 127.0.0.1 only (inside the container it must listen on 0.0.0.0).
     assert published_ports(spec["services"]["app"]) == [{"host_ip": "127.0.0.1", "published": "8000", "target": "8000"}]
     assert command_args(spec["services"]["app"])[-1].rstrip().endswith("exec gptsql serve --host 0.0.0.0 --port 8000")
-    # With another port from .env, still 127.0.0.1.
-    ports = published_ports(compose({"GPTSQL_DB_PORT": "6000"})["services"]["db"])
-    assert ports == [{"host_ip": "127.0.0.1", "published": "6000", "target": "5432"}]
+    # With other ports from .env, still 127.0.0.1.
+    spec = compose({"GPTSQL_DB_PORT": "6000", "GPTSQL_PORT": "6001"})
+    assert published_ports(spec["services"]["db"]) == [{"host_ip": "127.0.0.1", "published": "6000", "target": "5432"}]
+    assert published_ports(spec["services"]["app"]) == [{"host_ip": "127.0.0.1", "published": "6001", "target": "8000"}]
 
 
 def test_data_and_downloads_live_in_named_volumes():
@@ -181,7 +184,8 @@ def test_data_and_downloads_live_in_named_volumes():
 def test_settings_come_from_the_env_file_with_documented_defaults():
     defaults = variables_with_defaults()
     example = env_file(ENV_EXAMPLE)
-    assert set(defaults) == set(example) == {"POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "GPTSQL_DB_PORT"}
+    assert set(defaults) == set(example) == {"POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "GPTSQL_DB_PORT",
+                                             "GPTSQL_PORT", "GPTSQL_DEMO_SOURCE", "GPTSQL_DEMO_MODEL"}
     assert defaults == example, ".env.example must show the defaults docker-compose.yml uses"
     # The password appears in the compose file only as that variable's default.
     assert COMPOSE.read_text().count(example["POSTGRES_PASSWORD"]) == 2  # db's POSTGRES_PASSWORD, app's PGPASSWORD
@@ -210,54 +214,68 @@ def test_app_waits_for_a_healthy_database():
     assert spec["services"]["app"]["depends_on"] == {"db": {"condition": "service_healthy"}}
 
 
-def run_app_command(tmp_path: Path, models_json: str, load_status: int = 0, generate_status: int = 0):
-    """Run the app's command with a stand-in gptsql that logs its arguments."""
+def run_app_command(tmp_path: Path, models_json: str, load_status: int = 0, generate_status: int = 0,
+                    env: dict | None = None):
+    """Run the app's command, with the app's environment (variables from `env`), and a stand-in
+    gptsql that logs its arguments and prints `models_json` for `gptsql models --json`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     log = tmp_path / "calls"
+    (tmp_path / "models.json").write_text(models_json)
     fake = bin_dir / "gptsql"
     fake.write_text(f"""#!/bin/sh
 printf '%s\\n' "$*" >> {log}
 case "$1" in
-  models) printf '%s\\n' '{models_json}' ;;
+  models) cat {tmp_path / "models.json"} ;;
   load) exit {load_status} ;;
   generate) exit {generate_status} ;;
 esac
 """)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    args = command_args(compose()["services"]["app"])
-    result = subprocess.run(args, env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, capture_output=True, text=True,
-                            timeout=30)
+    (bin_dir / "python").symlink_to(sys.executable)  # the image's python
+    app = compose(env)["services"]["app"]
+    result = subprocess.run(command_args(app), env={**app["environment"], "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                            capture_output=True, text=True, timeout=30)
     return result.returncode, log.read_text().splitlines() if log.exists() else []
 
 
 def test_app_loads_gpt2_from_the_hub_once_then_generates_then_serves(tmp_path):
     generate, serve = f"generate --model gpt2 {PROMPT}", "serve --host 0.0.0.0 --port 8000"
     status, calls = run_app_command(tmp_path / "empty", models_json="")
-    assert status == 0 and calls == ["models --json", "load gpt2", generate, serve]
-    loaded = json.dumps({"name": "gpt2", "source": "hub:openai-community/gpt2"})
+    assert status == 0 and calls == ["models --json", "load gpt2 --name gpt2", generate, serve]
+    loaded = json.dumps({"name": "gpt2", "source": "hub:openai-community/gpt2"}) + "\n"
     status, calls = run_app_command(tmp_path / "loaded", models_json=loaded)
     assert status == 0 and calls == ["models --json", generate, serve], "gpt2 is downloaded and loaded again"
     status, calls = run_app_command(tmp_path / "failed", models_json="", load_status=1)
-    assert status == 1 and calls == ["models --json", "load gpt2"], "a failed load must not go on"
+    assert status == 1 and calls == ["models --json", "load gpt2 --name gpt2"], "a failed load must not go on"
     status, calls = run_app_command(tmp_path / "no-text", models_json=loaded, generate_status=1)
     assert status == 1 and calls == ["models --json", generate], "a failed generation must not go on"
 
 
-def test_app_command_recognises_the_clis_models_output(tiny, run_cli):
-    """The command greps `gptsql models --json` for '"name": "gpt2"': the CLI's real format."""
-    script = command_args(compose()["services"]["app"])[-1]
-    assert "gptsql models --json | grep -q '\"name\": \"gpt2\"'" in script
-    assert f'"name": "{tiny}"' in run_cli("models", "--json").stdout
+def test_the_demos_model_is_a_setting(tmp_path):
+    """GPTSQL_DEMO_SOURCE is what is loaded, GPTSQL_DEMO_MODEL its name (by default the source)."""
+    serve = "serve --host 0.0.0.0 --port 8000"
+    env = {"GPTSQL_DEMO_SOURCE": "random:small", "GPTSQL_DEMO_MODEL": "small-demo"}
+    status, calls = run_app_command(tmp_path / "named", models_json="", env=env)
+    assert status == 0 and calls == ["models --json", "load random:small --name small-demo",
+                                     f"generate --model small-demo {PROMPT}", serve]
+    status, calls = run_app_command(tmp_path / "unnamed", models_json="", env={"GPTSQL_DEMO_SOURCE": "distilgpt2"})
+    assert status == 0 and calls == ["models --json", "load distilgpt2 --name distilgpt2",
+                                     f"generate --model distilgpt2 {PROMPT}", serve]
 
 
-def compose_command() -> list[str] | None:
-    """`docker compose` (the plugin) or `docker-compose` (1.29+), if this machine has one."""
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
+@pytest.mark.parametrize("name, loaded", [("random-tiny", True), ("random-tin", False), ("tiny", False),
+                                          ("random-tiny2", False)])
+def test_app_command_recognises_the_clis_models_output(tmp_path, tiny, run_cli, name, loaded):
+    """The first start's check reads the CLI's real `models --json` output: the model of that exact
+    name is there or not, whatever the JSON's spacing and the other fields."""
+    assert tiny == "random-tiny"
+    output = run_cli("models", "--json").stdout
+    compact = "".join(json.dumps(json.loads(line), separators=(",", ":")) + "\n" for line in output.splitlines())
+    for variant, models_json in [("as-printed", output), ("compact", compact)]:
+        status, calls = run_app_command(tmp_path / variant, models_json=models_json, env={"GPTSQL_DEMO_MODEL": name})
+        assert status == 0
+        assert (f"load gpt2 --name {name}" not in calls) == loaded, (variant, calls)
 
 
 @pytest.mark.skipif(compose_command() is None,
@@ -276,7 +294,8 @@ def test_docker_compose_config_agrees(tmp_path):
     assert config["services"]["app"]["environment"] == ours["services"]["app"]["environment"]
     ports = [{**p, "target": p["target"].split("/")[0]} for p in published_ports(config["services"]["db"])]
     assert ports == [{"host_ip": "127.0.0.1", "published": "55432", "target": "5432"}]
-    assert config["services"]["app"]["command"] == ours["services"]["app"]["command"]
+    # config prints the file to be read again: a literal $ stays escaped ($$)
+    assert [arg.replace("$$", "$") for arg in config["services"]["app"]["command"]] == ours["services"]["app"]["command"]
     ports = [{**p, "target": p["target"].split("/")[0]} for p in published_ports(config["services"]["app"])]
     assert ports == [{"host_ip": "127.0.0.1", "published": "8000", "target": "8000"}]
 
@@ -329,8 +348,19 @@ def test_readme_tells_how_to_run_the_demo_and_the_test_backends():
     section = readme_docker_section()
     for needed in ["docker compose up", "docker compose run --rm app gptsql", "127.0.0.1:55432",
                    "cp .env.example .env", "docker compose down -v", "GPTSQL_TEST_BACKEND=docker",
-                   "GPTSQL_TEST_DSN=", PROMPT, "http://127.0.0.1:8000/"]:
+                   "GPTSQL_TEST_DSN=", PROMPT, "http://127.0.0.1:8000/", "GPTSQL_PORT", "GPTSQL_DEMO_SOURCE",
+                   "python -m pytest -m docker"]:
         assert needed in section, f"the README's Docker section does not say {needed!r}"
+
+
+def test_readme_names_the_versions_the_tests_run():
+    """The embedded server's versions (the wheel installed here) and the demo image's, as they are."""
+    section = readme_docker_section()
+    postgres, vector = embedded_versions()
+    assert f"PostgreSQL {postgres} + pgvector {vector}" in section
+    major, vector = image_versions(PGVECTOR_IMAGE)
+    assert f"`{PGVECTOR_IMAGE}` (PostgreSQL {major} + pgvector {vector})" in section
+    assert "untested" in section
 
 
 # ------------------------------------------------------------------------------- backends
