@@ -27,22 +27,14 @@ def timed(fn):
 
 
 def open_run(conn, model: str, n_new: int, record: bool = False, workers: int = 1, connect=None):
-    """A run to step by hand: (run id, step(fresh, start) -> token, finish()). One backend through
-    gptsql.step (the SQL functions' path), or `workers` backends (driver/workers.py)."""
-    if workers == 1:
-        run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => %s)",
-                              [model, n_new, record]).fetchone()[0]
-        step = lambda fresh, start: conn.execute("select token from gptsql.step(%s, %s, %s)",  # noqa: E731
-                                                 [run_id, fresh, start], prepare=True).fetchone()[0]
-        finish = lambda: conn.execute("select gptsql.finish_run(%s)", [run_id])  # noqa: E731
-    else:
-        from ..driver.workers import ShardedGeneration
-
-        gen = ShardedGeneration(conn, model, "", n_new, record=record)
-        gen.start_workers(connect, workers, clamp=False)
-        run_id = gen.run_id
-        step = lambda fresh, start: gen.step(fresh, start)[0]  # noqa: E731
-        finish = lambda: gen.stop("done")  # noqa: E731
+    """A run to step by hand: (run id, step(fresh, start) -> token, finish()), through gptsql.step
+    on `workers` shares (sql/10_shares.sql)."""
+    conn.execute("select set_config('gptsql.shares', %s, false)", [str(workers)])
+    run_id = conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => %s)",
+                          [model, n_new, record]).fetchone()[0]
+    step = lambda fresh, start: conn.execute("select token from gptsql.step(%s, %s, %s)",  # noqa: E731
+                                             [run_id, fresh, start], prepare=True).fetchone()[0]
+    finish = lambda: conn.execute("select gptsql.finish_run(%s)", [run_id])  # noqa: E731
     conn.execute("delete from gptsql.run_token where run_id = %s", [run_id])  # the '' prompt's token
     return run_id, step, finish
 

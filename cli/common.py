@@ -52,6 +52,7 @@ class Context:
     def conn(self) -> psycopg.Connection:
         if self._conn is None:
             self._conn = self.db.connect()
+            self._conn.add_notice_handler(say_engine_notice)
         return self._conn
 
     def reconnect(self) -> None:
@@ -62,6 +63,12 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
+
+
+def say_engine_notice(diag: psycopg.errors.Diagnostic) -> None:
+    """The engine's own notices (e.g. why a statement ran on one backend) as a line on stderr."""
+    if (diag.message_primary or "").startswith("gptsql "):
+        click.echo(diag.message_primary, err=True)
 
 
 PIPED_WIDTH = 1_000_000    # columns of rich's output when not at a terminal: nothing cut, nothing wrapped

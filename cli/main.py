@@ -344,7 +344,7 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     """
     prompt = read_prompt(prompt)
     from ..driver.generation import ensure_model
-    from ..driver.workers import start_generation
+    from ..driver.shares import start_generation
     from ..server.memory import before_generating
 
     ensure_model(ctx, model)
@@ -386,7 +386,7 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
 @friendly
 def predict(ctx: Context, prompt, model, top_n, as_json, workers):
     """The next-token distribution after PROMPT (the article's llm(prompt))."""
-    from ..driver.workers import start_prediction
+    from ..driver.shares import start_prediction
     from ..server.memory import before_generating
 
     prompt = read_prompt(prompt)
@@ -496,8 +496,6 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
     """
     from ..benchmarks import measure as benchmark
     from ..benchmarks.report import render
-    from ..driver.workers import Workers
-
     from ..loader.sources import random_model
     from ..server import memory
 
@@ -510,7 +508,7 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
         warnings.filterwarnings("ignore", category=FutureWarning)
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
                                 contexts=contexts, checkpoint=checkpoint, prompt_lengths=prompts,
-                                workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, Workers.GROUPS),
+                                workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, 4),
                                 connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
                                 progress=lambda s: (status.update(s), err.print(s)))
     render(results)

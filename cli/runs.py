@@ -93,7 +93,7 @@ def run_model_id(conn, run_id: int) -> int:
 def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed, workers=None) -> int:
     """Generate from PROMPT with every activation recorded; returns the new run's id."""
     from ..driver.generation import ensure_model
-    from ..driver.workers import start_generation
+    from ..driver.shares import start_generation
     from ..server.memory import before_generating
 
     prompt = read_prompt(prompt)

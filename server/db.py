@@ -504,13 +504,57 @@ SQL_FILES = [
     "07_logits.sql",
     "08_generate.sql",
     "09_runs.sql",
-    "10_shards.sql",
+    "10_shares.sql",
 ]
+MIGRATIONS = "migrations.sql"
+
+# Every function, view and composite type of the engine, dropped before the sql/ files make them
+# again: a new version may change any signature, and no leftover of an earlier one survives.
+DROP_ENGINE = """
+DO $$
+DECLARE
+    o record;
+BEGIN
+    FOR o IN SELECT 'VIEW' AS kind, c.oid, c.oid::regclass::text AS name
+             FROM   pg_class c WHERE c.relnamespace = 'gptsql'::regnamespace AND c.relkind = 'v'
+             UNION ALL
+             SELECT 'ROUTINE', p.oid, p.oid::regprocedure::text
+             FROM   pg_proc p WHERE p.pronamespace = 'gptsql'::regnamespace
+             UNION ALL
+             SELECT 'TYPE', t.oid, t.oid::regtype::text
+             FROM   pg_type t JOIN pg_class c ON c.oid = t.typrelid
+             WHERE  t.typnamespace = 'gptsql'::regnamespace AND c.relkind = 'c' LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = o.oid UNION ALL SELECT FROM pg_proc WHERE oid = o.oid
+                                  UNION ALL SELECT FROM pg_type WHERE oid = o.oid);    -- gone with an earlier one
+        EXECUTE format('DROP %s %s CASCADE', o.kind, o.name);
+    END LOOP;
+END
+$$;
+"""
+
+# Functions whose body is a string are parsed when they run, under the caller's search_path: each
+# gets a path of its own (pgvector's and dblink's schemas, and gptsql's). SQL-standard bodies
+# (BEGIN ATOMIC) were resolved when they were made.
+FIX_SEARCH_PATH = """
+DO $$
+DECLARE
+    path text := (SELECT string_agg(DISTINCT quote_ident(n.nspname), ', ')
+                  FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+                  WHERE e.extname IN ('vector', 'dblink')) || ', gptsql, pg_temp';
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+             WHERE p.pronamespace = 'gptsql'::regnamespace AND p.prokind IN ('f', 'p') AND p.prosqlbody IS NULL LOOP
+        EXECUTE format('ALTER ROUTINE %s SET search_path = pg_catalog, %s', f, path);
+    END LOOP;
+END
+$$;
+"""
 
 
 def engine_sql() -> str:
     files = resources.files("gptsql.sql")
-    return "\n".join(files.joinpath(name).read_text() for name in SQL_FILES if files.joinpath(name).is_file())
+    return "\n".join(files.joinpath(name).read_text() for name in [MIGRATIONS, *SQL_FILES])
 
 
 def engine_version() -> str:
@@ -531,16 +575,27 @@ def install(conn: psycopg.Connection) -> None:
     if installed_version(conn) == version:
         return
     check_pgvector(conn)
+    files = resources.files("gptsql.sql")
     with conn.transaction():
         # One installer at a time; concurrent first commands wait here, then find it done.
         conn.execute("select pg_advisory_xact_lock(hashtext('gptsql install'))")
         if installed_version(conn) == version:
             return
-        conn.execute(engine_sql())
+        conn.execute("create extension if not exists vector; create schema if not exists gptsql")
+        try:
+            with conn.transaction():   # other backends for a statement's shares (sql/10_shares.sql)
+                conn.execute("create extension if not exists dblink")
+        except psycopg.Error:
+            pass   # the server has no dblink, or we may not create it: statements run on one backend
+        conn.execute(DROP_ENGINE)
+        conn.execute(files.joinpath(MIGRATIONS).read_text())
+        for name in SQL_FILES:
+            conn.execute(files.joinpath(name).read_text())
+        conn.execute(FIX_SEARCH_PATH)
         conn.execute(
-            "insert into gptsql.meta(key, value) values ('engine_version', %s) "
+            "insert into gptsql.meta(key, value) values ('engine_version', %s), ('default_shares', %s) "
             "on conflict (key) do update set value = excluded.value",
-            [version],
+            [version, str(os.cpu_count() or 1)],
         )
 
 

@@ -3,7 +3,8 @@
 -- A model is a row of gptsql.model; its shapes (n_embd, n_head, n_layer, n_ctx, n_vocab) are read
 -- from that row by every function, never written as literals. Weights are pgvector rows, one row
 -- per output unit of a linear layer, stored inline (STORAGE PLAIN) so scans never detoast.
--- Tables are created once and kept when the engine's functions are upgraded.
+-- Tables are created once and kept when the engine's functions are upgraded (server/db.py drops
+-- and makes every function, view and type again; sql/migrations.sql brings older tables up to date).
 
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE SCHEMA IF NOT EXISTS gptsql;
@@ -24,6 +25,7 @@ CREATE TABLE IF NOT EXISTS gptsql.model (
     n_layer            int NOT NULL,
     layer_norm_epsilon float8 NOT NULL DEFAULT 1e-5,
     dtype              text NOT NULL DEFAULT 'float32' CHECK (dtype IN ('float32', 'float16')),
+    mlp_groups         int NOT NULL DEFAULT 4,     -- c_fc's hidden units stored as this many groups (05_mlp.sql)
     n_params           bigint,
     loaded_at          timestamptz NOT NULL DEFAULT clock_timestamp()
 );
@@ -131,20 +133,7 @@ ALTER TABLE gptsql.projection_share ALTER COLUMN w SET STORAGE PLAIN, ALTER COLU
 -- on the parent, which readers do not wait for, and the CHECK matching the bound spares it the
 -- validation scan. The big tables have no foreign key to gptsql.model: attaching would check one
 -- row by row, and dropping one locks gptsql.model; a model's partitions go with it, by name.
-DO $$
-DECLARE
-    fk record;
-BEGIN
-    FOR fk IN SELECT c.conrelid::regclass AS tab, c.conname
-              FROM   pg_constraint c
-              WHERE  c.contype = 'f' AND c.conparentid = 0
-              AND    c.conrelid IN ('gptsql.wte'::regclass, 'gptsql.linear'::regclass) LOOP
-        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', fk.tab, fk.conname);   -- databases made before
-    END LOOP;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION gptsql.new_partitions(model int)
+CREATE FUNCTION gptsql.new_partitions(model int)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -157,7 +146,7 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION gptsql.attach_partitions(model int)
+CREATE FUNCTION gptsql.attach_partitions(model int)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -170,7 +159,7 @@ END
 $$;
 
 -- Both at once, for a model made by hand (a few rows, nobody reading).
-CREATE OR REPLACE FUNCTION gptsql.create_partitions(model int)
+CREATE FUNCTION gptsql.create_partitions(model int)
 RETURNS void
 LANGUAGE sql AS $$
     SELECT gptsql.new_partitions(model);
@@ -180,7 +169,7 @@ $$;
 -- Remove a model: its row, and by cascade its vocabulary, small weights and runs. Its two big
 -- tables are left over until leftover_statements() runs (gptsql unload and gptsql load do):
 -- dropping them here would lock out every generation until this transaction ends.
-CREATE OR REPLACE FUNCTION gptsql.drop_model(model_name text)
+CREATE FUNCTION gptsql.drop_model(model_name text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -194,7 +183,7 @@ $$;
 -- DETACH ... CONCURRENTLY waits for the queries that use the parent but blocks none of them;
 -- FINALIZE completes one that was interrupted; the detached table then drops with no lock on
 -- anything else.
-CREATE OR REPLACE FUNCTION gptsql.leftover_statements()
+CREATE FUNCTION gptsql.leftover_statements()
 RETURNS SETOF text
 LANGUAGE sql STABLE AS $$
     WITH leftover AS (
@@ -241,20 +230,6 @@ CREATE TABLE IF NOT EXISTS gptsql.run (
     prefill_ms   float8,
     decode_ms    float8
 );
--- Seeds are integers (bigint): a float8 seed made seeds above 2^53 collide. Databases made before
--- keep their runs; a seed with a fraction is rounded (the same text for the whole ones: their
--- text form, which uniform() hashes, is the same). 09_runs.sql makes the view on it again.
-DO $$
-BEGIN
-    IF (SELECT atttypid = 'float8'::regtype FROM pg_attribute
-        WHERE attrelid = 'gptsql.run'::regclass AND attname = 'seed') THEN
-        DROP VIEW IF EXISTS gptsql.runs;
-        ALTER TABLE gptsql.run ALTER COLUMN seed TYPE bigint
-            USING CASE WHEN abs(seed) < 9.2e18 THEN round(seed)::bigint END;
-    END IF;
-END
-$$;
-
 CREATE TABLE IF NOT EXISTS gptsql.run_token (
     run_id      bigint NOT NULL REFERENCES gptsql.run ON DELETE CASCADE,
     place       int NOT NULL,
@@ -278,7 +253,6 @@ CREATE UNLOGGED TABLE IF NOT EXISTS gptsql.kv_cache (
     v      vector NOT NULL,
     PRIMARY KEY (run_id, block, head, place)
 );
-ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;   -- caches created before q was kept
 
 -- The same keys and values again, a chunk of C = chunk_places(head_dim) places to a row, for the
 -- long contexts: k holds the chunk's keys side by side (k_0 || k_1 || ...), v its values
@@ -324,7 +298,7 @@ CREATE TABLE IF NOT EXISTS gptsql.step_logit (
 );
 
 -- Which model a function works on: by name, or the most recently loaded one when NULL.
-CREATE OR REPLACE FUNCTION gptsql.model_id(model text DEFAULT NULL) RETURNS int
+CREATE FUNCTION gptsql.model_id(model text DEFAULT NULL) RETURNS int
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     found int;

@@ -1,8 +1,10 @@
--- 04_attention.sql — causal multi-head self-attention with a KV cache.
+-- 04_attention.sql — causal multi-head self-attention with a KV cache, over a share of the heads.
 --
--- x holds the normalized inputs of the new places start, start + 1, ...; this call adds their
--- queries, keys and values to gptsql.kv_cache, which holds those of the earlier places. Returns
--- the attention output (after the c_proj projection) of each new place; the block adds the residual.
+-- x holds the normalized inputs of a batch of new places (each a place of a run); a share of the
+-- heads [head_lo, head_hi) adds their queries, keys and values to gptsql.kv_cache, which holds those
+-- of the earlier places, attends, and returns its columns of the projection: one partial n_embd
+-- vector per place. The shares' partials add up to the attention output (06_blocks.sql); one
+-- backend is one share of all the heads.
 --
 -- A query reads its keys in two ways. The keys of whole chunks of C places (gptsql.kv_chunk, C =
 -- chunk_places(head_dim)) are scored from one row per chunk, and the chunk's values are mixed by
@@ -12,129 +14,142 @@
 -- each from gptsql.kv_cache, as are all keys of a short context. All scores are taken first, so
 -- exp() is relative to the top score: every weight is in [0, 1] and one pass over the keys does.
 
-DROP FUNCTION IF EXISTS gptsql.attention_scores(bigint, int, int, int, int, vector, int, vector[], vector[]);
-DROP FUNCTION IF EXISTS gptsql.attention_softmax(bigint, int, int, int, int, vector, int, vector[], vector[], float8);
-DROP FUNCTION IF EXISTS gptsql.attention_scores(bigint, int, int, int, vector, int);
-DROP FUNCTION IF EXISTS gptsql.attention_scores(bigint, int, int, int, vector, int, int);   -- its DEFAULT went
-DROP FUNCTION IF EXISTS gptsql.attention_softmax(bigint, int, int, int, vector, int, float8);   -- no second pass now
-
 -- exp() of an attention score minus a reference score: 0 below e^-46 (1e-20), where a weight no
 -- longer changes a float4 sum next to the reference (weight 1), and where pgvector would call the
 -- product of a value vector with it an underflow.
-CREATE OR REPLACE FUNCTION gptsql.weight_exp(x float8)
+CREATE FUNCTION gptsql.weight_exp(x float8)
 RETURNS float8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN x < -46 THEN 0 ELSE exp(x) END
-$$;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE WHEN x < -46 THEN 0 ELSE exp(x) END;
+END;
 
 -- Places per kv_chunk row for a head width: k and v of C places stay under a page together
 -- (C * head_dim <= 1000 floats each). 0, no chunks, for heads too wide to gain from them.
-CREATE OR REPLACE FUNCTION gptsql.chunk_places(head_dim int)
+CREATE FUNCTION gptsql.chunk_places(head_dim int)
 RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN head_dim <= 250 THEN 1000 / head_dim ELSE 0 END
-$$;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE WHEN head_dim <= 250 THEN 1000 / head_dim ELSE 0 END;
+END;
 
 -- The whole chunks a query at `place` reads from gptsql.kv_chunk: those before its own place (its
 -- own key stays in the tail, so the tail's softmax sum is never empty), and none while the context
 -- is short (a chunk row costs more than the few keys it saves there).
-CREATE OR REPLACE FUNCTION gptsql.chunks_read(place int, c int)
+CREATE FUNCTION gptsql.chunks_read(place int, c int)
 RETURNS int
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN c > 0 AND place / c >= 4 THEN place / c ELSE 0 END
-$$;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE WHEN c > 0 AND place / c >= 4 THEN place / c ELSE 0 END;
+END;
+
+-- Heads [lo, hi) of share `share` of `shares`: n heads cut as evenly as they go.
+CREATE FUNCTION gptsql.share_of(n int, share int, shares int, OUT lo int, OUT hi int)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT n * share / shares, n * (share + 1) / shares;
+END;
 
 -- q·k / sqrt(d) of one query (place, head) against the keys at places first .. place (the causal
 -- mask): one index range of the KV cache, in the order of the places. OFFSET 0 keeps `score` a
 -- column: PostgreSQL inlines this function into its caller, and a flattened subquery would put the
 -- inner product into every expression that reads the score (five inner products a key, not one).
-CREATE OR REPLACE FUNCTION gptsql.attention_scores(run bigint, block int, place int, head int, q vector,
-                                                   head_dim int, first int)
+CREATE FUNCTION gptsql.attention_scores(run bigint, block int, place int, head int, q vector,
+                                        head_dim int, first int)
 RETURNS TABLE (key_place int, v vector, score float8)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+BEGIN ATOMIC
     SELECT  c.place, c.v, inner_product(attention_scores.q, c.k) / sqrt(head_dim)   -- the query's q, not c.q
     FROM    gptsql.kv_cache c
     WHERE   c.run_id = run AND c.block = attention_scores.block AND c.head = attention_scores.head
       AND   c.place BETWEEN first AND attention_scores.place
     ORDER BY c.place
-    OFFSET  0
-$$;
+    OFFSET  0;
+END;
 
--- The attention of heads [head_lo, head_hi) for the new places start .. start + n_new - 1, whose q,
--- k and v are in the KV cache already: per place and head the mix of values z (head_dim wide), and
--- the weights recorded when the run records. attention() runs it on every head; a worker's
--- attention_share() (sql/10_shards.sql) on its own.
-CREATE OR REPLACE FUNCTION gptsql.attend(run bigint, model int, block int, start int, n_new int,
-                                         head_lo int, head_hi int)
-RETURNS TABLE (place int, head int, z vector)
+-- The attention of heads [head_lo, head_hi) for a batch of new places (place n of the batch is
+-- places[n] of runs[n]), whose q, k and v are in the KV cache already: per place and head the mix
+-- of values z (head_dim wide), and the weights when records[n] (for exploring the run).
+-- Generic plans: custom ones were planned anew at every call. No sequential scans: the cache's
+-- statistics swing between empty (after a vacuum between runs) and large, and a plan made while it
+-- looked empty scanned all of it in every block.
+CREATE FUNCTION gptsql.attend(model int, block int, runs bigint[], places int[], records boolean[],
+                              head_lo int, head_hi int)
+RETURNS TABLE (n int, head int, z vector, weights float8[])
 LANGUAGE sql VOLATILE
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
-AS $$
+BEGIN ATOMIC
     -- The chunks completed by these places (and any before them not made yet) become kv_chunk rows:
     -- keys side by side, values transposed to dimension-major.
     WITH config AS (
             SELECT  m.n_embd / m.n_head AS head_dim, gptsql.chunk_places(m.n_embd / m.n_head) AS c
             FROM    gptsql.model m
             WHERE   m.id = model
+    ), ends AS (                        -- per run, where its context ends after this batch
+            SELECT  b.run, max(b.place) + 1 AS stop
+            FROM    unnest(runs, places) AS b(run, place)
+            GROUP BY b.run
     )
     INSERT INTO gptsql.kv_chunk (run_id, block, head, chunk, k, v)
-    SELECT  run, block, h.head, todo.chunk,
+    SELECT  ends.run, block, h.head, todo.chunk,
             (SELECT  gptsql.concat(kc.k ORDER BY kc.place)
              FROM    gptsql.kv_cache kc
-             WHERE   kc.run_id = run AND kc.block = attend.block AND kc.head = h.head
+             WHERE   kc.run_id = ends.run AND kc.block = attend.block AND kc.head = h.head
                AND   kc.place BETWEEN todo.chunk * config.c AND todo.chunk * config.c + config.c - 1),
-            (SELECT  ARRAY(SELECT  rows.a[n % config.c + 1][n / config.c + 1]     -- element i of value j, i-major
-                           FROM    generate_series(0, config.head_dim * config.c - 1) AS n)::vector
+            (SELECT  ARRAY(SELECT  rows.a[i % config.c + 1][i / config.c + 1]     -- element i of value j, i-major
+                           FROM    generate_series(0, config.head_dim * config.c - 1) AS i)::vector
              FROM    (SELECT  array_agg(kc.v::real[] ORDER BY kc.place) AS a          -- C x head_dim
                       FROM    gptsql.kv_cache kc
-                      WHERE   kc.run_id = run AND kc.block = attend.block AND kc.head = h.head
+                      WHERE   kc.run_id = ends.run AND kc.block = attend.block AND kc.head = h.head
                         AND   kc.place BETWEEN todo.chunk * config.c AND todo.chunk * config.c + config.c - 1) AS rows)
     FROM    config
+    CROSS JOIN ends
     CROSS JOIN generate_series(head_lo, head_hi - 1) AS h(head)
     CROSS JOIN LATERAL (SELECT  coalesce(max(ch.chunk) + 1, 0) AS next
                         FROM    gptsql.kv_chunk ch
-                        WHERE   ch.run_id = run AND ch.block = attend.block AND ch.head = h.head) AS made
-    CROSS JOIN LATERAL generate_series(made.next, (start + n_new) / nullif(config.c, 0) - 1) AS todo(chunk)
-    WHERE   gptsql.chunks_read(start + n_new - 1, config.c) > 0;      -- never with C = 0 (no chunks)
+                        WHERE   ch.run_id = ends.run AND ch.block = attend.block AND ch.head = h.head) AS made
+    CROSS JOIN LATERAL generate_series(made.next, ends.stop / nullif(config.c, 0) - 1) AS todo(chunk)
+    WHERE   gptsql.chunks_read(ends.stop - 1, config.c) > 0;      -- never with C = 0 (no chunks)
 
     WITH config AS (
             SELECT  n_embd / n_head AS head_dim, gptsql.chunk_places(n_embd / n_head) AS c,
-                    gptsql.fill(1, greatest(gptsql.chunk_places(n_embd / n_head), 1)) AS ones,
-                    (SELECT r.record FROM gptsql.run r WHERE r.id = run) AS recording
+                    gptsql.fill(1, greatest(gptsql.chunk_places(n_embd / n_head), 1)) AS ones
             FROM    gptsql.model m
             WHERE   m.id = model
-    ), heads AS MATERIALIZED (          -- per new place and head: the query, and the whole chunks it reads
-            SELECT  c.place, c.head, c.q, gptsql.chunks_read(c.place, config.c) AS chunks
+    ), queries AS MATERIALIZED (        -- per new place and head: the query, and the whole chunks it reads
+            SELECT  b.n::int AS n, b.run, b.place, b.record, c.head, c.q, gptsql.chunks_read(b.place, config.c) AS chunks
             FROM    config
+            CROSS JOIN unnest(runs, places, records) WITH ORDINALITY AS b(run, place, record, n)
             CROSS JOIN generate_series(head_lo, head_hi - 1) AS h(head)
-            JOIN    gptsql.kv_cache c        -- head by head: one index range per head
-                    ON c.run_id = run AND c.block = attend.block AND c.head = h.head AND c.place >= start
+            JOIN    gptsql.kv_cache c
+                    ON c.run_id = b.run AND c.block = attend.block AND c.head = h.head AND c.place = b.place
     ), scores AS MATERIALIZED (         -- q·k / sqrt(d) of every key at or before the query (the causal mask)
-            SELECT  heads.place, heads.head, heads.chunks, by_chunk.scores AS chunk_scores,
-                    tail.scores AS tail_scores, tail.vs AS tail_values, greatest(by_chunk.top, tail.top) AS top
-            FROM    config, heads
+            SELECT  queries.n, queries.head, queries.record, queries.run, queries.chunks,
+                    by_chunk.scores AS chunk_scores, tail.scores AS tail_scores, tail.vs AS tail_values,
+                    greatest(by_chunk.top, tail.top) AS top
+            FROM    config, queries
             CROSS JOIN LATERAL (         -- whole chunks: C scores from each kv_chunk row (chunks x C)
                     SELECT  array_agg(one.scores ORDER BY ch.chunk) AS scores, max(one.top) AS top
                     FROM    gptsql.kv_chunk ch
                     CROSS JOIN LATERAL (
                             SELECT  array_agg(a.score) AS scores, max(a.score) AS top     -- in j's order, as generated
-                            FROM    (SELECT  j, inner_product(heads.q, subvector(ch.k, j * config.head_dim + 1,
-                                                                                 config.head_dim))
+                            FROM    (SELECT  j, inner_product(queries.q, subvector(ch.k, j * config.head_dim + 1,
+                                                                                   config.head_dim))
                                                  / sqrt(config.head_dim) AS score   -- as attention_scores divides
                                      FROM    generate_series(0, config.c - 1) AS j
                                      OFFSET  0) AS a      -- the score a column: one inner product a key
                     ) AS one
-                    WHERE   ch.run_id = run AND ch.block = attend.block AND ch.head = heads.head
-                      AND   ch.chunk < heads.chunks
+                    WHERE   ch.run_id = queries.run AND ch.block = attend.block AND ch.head = queries.head
+                      AND   ch.chunk < queries.chunks
             ) by_chunk
             CROSS JOIN LATERAL (         -- the keys after them, the query's own last: one cache row each
                     SELECT  array_agg(t.score) AS scores, array_agg(t.v) AS vs, max(t.score) AS top   -- in place order
-                    FROM    gptsql.attention_scores(run, block, heads.place, heads.head, heads.q, config.head_dim,
-                                                    heads.chunks * config.c) AS t
+                    FROM    gptsql.attention_scores(queries.run, block, queries.place, queries.head, queries.q,
+                                                    config.head_dim, queries.chunks * config.c) AS t
             ) tail
     ), softmax AS (                     -- exp() relative to the top score: every weight in [0, 1]
-            SELECT  scores.place, scores.head, scores.chunks, c.e AS chunk_e, t.e AS tail_e,
+            SELECT  scores.n, scores.head, scores.record, scores.run, scores.chunks, c.e AS chunk_e, t.e AS tail_e,
                     coalesce(c.z, 0) + t.z AS z, scores.tail_values
             FROM    scores
             CROSS JOIN LATERAL (SELECT array_agg(w.e) AS e, sum(w.e) AS z      -- flat, in (chunk, place) order
@@ -144,7 +159,7 @@ AS $$
                                 FROM   (SELECT gptsql.weight_exp(x - scores.top) AS e
                                         FROM   unnest(scores.tail_scores) AS x) AS w) AS t
     ), mixed AS (                       -- Σ weight × value, over the chunks, then over the tail
-            SELECT  softmax.place, softmax.head, softmax.z, softmax.chunk_e, softmax.tail_e,
+            SELECT  softmax.n, softmax.head, softmax.record, softmax.z, softmax.chunk_e, softmax.tail_e,
                     CASE WHEN by_chunk.r IS NULL THEN tail.mixed
                          ELSE tail.mixed                           -- each dimension's C products added up
                               + ARRAY(SELECT  inner_product(subvector(by_chunk.r, i * config.c + 1, config.c), config.ones)
@@ -165,61 +180,113 @@ AS $$
                     CROSS JOIN LATERAL (SELECT CASE WHEN config.head_dim > 64 THEN t6.e || t6.e ELSE t6.e END AS e OFFSET 0) AS t7
                     CROSS JOIN LATERAL (SELECT CASE WHEN config.head_dim > 128 THEN t7.e || t7.e ELSE t7.e END AS e OFFSET 0) AS t8
                     CROSS JOIN LATERAL (SELECT subvector(t8.e, 1, config.c * config.head_dim) AS e OFFSET 0) AS tiled
-                    WHERE   ch.run_id = run AND ch.block = attend.block AND ch.head = softmax.head
+                    WHERE   ch.run_id = softmax.run AND ch.block = attend.block AND ch.head = softmax.head
                       AND   ch.chunk < softmax.chunks
             ) by_chunk
             CROSS JOIN LATERAL (SELECT  sum(u.v * gptsql.fill(u.e, config.head_dim)) AS mixed
                                 FROM    unnest(softmax.tail_values, softmax.tail_e) AS u(v, e)) AS tail
-    ), result AS (
-            SELECT  mixed.place, mixed.head, mixed.mixed * gptsql.fill(1 / mixed.z, config.head_dim) AS z,
-                    CASE WHEN config.recording     -- for exploring the run: who attended to whom
-                         THEN ARRAY(SELECT e / mixed.z FROM unnest(coalesce(mixed.chunk_e, '{}') || mixed.tail_e) AS e)
-                    END AS weights
-            FROM    config, mixed
-    ), recorded AS (
-            INSERT INTO gptsql.attention_row (run_id, block, head, place, weights)
-            SELECT  run, block, result.head, result.place, result.weights
-            FROM    result
-            WHERE   result.weights IS NOT NULL
     )
-    SELECT  result.place, result.head, result.z
-    FROM    result
-$$;
+    SELECT  mixed.n, mixed.head, mixed.mixed * gptsql.fill(1 / mixed.z, config.head_dim),
+            CASE WHEN mixed.record     -- for exploring the run: who attended to whom
+                 THEN ARRAY(SELECT e / mixed.z FROM unnest(coalesce(mixed.chunk_e, '{}') || mixed.tail_e) AS e)
+            END
+    FROM    config, mixed;
+END;
 
--- Two statements: c_attn's q, k and v of the new places go into the KV cache first, so that every
--- query then reads all of its keys, new and cached alike (a new place's keys taken from arrays
--- instead cost 2.5 times as much per key); then attend() and the projection. Generic plans: custom
--- ones were planned anew at every call. No sequential scans: the cache's statistics swing between
--- empty (after a vacuum between runs) and large, and a plan made while it looked empty scanned all
--- of it in every block.
-CREATE OR REPLACE FUNCTION gptsql.attention(run bigint, model int, block int, start int, x vector[])
-RETURNS vector[]
+-- The projection's rows cut to the columns of heads [head_lo, head_hi): what a share of the heads
+-- multiplies instead of every whole row with a subvector (0.6-0.9 ms a block instead of 1.2-1.4 on
+-- the 124M shape). All the heads read gptsql.linear's own rows; a split of a model is made once
+-- (gptsql.projection_share), by a connection of its own before its first use (10_shares.sql).
+-- Rows made by a concurrent call of the same split are kept (ON CONFLICT).
+CREATE FUNCTION gptsql.prepare_projection_share(model int, head_lo int, head_hi int)
+RETURNS void
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    INSERT INTO gptsql.projection_share (model_id, head_lo, head_hi, block, grp, idx, w, h, bias)
+    SELECT  model, head_lo, head_hi, w.block, w.grp, w.idx,
+            subvector(w.w, head_lo * (m.n_embd / m.n_head) + 1, (head_hi - head_lo) * (m.n_embd / m.n_head)),
+            subvector(w.h, head_lo * (m.n_embd / m.n_head) + 1, (head_hi - head_lo) * (m.n_embd / m.n_head)),
+            w.bias
+    FROM    gptsql.model m
+    JOIN    gptsql.linear w ON w.model_id = m.id AND w.name = 'attn_proj' AND w.part = 0
+    WHERE   m.id = model
+      AND   (head_lo, head_hi) <> (0, m.n_head)
+      AND   NOT EXISTS (SELECT FROM gptsql.projection_share s
+                        WHERE s.model_id = model AND s.head_lo = prepare_projection_share.head_lo
+                          AND s.head_hi = prepare_projection_share.head_hi)
+    ON CONFLICT DO NOTHING;
+END;
+
+-- The rows of the projection a share of the heads multiplies, in (grp, idx) order.
+CREATE FUNCTION gptsql.projection(model int, block int, head_lo int, head_hi int)
+RETURNS TABLE (grp int, idx int, w vector, h halfvec, bias real)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT  w.grp, w.idx, w.w, w.h, w.bias
+    FROM    gptsql.linear w
+    JOIN    gptsql.model m ON m.id = w.model_id
+    WHERE   w.model_id = model AND w.name = 'attn_proj' AND w.block = projection.block AND w.part = 0
+      AND   head_lo = 0 AND head_hi = m.n_head
+    UNION ALL
+    SELECT  s.grp, s.idx, s.w, s.h, s.bias
+    FROM    gptsql.projection_share s
+    WHERE   s.model_id = model AND s.head_lo = projection.head_lo AND s.head_hi = projection.head_hi
+      AND   s.block = projection.block;
+END;
+
+-- Share `share` of `shares` of a block's attention, for a batch of places (normalized inputs x):
+-- c_attn's units of its heads, their q, k and v into the KV cache first (so that every query then
+-- reads all of its keys, new and cached alike: a new place's keys taken from arrays instead cost
+-- 2.5 times as much per key), attend(), then its columns of the projection (the first share adds
+-- the bias). Returns its partial n_embd vector per place, and the attention rows to record (the MLP's
+-- shares return the same type, with no rows).
+CREATE TYPE gptsql.share_part AS (partial vector[], recorded gptsql.attention_row[]);
+
+CREATE FUNCTION gptsql.attention_share(model int, block int, runs bigint[], places int[], records boolean[],
+                                       x vector[], share int, shares int)
+RETURNS gptsql.share_part
 LANGUAGE sql VOLATILE
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
-AS $$
-    WITH qkv AS (                       -- c_attn: per place one vector per head of q, then k, then v
-            SELECT  place, grp, y
-            FROM    gptsql.matmul(model, block, 'c_attn', x)
+BEGIN ATOMIC
+    WITH heads AS (
+            SELECT  m.n_head, s.lo, s.hi
+            FROM    gptsql.model m, gptsql.share_of(m.n_head, share, shares) AS s
+            WHERE   m.id = model
+    ), qkv AS (                         -- c_attn: per place one vector per head of q, then k, then v
+            SELECT  y.place, y.grp, y.y
+            FROM    heads, gptsql.matmul(model, block, 'c_attn', x,
+                        ARRAY(SELECT h + kind * heads.n_head
+                              FROM generate_series(heads.lo, heads.hi - 1) h, generate_series(0, 2) kind)) AS y
     )
     INSERT INTO gptsql.kv_cache (run_id, block, head, place, q, k, v)
-    SELECT  run, block, q.grp, q.place + start, q.y, k.y, v.y
-    FROM    gptsql.model m
-    JOIN    qkv q ON q.grp < m.n_head
-    JOIN    qkv k ON k.place = q.place AND k.grp = q.grp + m.n_head
-    JOIN    qkv v ON v.place = q.place AND v.grp = q.grp + 2 * m.n_head
-    WHERE   m.id = model;
+    SELECT  runs[q.place + 1], block, q.grp, places[q.place + 1], q.y, k.y, v.y
+    FROM    heads
+    JOIN    qkv q ON q.grp < heads.n_head
+    JOIN    qkv k ON k.place = q.place AND k.grp = q.grp + heads.n_head
+    JOIN    qkv v ON v.place = q.place AND v.grp = q.grp + 2 * heads.n_head;
 
-    WITH attended AS (
-            SELECT  a.place, a.head, a.z
-            FROM    gptsql.model m,
-                    gptsql.attend(run, model, block, start, cardinality(x), 0, m.n_head) AS a
+    WITH heads AS (
+            SELECT  s.lo, s.hi
+            FROM    gptsql.model m, gptsql.share_of(m.n_head, share, shares) AS s
             WHERE   m.id = model
-    ), merged AS (                      -- the heads side by side again, n_embd wide
-            SELECT  place, gptsql.concat(z ORDER BY head) AS z
+    ), attended AS MATERIALIZED (
+            SELECT  a.n, a.head, a.z, a.weights
+            FROM    heads, gptsql.attend(model, block, runs, places, records, heads.lo, heads.hi) AS a
+    ), merged AS (                      -- the share's heads side by side
+            SELECT  n, gptsql.concat(z ORDER BY head) AS z, gptsql.concat(z ORDER BY head)::halfvec AS zh
             FROM    attended
-            GROUP BY place
+            GROUP BY n
+    ), projected AS (                   -- its columns of the projection
+            SELECT  merged.n,
+                    (SELECT  array_agg((coalesce(inner_product(merged.z, w.w), inner_product(merged.zh, w.h))
+                                        + CASE WHEN share = 0 THEN w.bias ELSE 0 END)::real ORDER BY w.grp, w.idx)::vector
+                     FROM    heads, gptsql.projection(model, block, heads.lo, heads.hi) AS w) AS y
+            FROM    merged
     )
-    SELECT  array_agg(y ORDER BY place)
-    FROM    gptsql.matmul(model, block, 'attn_proj', ARRAY(SELECT z FROM merged ORDER BY place))
-$$;
+    SELECT  ROW((SELECT array_agg(y ORDER BY n) FROM projected),
+                (SELECT array_agg(ROW(runs[a.n], block, a.head, places[a.n], a.weights)::gptsql.attention_row
+                                  ORDER BY a.n, a.head)
+                 FROM   attended a
+                 WHERE  a.weights IS NOT NULL))::gptsql.share_part;
+END;

@@ -3,67 +3,68 @@
 --   a = h + attention(layer_norm(h, ln_1))
 --   h' = a + mlp(layer_norm(a, ln_2))
 --
--- forward() runs the new tokens of a run through every block (keys and values of earlier places
--- come from the KV cache) and returns the last place's hidden state after the final layer norm.
+-- Each half is the sum of its shares' partial outputs (04_attention.sql, 05_mlp.sql): this backend
+-- computes share 0 while the session's other backends compute the rest (10_shares.sql); with one
+-- share, the whole half here. forward() runs a batch of new places through every block (keys and
+-- values of earlier places come from the KV cache) and returns each place's hidden state after the
+-- final layer norm.
 
-CREATE OR REPLACE FUNCTION gptsql.norm_all(model int, name text, block int, h vector[])
+-- One block for a batch of places (place n is places[n] of runs[n]; records[n]: keep its
+-- activations). The residual stream after each half and the attention weights are recorded here,
+-- by the backend that runs the statement, so that a generation started in an open transaction
+-- (select gptsql.generate(...) in psql) keeps them with its run.
+CREATE FUNCTION gptsql.block(model int, block int, runs bigint[], places int[], records boolean[],
+                             h vector[], shares int)
 RETURNS vector[]
-LANGUAGE sql STABLE AS $$
-    SELECT  array_agg(gptsql.layer_norm(x, norm.gamma, norm.beta, m.layer_norm_epsilon) ORDER BY n)
-    FROM    unnest(h) WITH ORDINALITY AS t(x, n)
-    JOIN    gptsql.norm ON norm.model_id = model AND norm.name = norm_all.name AND norm.block = norm_all.block
-    JOIN    gptsql.model m ON m.id = model
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    x         vector[] := gptsql.norm_all(model, 'ln_1', block, h);
+    a         vector[];
+    part      gptsql.share_part;
+BEGIN
+    IF shares > 1 THEN                  -- the other shares start first, this one meanwhile
+        PERFORM gptsql.send_shares(shares, format(
+            'SELECT gptsql.attention_share(%s, %s, %L, %L, %L, %L, %%s, %s)', model, block, runs, places, records, x, shares));
+    END IF;
+    part := gptsql.attention_share(model, block, runs, places, records, x, 0, shares);
+    SELECT * INTO part FROM gptsql.gather_shares(shares, part.partial, part.recorded);
+    INSERT INTO gptsql.attention_row SELECT * FROM unnest(part.recorded);
+    a := gptsql.add_all(h, part.partial);
+
+    x := gptsql.norm_all(model, 'ln_2', block, a);
+    IF shares > 1 THEN
+        PERFORM gptsql.send_shares(shares, format(
+            'SELECT ROW(gptsql.mlp_share(%s, %s, %L, %%s, %s), NULL)::gptsql.share_part', model, block, x, shares));
+    END IF;
+    SELECT * INTO part FROM gptsql.gather_shares(shares, gptsql.mlp_share(model, block, x, 0, shares), NULL);
+    h := gptsql.add_all(a, part.partial);
+
+    INSERT INTO gptsql.residual (run_id, block, place, after_attention, after_mlp)
+    SELECT  runs[n], block, places[n], a[n], h[n]
+    FROM    generate_subscripts(places, 1) AS n
+    WHERE   records[n];
+    RETURN h;
+END
 $$;
 
-CREATE OR REPLACE FUNCTION gptsql.add_all(a vector[], b vector[])
+-- A batch of new places (tokens[n] at places[n] of runs[n]) through every block: each place's
+-- hidden state after ln_f, the final layer norm (stored as block n_layer).
+CREATE FUNCTION gptsql.forward(model int, runs bigint[], places int[], tokens int[], records boolean[], shares int)
 RETURNS vector[]
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT  array_agg(x + y ORDER BY n)
-    FROM    unnest(a, b) WITH ORDINALITY AS t(x, y, n)
-$$;
-
-CREATE OR REPLACE FUNCTION gptsql.block(run bigint, model int, block int, start int, h vector[])
-RETURNS vector[]
-LANGUAGE sql VOLATILE AS $$
-    WITH mha_norm AS (
-            SELECT  gptsql.norm_all(model, 'ln_1', block, h) AS x
-    ), mha AS MATERIALIZED (
-            SELECT  gptsql.add_all(h, gptsql.attention(run, model, block, start, x)) AS a
-            FROM    mha_norm
-    ), ffn_norm AS (
-            SELECT  a, gptsql.norm_all(model, 'ln_2', block, a) AS x
-            FROM    mha
-    ), ffn AS MATERIALIZED (
-            SELECT  a, gptsql.add_all(a, gptsql.mlp(model, block, x)) AS h
-            FROM    ffn_norm
-    ), recorded AS (                    -- the residual stream, for exploring the run
-            INSERT INTO gptsql.residual (run_id, block, place, after_attention, after_mlp)
-            SELECT  run, block, start + n::int - 1, after_attention, after_mlp
-            FROM    ffn, unnest(ffn.a, ffn.h) WITH ORDINALITY AS t(after_attention, after_mlp, n)
-            WHERE   (SELECT r.record FROM gptsql.run r WHERE r.id = run)
-    )
-    SELECT  h
-    FROM    ffn
-$$;
-
-CREATE OR REPLACE FUNCTION gptsql.forward(run bigint, tokens int[], start int)
-RETURNS vector
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
     WITH RECURSIVE config AS (
-            SELECT  m.*
-            FROM    gptsql.run r
-            JOIN    gptsql.model m ON m.id = r.model_id
-            WHERE   r.id = run
+            SELECT  m.n_layer
+            FROM    gptsql.model m
+            WHERE   m.id = model
     ), blocks AS (
-            SELECT  0 AS block, gptsql.embeddings(config.id, tokens, start) AS h
-            FROM    config
+            SELECT  0 AS block, gptsql.embeddings(model, tokens, places) AS h
             UNION ALL
-            SELECT  blocks.block + 1, gptsql.block(run, config.id, blocks.block, start, blocks.h)
+            SELECT  blocks.block + 1, gptsql.block(model, blocks.block, runs, places, records, blocks.h, shares)
             FROM    blocks, config
             WHERE   blocks.block < config.n_layer
     )
-    SELECT  gptsql.layer_norm(blocks.h[cardinality(blocks.h)], ln_f.gamma, ln_f.beta, config.layer_norm_epsilon)
+    SELECT  gptsql.norm_all(model, 'ln_f', config.n_layer, blocks.h)
     FROM    blocks, config
-    JOIN    gptsql.norm ln_f ON ln_f.model_id = config.id AND ln_f.name = 'ln_f'
-    WHERE   blocks.block = config.n_layer
-$$;
+    WHERE   blocks.block = config.n_layer;
+END;

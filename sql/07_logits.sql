@@ -1,137 +1,293 @@
 -- 07_logits.sql — from the last hidden state to the next token.
 --
 -- Logits are inner products with the token embeddings (GPT-2 ties the output layer to wte);
--- softmax over the whole vocabulary turns them into probabilities.
+-- softmax over the whole vocabulary turns them into probabilities. The vocabulary is read in
+-- shares too: share s of N reads its range of wte's pages and answers with what the choice needs
+-- (its best logits, its softmax sums, its Gumbel-max candidate, its best `keep` for top-k / top-p);
+-- the answers merge into the token that one pass over the whole vocabulary would choose. One
+-- backend is one share of every page.
 
-CREATE OR REPLACE FUNCTION gptsql.logits(model int, hidden vector)
+-- How many of the best tokens a step records (gptsql.step_logit), and how many a share keeps for
+-- top-p when no top-k bounds them: the nucleus is ranked among them, unless it reaches past them.
+CREATE FUNCTION gptsql.recorded_candidates() RETURNS int LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC SELECT 10; END;
+CREATE FUNCTION gptsql.nucleus_candidates() RETURNS int LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC SELECT 1000; END;
+
+-- The pages [lo, hi) of the model's token embeddings that share `share` of `shares` reads: the heap
+-- cut into page ranges, read by a TID range scan. A range of token ids read every page and
+-- filtered (half the vocabulary cost 0.8x all of it); a share of pages costs its share. Every row
+-- lies on one page, so the shares hold each token once, whatever order the rows are in.
+CREATE FUNCTION gptsql.vocab_pages(model int, share int, shares int, OUT lo tid, OUT hi tid)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH heap AS (
+            SELECT  pg_relation_size(format('gptsql.%I', 'wte_' || model)::regclass)
+                    / current_setting('block_size')::int AS pages
+    )
+    SELECT  format('(%s,0)', pages * share / shares)::tid,
+            format('(%s,0)', CASE WHEN share = shares - 1 THEN 4294967295           -- the last: to the end
+                                  ELSE pages * (share + 1) / shares END)::tid
+    FROM    heap;
+END;
+
+-- The logits of a hidden state over share `share` of `shares` of the vocabulary (all of it by
+-- default). float16 models keep wte in the halfvec column h: the query is cast once.
+CREATE FUNCTION gptsql.logits(model int, hidden vector, share int DEFAULT 0, shares int DEFAULT 1)
 RETURNS TABLE (token int, logit float8)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    WITH query AS (                     -- cast once for float16 models (halfvec column h)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH query AS (
             SELECT  hidden AS hv, hidden::halfvec AS hh
+    ), pages AS (
+            SELECT  p.lo, p.hi FROM gptsql.vocab_pages(model, share, shares) AS p
     )
     SELECT  wte.token, coalesce(inner_product(query.hv, wte.w), inner_product(query.hh, wte.h))
-    FROM    query, gptsql.wte
-    WHERE   wte.model_id = model
-$$;
+    FROM    query, pages, gptsql.wte
+    WHERE   wte.model_id = model AND wte.ctid >= pages.lo AND wte.ctid < pages.hi;
+END;
 
--- The top_n most probable next tokens (all of them when top_n is NULL) with their probability
--- under the softmax over the whole vocabulary.
-CREATE OR REPLACE FUNCTION gptsql.distribution(model int, hidden vector, top_n int DEFAULT NULL)
-RETURNS TABLE (rank int, token int, probability float8, logit float8)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    WITH logits AS MATERIALIZED (
-            SELECT  * FROM gptsql.logits(model, hidden)
-    ), peak AS (
-            SELECT  max(logit) AS top FROM logits
-    ), total AS (                       -- softmax denominator, shifted by the peak to stay finite
-            SELECT  sum(gptsql.safe_exp(logit - top)) AS z FROM logits, peak
-    ), best AS (
-            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT top_n
-    )
-    SELECT  (row_number() OVER (ORDER BY logit DESC, token))::int, token,
-            gptsql.safe_exp(logit - top) / z, logit
-    FROM    best, peak, total
-    ORDER BY logit DESC, token
-$$;
+-- A share's answer for one hidden state: its best logits (recorded_candidates of them), their peak,
+-- its softmax sums relative to that peak (plain, and at the temperature when sampling), its
+-- Gumbel-max candidate (argmax of logit / T + G, G a hash of u and the token), and its `keep` best
+-- for top-k / top-p (all when NULL, none when 0): the merged shares' best hold the whole
+-- vocabulary's.
+CREATE TYPE gptsql.vocab_answer AS (
+    top_tokens  int[],
+    top_logits  float8[],
+    peak        float8,
+    z           float8,
+    mass        float8,
+    g_token     int,
+    g_logit     float8,
+    g_key       float8,
+    cand_tokens int[],
+    cand_logits float8[]
+);
 
 -- A uniform number in [0, 1) for a seed and a place: the same seed draws the same text, whatever
 -- else runs at the same time.
-DROP FUNCTION IF EXISTS gptsql.uniform(float8, int);          -- seeds were float8 before
-CREATE OR REPLACE FUNCTION gptsql.uniform(seed bigint, place int)
+CREATE FUNCTION gptsql.uniform(seed bigint, place int)
 RETURNS float8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT ('x' || substr(md5(seed::text || ':' || place::text), 1, 13))::bit(52)::bigint / 4503599627370496.0
-$$;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT ('x' || substr(md5(seed::text || ':' || place::text), 1, 13))::bit(52)::bigint / 4503599627370496.0;
+END;
 
 -- A uniform number in (0, 1) for each token of a draw: a hash of the token and the draw's own
 -- uniform u, so one u (from the seed and the place) decides the whole draw.
-CREATE OR REPLACE FUNCTION gptsql.token_uniform(u float8, token int)
+CREATE FUNCTION gptsql.token_uniform(u float8, token int)
 RETURNS float8
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
     SELECT  (((hashint8extended(token, (u * 4503599627370496)::bigint) >> 11) & 9007199254740991)::float8 + 0.5)
-            / 9007199254740992
-$$;
+            / 9007199254740992;
+END;
 
--- Choose the next token. Temperature 0 is greedy (ties go to the lower id, as argmax does).
--- Sampling from the whole vocabulary (no top_k, no top_p) takes the Gumbel-max trick: the token
--- with the largest logit / temperature + Gumbel noise is a draw from softmax(logits / temperature),
--- with one pass over the logits and no sort. With top_k or top_p, logits / temperature are cut to
--- the top_k (0: all) and to the smallest set whose probability reaches top_p, and u picks from
--- what is left by its cumulative probability; only the 1000 best are sorted unless the nucleus
--- reaches past them. Also returns the ten most probable tokens, for the run's record.
-CREATE OR REPLACE FUNCTION gptsql.choose(model int, hidden vector, temperature float8, top_k int,
-                                         top_p float8, u float8)
-RETURNS TABLE (token int, probability float8, logit float8,
-               top_tokens int[], top_probabilities float8[], top_logits float8[])
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+CREATE FUNCTION gptsql.vocab_share(model int, hidden vector, share int, shares int,
+                                   temperature float8, u float8, keep int)
+RETURNS gptsql.vocab_answer
+LANGUAGE sql STABLE
+BEGIN ATOMIC
     WITH logits AS MATERIALIZED (
-            SELECT  * FROM gptsql.logits(model, hidden)
-    ), best AS MATERIALIZED (           -- the ten most probable: recorded, and greedy's choice
-            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT 10
+            SELECT  l.token, l.logit FROM gptsql.logits(model, hidden, share, shares) AS l
+    ), best AS MATERIALIZED (
+            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT gptsql.recorded_candidates()
     ), peak AS (
             SELECT  max(logit) AS top FROM best
-    ), total AS (                       -- softmax denominator over the whole vocabulary
-            SELECT  sum(gptsql.safe_exp(logit - top)) AS z FROM logits, peak
-    ), greedy AS (
-            SELECT  token, logit FROM best ORDER BY logit DESC, token LIMIT 1
-    ), gumbel AS (                      -- a draw from the whole vocabulary: argmax of logit / T + G
-            SELECT  token, logit
-            FROM    logits
-            ORDER BY logit / greatest(temperature, 1e-12) - ln(-ln(gptsql.token_uniform(u, token))) DESC, token
-            LIMIT   1
-    ), mass AS (                        -- softmax denominator at the temperature, whole vocabulary
-            SELECT  sum(gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12))) AS z
+    ), total AS (
+            SELECT  sum(gptsql.safe_exp(logit - top)) AS z
             FROM    logits, peak
-    ), ranked AS (                      -- the top_k; without one, the 1000 best (a sort of 50,257 is slow)
+    ), tempered AS (                    -- only read when sampling (greedy skips this pass)
+            SELECT  sum(gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12))) AS mass
+            FROM    logits, peak
+    ), candidates AS (
+            SELECT  token, logit FROM logits ORDER BY logit DESC, token LIMIT keep
+    ), gumbel AS (                      -- this share's argmax of logit / T + G
+            SELECT  token, logit, logit / temperature - ln(-ln(gptsql.token_uniform(u, token))) AS key
+            FROM    logits
+            WHERE   temperature > 0
+            ORDER BY key DESC, token
+            LIMIT   1
+    )
+    SELECT  ROW((SELECT array_agg(token ORDER BY logit DESC, token) FROM best),
+                (SELECT array_agg(logit ORDER BY logit DESC, token) FROM best),
+                peak.top, total.z, (SELECT mass FROM tempered WHERE temperature > 0),
+                (SELECT token FROM gumbel), (SELECT logit FROM gumbel), (SELECT key FROM gumbel),
+                (SELECT array_agg(token) FROM candidates), (SELECT array_agg(logit) FROM candidates))::gptsql.vocab_answer
+    FROM    peak, total;
+END;
+
+-- The answers of every share of the vocabulary for a hidden state: the session's other backends
+-- read theirs while this one reads share 0 (10_shares.sql).
+CREATE FUNCTION gptsql.vocab_shares(model int, hidden vector, shares int, temperature float8, u float8, keep int)
+RETURNS gptsql.vocab_answer[]
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    answers gptsql.vocab_answer[];
+BEGIN
+    IF shares > 1 THEN
+        PERFORM gptsql.send_shares(shares, format('SELECT gptsql.vocab_share(%s, %L, %%s, %s, %s, %s, %s)',
+                                                  model, hidden, shares, temperature, u, coalesce(keep::text, 'NULL')));
+    END IF;
+    answers := ARRAY[gptsql.vocab_share(model, hidden, 0, shares, temperature, u, keep)];
+    RETURN answers || gptsql.gather_answers(shares);
+END
+$$;
+
+-- The shares' answers in one: the best recorded_candidates of their best with their probability
+-- under the whole vocabulary's softmax (each share's sum moved to the common peak), the Gumbel-max
+-- candidate with the largest key, every kept candidate, and the whole vocabulary's softmax sum at
+-- the temperature. What one answer over every page would say.
+CREATE FUNCTION gptsql.merge_answers(answers gptsql.vocab_answer[], temperature float8,
+                                     OUT top_tokens int[], OUT top_logits float8[], OUT top_probabilities float8[],
+                                     OUT peak float8, OUT z float8, OUT mass float8, OUT g_token int, OUT g_logit float8,
+                                     OUT cand_tokens int[], OUT cand_logits float8[])
+LANGUAGE sql IMMUTABLE
+BEGIN ATOMIC
+    WITH answer AS (
+            SELECT  a.* FROM unnest(answers) AS a
+    ), common AS (
+            SELECT  max(answer.peak) AS top FROM answer
+    ), sums AS (
+            SELECT  sum(answer.z * gptsql.safe_exp(answer.peak - common.top)) AS z,
+                    sum(answer.mass * gptsql.safe_exp((answer.peak - common.top) / greatest(temperature, 1e-12))) AS mass
+            FROM    answer, common
+    ), best AS (
+            SELECT  b.token, b.logit
+            FROM    answer, unnest(answer.top_tokens, answer.top_logits) AS b(token, logit)
+            ORDER BY b.logit DESC, b.token
+            LIMIT   gptsql.recorded_candidates()
+    )
+    SELECT  (SELECT array_agg(best.token ORDER BY best.logit DESC, best.token) FROM best),
+            (SELECT array_agg(best.logit ORDER BY best.logit DESC, best.token) FROM best),
+            (SELECT array_agg(gptsql.safe_exp(best.logit - common.top) / sums.z ORDER BY best.logit DESC, best.token)
+             FROM best),
+            common.top, sums.z, sums.mass,
+            (SELECT answer.g_token FROM answer ORDER BY answer.g_key DESC NULLS LAST, answer.g_token LIMIT 1),
+            (SELECT answer.g_logit FROM answer ORDER BY answer.g_key DESC NULLS LAST, answer.g_token LIMIT 1),
+            (SELECT array_agg(c.token) FROM answer, unnest(answer.cand_tokens, answer.cand_logits) AS c(token, logit)),
+            (SELECT array_agg(c.logit) FROM answer, unnest(answer.cand_tokens, answer.cand_logits) AS c(token, logit))
+    FROM    common, sums;
+END;
+
+-- top-k / top-p among candidates (token, logit arrays), given the whole vocabulary's softmax sum at
+-- the temperature relative to the top logit (`total`, the top logit among the candidates): logits /
+-- temperature cut to the top_k (0: all) and to the smallest set whose probability reaches top_p,
+-- and u picks from what is left by its cumulative probability. Only the nucleus_candidates best are
+-- ranked unless the nucleus reaches past them; with candidates that are not every token
+-- (complete = false), a nucleus they do not hold gives no token: the caller then reads them all.
+CREATE FUNCTION gptsql.choose_among(tokens int[], logits float8[], temperature float8, top_k int,
+                                    top_p float8, u float8, total float8, complete boolean,
+                                    OUT token int, OUT logit float8)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH logits AS MATERIALIZED (
+            SELECT  t AS token, l AS logit FROM unnest(tokens, logits) AS x(t, l)
+    ), peak AS (
+            SELECT  max(logit) AS top FROM logits
+    ), ranked AS (                      -- the top_k; without one, the nucleus_candidates best
             SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)) AS e
             FROM    (SELECT  token, logit
                      FROM    logits
                      ORDER BY logit DESC, token
-                     LIMIT   CASE WHEN top_k > 0 THEN top_k ELSE 1000 END) AS best_ones, peak
-    ), enough AS (                      -- do the 1000 best hold the nucleus (top_p of the mass)?
-            SELECT  top_k > 0 OR sum(ranked.e) / mass.z >= top_p AS held
-            FROM    ranked, mass
-            GROUP BY mass.z
+                     LIMIT   CASE WHEN top_k > 0 THEN top_k ELSE gptsql.nucleus_candidates() END) AS best_ones, peak
+    ), enough AS (                      -- do the ranked ones hold the nucleus (top_p of the mass)?
+            SELECT  top_k > 0 OR sum(ranked.e) / total >= top_p AS held
+            FROM    ranked
     ), tempered AS (                    -- the top_k (renormalized over them), or every token the
                                         -- nucleus can reach (as shares of the whole vocabulary)
             SELECT  token, logit, e, sum(e) OVER () AS z
             FROM    ranked
             WHERE   top_k > 0
             UNION ALL
-            SELECT  token, logit, e, mass.z
-            FROM    ranked, mass
+            SELECT  token, logit, e, total
+            FROM    ranked
             WHERE   top_k = 0 AND (SELECT held FROM enough)
             UNION ALL
-            SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)), mass.z
-            FROM    logits, peak, mass
+            SELECT  token, logit, gptsql.safe_exp((logit - top) / greatest(temperature, 1e-12)), total
+            FROM    logits, peak
             WHERE   top_k = 0 AND NOT (SELECT held FROM enough)
     ), nucleus AS (                     -- cumulative probability, most probable first
             SELECT  token, logit, e / z AS p,
                     sum(e) OVER (ORDER BY e DESC, token ROWS UNBOUNDED PRECEDING) / z AS cum
             FROM    tempered
     ), kept AS (                        -- top-p: keep tokens until the mass before them reaches top_p
-            SELECT  token, logit, p
-            FROM    nucleus
-            WHERE   cum - p < top_p
+            SELECT  token, logit, p FROM nucleus WHERE cum - p < top_p
     ), drawn AS (
             SELECT  token, logit,
                     sum(p) OVER (ORDER BY p DESC, token ROWS UNBOUNDED PRECEDING) / sum(p) OVER () AS cum
             FROM    kept
-    ), truncated AS (                   -- the first token whose cumulative probability passes u
-            SELECT  token, logit
-            FROM    drawn
-            ORDER BY CASE WHEN cum >= u THEN cum ELSE 2 - cum END
-            LIMIT   1
-    ), chosen AS (                      -- only the branch that applies runs
-            SELECT * FROM greedy WHERE temperature = 0
-            UNION ALL
-            SELECT * FROM gumbel WHERE temperature > 0 AND top_k = 0 AND top_p >= 1
-            UNION ALL
-            SELECT * FROM truncated WHERE temperature > 0 AND (top_k > 0 OR top_p < 1)
     )
-    SELECT  chosen.token, gptsql.safe_exp(chosen.logit - top) / z, chosen.logit,
-            (SELECT array_agg(token ORDER BY logit DESC, token) FROM best),
-            (SELECT array_agg(gptsql.safe_exp(logit - top) / z ORDER BY logit DESC, token) FROM best),
-            (SELECT array_agg(logit ORDER BY logit DESC, token) FROM best)
-    FROM    chosen, peak, total
+    SELECT  token, logit                -- the first token whose cumulative probability passes u
+    FROM    drawn
+    WHERE   complete OR (SELECT held FROM enough)
+    ORDER BY CASE WHEN cum >= u THEN cum ELSE 2 - cum END
+    LIMIT   1;
+END;
+
+-- Choose the next token after a hidden state, reading the vocabulary in `shares` shares.
+-- Temperature 0 is greedy (ties go to the lower id, as argmax does). Sampling from the whole
+-- vocabulary (no top_k, no top_p) takes the Gumbel-max trick: the token with the largest
+-- logit / temperature + Gumbel noise is a draw from softmax(logits / temperature), with one pass
+-- over the logits and no sort. With top_k or top_p, the shares keep their best and choose_among()
+-- draws from them. Also returns the recorded_candidates most probable tokens, for the run's record.
+CREATE FUNCTION gptsql.choose(model int, hidden vector, temperature float8, top_k int, top_p float8, u float8,
+                              shares int DEFAULT 1)
+RETURNS TABLE (token int, probability float8, logit float8,
+               top_tokens int[], top_probabilities float8[], top_logits float8[])
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    truncated boolean := temperature > 0 AND (top_k > 0 OR top_p < 1);
+    merged    record;
+    drawn     record;
+BEGIN
+    SELECT * INTO merged
+    FROM   gptsql.merge_answers(gptsql.vocab_shares(model, hidden, shares, temperature, u,
+                                                    CASE WHEN truncated THEN coalesce(nullif(top_k, 0), gptsql.nucleus_candidates())
+                                                         ELSE 0 END),
+                                temperature);
+    IF temperature = 0 THEN
+        token := merged.top_tokens[1];
+        logit := merged.top_logits[1];
+    ELSIF NOT truncated THEN
+        token := merged.g_token;
+        logit := merged.g_logit;
+    ELSE
+        SELECT * INTO drawn
+        FROM   gptsql.choose_among(merged.cand_tokens, merged.cand_logits, temperature, top_k, top_p, u, merged.mass, false);
+        IF drawn.token IS NULL THEN     -- a nucleus wider than the candidates: every logit, then again
+            SELECT c.* INTO drawn
+            FROM   gptsql.merge_answers(gptsql.vocab_shares(model, hidden, shares, temperature, u, NULL), temperature) AS m,
+                   gptsql.choose_among(m.cand_tokens, m.cand_logits, temperature, top_k, top_p, u, merged.mass, true) AS c;
+        END IF;
+        token := drawn.token;
+        logit := drawn.logit;
+    END IF;
+    probability := gptsql.safe_exp(logit - merged.peak) / merged.z;
+    top_tokens := merged.top_tokens;
+    top_probabilities := merged.top_probabilities;
+    top_logits := merged.top_logits;
+    RETURN NEXT;
+END
 $$;
+
+-- The top_n most probable next tokens after a hidden state, with their probability under the
+-- softmax over the whole vocabulary, reading it in `shares` shares.
+CREATE FUNCTION gptsql.distribution(model int, hidden vector, top_n int, shares int DEFAULT 1)
+RETURNS TABLE (rank int, token int, probability float8, logit float8)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH merged AS (
+            SELECT  m.* FROM gptsql.merge_answers(gptsql.vocab_shares(model, hidden, shares, 0, 0.5, top_n), 0) AS m
+    ), best AS (
+            SELECT  c.token, c.logit
+            FROM    merged, unnest(merged.cand_tokens, merged.cand_logits) AS c(token, logit)
+            ORDER BY c.logit DESC, c.token
+            LIMIT   top_n
+    )
+    SELECT  (row_number() OVER (ORDER BY best.logit DESC, best.token))::int, best.token,
+            gptsql.safe_exp(best.logit - merged.peak) / merged.z, best.logit
+    FROM    best, merged
+    ORDER BY best.logit DESC, best.token;
+END;

@@ -3,9 +3,7 @@
 -- Every prediction and generation is a row of gptsql.run. A step feeds the new tokens through
 -- forward() (earlier places come from the KV cache) and chooses one more token.
 
-DROP FUNCTION IF EXISTS gptsql.start_run(text, text, int, float8, int, float8, float8, boolean, text, boolean, boolean);
-DROP FUNCTION IF EXISTS gptsql.start_run(text, text, int, float8, int, float8, bigint, boolean, text, boolean, boolean);
-CREATE OR REPLACE FUNCTION gptsql.start_run(model text, prompt text, max_tokens int DEFAULT 10,
+CREATE FUNCTION gptsql.start_run(model text, prompt text, max_tokens int DEFAULT 10,
                                             temperature float8 DEFAULT 0, top_k int DEFAULT 0,
                                             top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
                                             record boolean DEFAULT true, kind text DEFAULT 'generate',
@@ -95,7 +93,7 @@ $$;
 -- The checks a step makes before it feeds `tokens` (the places start, start + 1, ...) to a run:
 -- the run is running, the tokens are in the vocabulary, start is where the run's cache ends, and
 -- they fit in the context window. Returns the run.
-CREATE OR REPLACE FUNCTION gptsql.check_step(run bigint, tokens int[], start int)
+CREATE FUNCTION gptsql.check_step(run bigint, tokens int[], start int)
 RETURNS gptsql.run
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -139,7 +137,7 @@ $$;
 -- The fed tokens are the run's record too: a step fed several tokens (the SQL API allows it) keeps
 -- them as generated-side tokens that no step chose (probability NULL); a fed token that differs
 -- from the one recorded at its place replaces it, so the record says what was computed.
-CREATE OR REPLACE FUNCTION gptsql.record_fed(run bigint, tokens int[], start int)
+CREATE FUNCTION gptsql.record_fed(run bigint, tokens int[], start int)
 RETURNS void
 LANGUAGE sql VOLATILE AS $$
     INSERT INTO gptsql.run_token AS rt (run_id, place, token, is_prompt)
@@ -150,22 +148,44 @@ LANGUAGE sql VOLATILE AS $$
     WHERE   rt.token <> excluded.token;
 $$;
 
+-- The last place's hidden state (after ln_f) once `tokens` (the places start, start + 1, ...) went
+-- through every block of a run, over the session's shares (10_shares.sql) unless told.
+CREATE FUNCTION gptsql.forward(run bigint, tokens int[], start int, shares int DEFAULT NULL)
+RETURNS vector
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    r gptsql.run;
+    n int := cardinality(tokens);
+BEGIN
+    SELECT * INTO r FROM gptsql.run rr WHERE rr.id = forward.run;
+    RETURN (gptsql.forward(r.model_id, array_fill(run, ARRAY[n]), ARRAY(SELECT generate_series(start, start + n - 1)),
+                           tokens, array_fill(r.record, ARRAY[n]), coalesce(shares, gptsql.shares(r.model_id))))[n];
+END
+$$;
+
+-- The step's uniform number: a hash of (seed, place) with a seed, else random().
+CREATE FUNCTION gptsql.draw(r gptsql.run, place int)
+RETURNS float8
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT CASE WHEN r.seed IS NULL THEN random() ELSE gptsql.uniform(r.seed, place) END;
+END;
+
 -- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
-CREATE OR REPLACE FUNCTION gptsql.step(run bigint, tokens int[], start int)
+CREATE FUNCTION gptsql.step(run bigint, tokens int[], start int)
 RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     r        gptsql.run := gptsql.check_step(run, tokens, start);
-    hidden   vector;
+    shares   int := gptsql.shares(r.model_id);
     c        record;
     place    int := start + cardinality(tokens);
     began    timestamptz := clock_timestamp();
 BEGIN
     PERFORM gptsql.record_fed(run, tokens, start);
-    hidden := gptsql.forward(run, tokens, start);
     SELECT * INTO c
-    FROM   gptsql.choose(r.model_id, hidden, r.temperature, r.top_k, r.top_p,
-                         CASE WHEN r.seed IS NULL THEN random() ELSE gptsql.uniform(r.seed, place) END);
+    FROM   gptsql.choose(r.model_id, gptsql.forward(run, tokens, start, shares), r.temperature, r.top_k, r.top_p,
+                         gptsql.draw(r, place), shares);
     INSERT INTO gptsql.run_token (run_id, place, token, is_prompt, probability, logit, elapsed_ms)
     VALUES (run, place, c.token, false, c.probability, c.logit,
             extract(epoch FROM clock_timestamp() - began) * 1000);
@@ -184,7 +204,7 @@ $$;
 -- Part of a step: feed `tokens` into the run's KV cache (and its recorded activations) without
 -- choosing a token. A long prompt goes in as chunks, the last one by step(), so that the client
 -- can show progress and stop between them. Returns where the next chunk starts.
-CREATE OR REPLACE FUNCTION gptsql.feed(run bigint, tokens int[], start int)
+CREATE FUNCTION gptsql.feed(run bigint, tokens int[], start int)
 RETURNS int
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
@@ -196,28 +216,41 @@ END
 $$;
 
 -- The scratch a run keeps while it runs (the KV cache and its chunks; no foreign keys, unlogged),
--- removed: when it finishes, when it was cut off, when it is dropped.
-CREATE OR REPLACE FUNCTION gptsql.forget_cache(runs bigint[])
+-- removed: when it finishes, when it was cut off, when it is dropped. The rows the session's other
+-- backends wrote are removed by one of them too, so that they go even when this transaction does
+-- not commit (a generation in psql that failed or was cancelled).
+CREATE FUNCTION gptsql.forget_cache(runs bigint[], everywhere boolean DEFAULT true)
 RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    -- There first: it must not wait for rows this transaction deletes (it would wait for us).
+    IF everywhere AND EXISTS (SELECT FROM pg_extension WHERE extname = 'dblink') THEN
+        IF gptsql.share_connection(1) = ANY (coalesce(dblink_get_connections(), '{}')) THEN
+            PERFORM gptsql.settle_shares();
+            PERFORM * FROM dblink(gptsql.share_connection(1), format('SELECT gptsql.forget_cache(%L, false)::text', runs))
+                           AS t(done text);
+        END IF;
+    END IF;
     DELETE FROM gptsql.kv_cache WHERE run_id = ANY (runs);
     DELETE FROM gptsql.kv_chunk WHERE run_id = ANY (runs);
+END
 $$;
 
 -- Close a run: its status, and the KV cache it no longer needs.
-CREATE OR REPLACE FUNCTION gptsql.finish_run(run bigint, status text DEFAULT 'done', error text DEFAULT NULL)
+CREATE FUNCTION gptsql.finish_run(run bigint, status text DEFAULT 'done', error text DEFAULT NULL)
 RETURNS void
-LANGUAGE sql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
     UPDATE  gptsql.run
     SET     status = finish_run.status, error = finish_run.error, finished_at = clock_timestamp()
-    WHERE   id = finish_run.run AND run.status = 'running';
-    SELECT  gptsql.forget_cache(ARRAY[run]);
+    WHERE   id = finish_run.run AND gptsql.run.status = 'running';
+    PERFORM gptsql.forget_cache(ARRAY[run]);
+END
 $$;
 
 -- The article's generation loop as one recursive query: each row of `generation` is one step,
 -- which feeds the token chosen by the row before. Returns the generated text (without the prompt).
-DROP FUNCTION IF EXISTS gptsql.generate(text, int, float8, int, float8, float8, text, boolean);
-CREATE OR REPLACE FUNCTION gptsql.generate(prompt text, max_tokens int DEFAULT 10,
+CREATE FUNCTION gptsql.generate(prompt text, max_tokens int DEFAULT 10,
                                            temperature float8 DEFAULT 0, top_k int DEFAULT 0,
                                            top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
                                            model text DEFAULT NULL, record boolean DEFAULT true)
@@ -228,17 +261,22 @@ DECLARE
     generated int[];
 BEGIN
     SELECT * INTO s FROM gptsql.start_run(model, prompt, max_tokens, temperature, top_k, top_p, seed, record);
-    WITH RECURSIVE generation AS (
-            SELECT  0 AS step, s.tokens AS context, s.tokens AS fresh, NULL::int AS token
-            UNION ALL
-            SELECT  g.step + 1, g.context || n.token, ARRAY[n.token], n.token
-            FROM    generation g
-            CROSS JOIN LATERAL gptsql.step(s.run_id, g.fresh, cardinality(g.context) - cardinality(g.fresh)) n
-            WHERE   g.step < max_tokens AND g.token IS DISTINCT FROM s.eot
-    )
-    SELECT  array_agg(token ORDER BY step) FILTER (WHERE step > 0 AND token IS DISTINCT FROM s.eot)
-    INTO    generated
-    FROM    generation;
+    BEGIN
+        WITH RECURSIVE generation AS (
+                SELECT  0 AS step, s.tokens AS context, s.tokens AS fresh, NULL::int AS token
+                UNION ALL
+                SELECT  g.step + 1, g.context || n.token, ARRAY[n.token], n.token
+                FROM    generation g
+                CROSS JOIN LATERAL gptsql.step(s.run_id, g.fresh, cardinality(g.context) - cardinality(g.fresh)) n
+                WHERE   g.step < max_tokens AND g.token IS DISTINCT FROM s.eot
+        )
+        SELECT  array_agg(token ORDER BY step) FILTER (WHERE step > 0 AND token IS DISTINCT FROM s.eot)
+        INTO    generated
+        FROM    generation;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM gptsql.forget_cache(ARRAY[s.run_id]);     -- what the other backends wrote goes too
+        RAISE;
+    END;
     PERFORM gptsql.finish_run(s.run_id, 'done');
     RETURN gptsql.detokenize(coalesce(generated, '{}'), model);
 END
@@ -247,21 +285,22 @@ $$;
 -- The end of a prediction: feed the prompt's last `tokens` (places start, ...; the places before
 -- them are in the cache, fed by feed()), record the distribution of the token after them, finish
 -- the run. The client that shows progress over a long prompt calls it after feeding the rest.
-CREATE OR REPLACE FUNCTION gptsql.predict_run(run bigint, tokens int[], start int, top_n int DEFAULT 10)
+CREATE FUNCTION gptsql.predict_run(run bigint, tokens int[], start int, top_n int DEFAULT 10)
 RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     r      gptsql.run := gptsql.check_step(run, tokens, start);
+    shares int := gptsql.shares(r.model_id);
     hidden vector;
 BEGIN
     IF top_n IS NULL OR top_n < 1 THEN
         RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
     END IF;
     PERFORM gptsql.record_fed(run, tokens, start);
-    hidden := gptsql.forward(run, tokens, start);
+    hidden := gptsql.forward(run, tokens, start, shares);
     INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
     SELECT  run, start + cardinality(tokens) - 1, d.rank, d.token, d.logit, d.probability
-    FROM    gptsql.distribution(r.model_id, hidden, top_n) d;
+    FROM    gptsql.distribution(r.model_id, hidden, top_n, shares) d;
     PERFORM gptsql.finish_run(run, 'done');
     RETURN QUERY
         SELECT  l.rank, l.token, t.piece, l.probability, l.logit
@@ -273,7 +312,7 @@ END
 $$;
 
 -- The article's llm(prompt): the distribution of the token after the prompt.
-CREATE OR REPLACE FUNCTION gptsql.predict(prompt text, top_n int DEFAULT 10, model text DEFAULT NULL)
+CREATE FUNCTION gptsql.predict(prompt text, top_n int DEFAULT 10, model text DEFAULT NULL)
 RETURNS TABLE (rank int, token int, piece text, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -283,6 +322,11 @@ BEGIN
         RAISE EXCEPTION 'top_n must be 1 or more, got %', top_n;
     END IF;
     SELECT * INTO s FROM gptsql.start_run(model, prompt, 0, kind => 'predict');
-    RETURN QUERY SELECT * FROM gptsql.predict_run(s.run_id, s.tokens, 0, top_n);
+    BEGIN
+        RETURN QUERY SELECT * FROM gptsql.predict_run(s.run_id, s.tokens, 0, top_n);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        PERFORM gptsql.forget_cache(ARRAY[s.run_id]);     -- what the other backends wrote goes too
+        RAISE;
+    END;
 END
 $$;

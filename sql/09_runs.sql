@@ -8,14 +8,8 @@
 --
 -- Places count from 0: the prompt's tokens are places 0 .. prompt_tokens - 1, the generated ones
 -- follow. The last generated token is chosen but never read back, so activations stop one place
--- before it. Views are dropped and created again (not replaced), so a new version may change columns.
-
-DROP VIEW IF EXISTS gptsql.runs, gptsql.run_tokens, gptsql.step_candidates, gptsql.attention_weights,
-                    gptsql.residual_norms, gptsql.token_embeddings;
-DROP FUNCTION IF EXISTS gptsql.logit_lens(bigint, int, int);
-DROP FUNCTION IF EXISTS gptsql.latest_run(text);
-
-CREATE OR REPLACE VIEW gptsql.model_size AS
+-- before it.
+CREATE VIEW gptsql.model_size AS
 SELECT  m.name, m.source, m.n_layer, m.n_embd, m.n_head, m.n_ctx, m.n_vocab, m.n_params,
         (SELECT coalesce(sum(pg_column_size(x.*)), 0) FROM gptsql.wte x WHERE x.model_id = m.id)
       + (SELECT coalesce(sum(pg_column_size(x.*)), 0) FROM gptsql.wpe x WHERE x.model_id = m.id)

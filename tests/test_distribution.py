@@ -8,11 +8,11 @@ is 144-199 over 24-39 degrees of freedom, a power above 0.999 at the 0.001 level
 (the same every run), so the test is deterministic; each case also shows that its own draws
 reject the distributions at 0.95·T and 1.05·T.
 
-Over workers the vocabulary is split in shares, each share draws its own candidates and the lead
-merges them (gptsql.vocab_share, gptsql.choose_shards): that sampler must draw exactly what
-`gptsql.choose` draws for the same u, which this checks draw by draw on the same logits spread over
-every share (a temperature 5% off in the shares' Gumbel keys or in their top-k / top-p draw
-changes 3 to 25% of the draws)."""
+Read in shares, the vocabulary is split in ranges of pages, each share answers with its own
+candidates and sums, and the answers merge (gptsql.vocab_share, gptsql.merge_answers): the same
+`gptsql.choose` then draws exactly what it draws from one share, which this checks draw by draw on
+the same logits spread over every share (a temperature 5% off in the shares' Gumbel keys or in their
+top-k / top-p draw changes 3 to 25% of the draws)."""
 from __future__ import annotations
 
 import numpy as np
@@ -69,8 +69,8 @@ def test_draws_fit_the_distribution_and_not_a_5_percent_other_temperature(db, st
         assert p_other < ALPHA, f"{case}: the draws cannot tell T from {other:.3g} (G = {g_other:.1f})"
 
 
-# ------------------------------------------------------------------------------ over workers
-SHARES = 2
+# ------------------------------------------------------------------------------- over shares
+SHARES = 3
 SPREAD = 16            # the 40 logits 16 tokens apart, the tokens between far below: wte spans
                        # several pages, so each share (a range of pages) holds some of the 40
 SHARD_DRAWS = 1000
@@ -81,55 +81,28 @@ def spread(db):
     logits = np.full(len(LOGITS) * SPREAD, -60.0)
     logits[::SPREAD] = LOGITS
     model_id, hidden, logits = made_up_model(db, "distribution-shares", logits)
-    peaks = [db.execute("select peak from gptsql.vocab_share(%s, %s, %s, %s, 1, 0.5, 0)",
+    peaks = [db.execute("select (gptsql.vocab_share(%s, %s, %s, %s, 1, 0.5, 0)).peak",
                         [model_id, hidden, share, SHARES]).fetchone()[0] for share in range(SHARES)]
     assert all(p is not None and p > -60 for p in peaks), peaks
-    run_id = db.execute("insert into gptsql.run (model_id, prompt, status, record) values (%s, '', 'done', false) "
-                        "returning id", [model_id]).fetchone()[0]
-    yield model_id, hidden, run_id
+    yield model_id, hidden
     db.execute("select gptsql.drop_model('distribution-shares')")
 
 
-def shard_draws(db, model_id, hidden, run_id, temperature, top_k, top_p, seed) -> list[int]:
-    """Each draw as the workers make it: every share's gptsql.vocab_share (one statement per share,
-    as each worker runs its own), their columns joined as driver/workers.py joins them, then its
-    gptsql.choose_shards statement, which records the token at place i (and returns no row here:
-    the made-up model has no vocabulary to give the token's bytes)."""
-    from gptsql.driver.workers import ShardedGeneration, flat
-
-    db.execute("update gptsql.run set temperature = %s, top_k = %s, top_p = %s where id = %s",
-               [temperature, top_k, top_p, run_id])
-    db.execute("delete from gptsql.run_token where run_id = %s", [run_id])
-    keep = (top_k or ShardedGeneration.CANDIDATES) if top_k > 0 or top_p < 1 else 0   # 1000: all 640
-    us = db.execute("select array_agg(gptsql.uniform(%s, i) order by i) from generate_series(1, %s) as i",
-                    [seed, SHARD_DRAWS]).fetchone()[0]
-    shares = [db.execute("""select v.* from unnest(%s::float8[]) with ordinality as d(u, i)
-                            cross join lateral gptsql.vocab_share(%s, %s, %s, %s, %s, d.u, %s) as v
-                            order by d.i""",
-                         [us, model_id, hidden, share, SHARES, temperature, keep]).fetchall()
-              for share in range(SHARES)]
-    steps = []
-    for place, (u, rows) in enumerate(zip(us, zip(*shares)), start=1):
-        columns = list(zip(*rows))
-        merged = [flat(columns[0]), flat(columns[1]), *map(list, columns[2:8])]
-        candidates = [flat(c or [] for c in columns[8]), flat(c or [] for c in columns[9])]
-        steps.append([run_id, place, u, 0.0, *merged, *candidates, False])
-    with db.cursor() as cur:
-        cur.executemany(ShardedGeneration.CHOOSE, steps)
-    rows = db.execute("select place, token from gptsql.run_token where run_id = %s order by place", [run_id]).fetchall()
-    assert [i for i, _ in rows] == list(range(1, SHARD_DRAWS + 1)), "a draw chose no token"
-    return [t for _, t in rows]
+def draws(db, model_id, hidden, shares, temperature, top_k, top_p, seed) -> list[int]:
+    return [t for (t,) in db.execute(
+        """select c.token from generate_series(1, %s) as i
+           cross join lateral gptsql.choose(%s, %s, %s, %s, %s, gptsql.uniform(%s, i), %s) as c order by i""",
+        [SHARD_DRAWS, model_id, hidden, temperature, top_k, top_p, seed, shares])]
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_workers_draw_what_choose_draws(db, spread, case):
+def test_shares_draw_what_one_share_draws(db, spread, case):
+    """The vocabulary read in shares (each a range of wte's pages, on a backend of its own), their
+    answers merged: the same draw as one pass over every token, draw by draw."""
     temperature, top_k, top_p, seed = CASES[case]
-    model_id, hidden, run_id = spread
-    one = [t for (t,) in db.execute(
-        """select c.token from generate_series(1, %s) as i
-           cross join lateral gptsql.choose(%s, %s, %s, %s, %s, gptsql.uniform(%s, i)) as c order by i""",
-        [SHARD_DRAWS, model_id, hidden, temperature, top_k, top_p, seed])]
-    shared = shard_draws(db, model_id, hidden, run_id, temperature, top_k, top_p, seed)
+    model_id, hidden = spread
+    one = draws(db, model_id, hidden, 1, temperature, top_k, top_p, seed)
+    shared = draws(db, model_id, hidden, SHARES, temperature, top_k, top_p, seed)
     differ = [i + 1 for i, (a, b) in enumerate(zip(one, shared)) if a != b]
     assert not differ, f"{case}: {len(differ)} of {SHARD_DRAWS} draws differ over {SHARES} shares: {differ[:5]}..."
     assert len(set(one)) > 10                     # the draws do spread over the tokens

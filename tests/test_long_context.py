@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from gptsql.driver.generation import Generation
-from gptsql.driver.workers import start_generation
+from gptsql.driver.shares import start_generation
 from gptsql.server.db import wait_for
 
 MODEL = "hf-long"

@@ -20,7 +20,7 @@ from pgvector.psycopg import register_vector
 
 from conftest import make_hf_model
 from gptsql.driver.generation import Generation
-from gptsql.driver.workers import start_generation
+from gptsql.driver.shares import start_generation
 
 PROMPT = "Happy New Year! I wish"
 PROMPT_TOKENS = [25082, 968, 6280, 0, 314, 4601]
@@ -162,7 +162,7 @@ def test_generation_stops_at_endoftext(db, ends, run_cli, workers):
 # --------------------------------------------------------------------------- layer_norm_epsilon
 def test_layer_norm_epsilon_other_than_the_default(database, db, tmp_path, run_cli):
     """On one backend (every logit) and over two workers (their own ln_f: the ten best logits)."""
-    from gptsql.driver.workers import start_prediction
+    from gptsql.driver.shares import start_prediction
 
     model = make_hf_model(tmp_path, seed=4)
     tokens = PROMPT_TOKENS
@@ -355,10 +355,12 @@ def test_runs_drop_older_than_each_unit(db, tiny, run_cli):
 
 # ------------------------------------------------------------------- predict and detokenize
 def test_predict_prints_the_table_of_the_sql_function(db, tiny, run_cli, monkeypatch):
-    # One backend: the SQL function's own sums (over workers they agree to 1e-5: test_workers.py)
+    # One backend on both sides: the same sums (over shares they agree to 1e-5: test_shares.py)
     monkeypatch.setenv("COLUMNS", "200")
-    want = db.execute("select rank, token, piece, probability, logit from gptsql.predict(%s, 5, %s)",
-                      [PROMPT, tiny]).fetchall()
+    with db.transaction():
+        db.execute("set local gptsql.shares = 1")
+        want = db.execute("select rank, token, piece, probability, logit from gptsql.predict(%s, 5, %s)",
+                          [PROMPT, tiny]).fetchall()
     lines = [json.loads(line) for line in run_cli("predict", "-m", tiny, "--workers", "1", "--top", "5", "--json", PROMPT).stdout.splitlines()]
     assert [(d["rank"], d["token"], d["piece"]) for d in lines] == [w[:3] for w in want]
     assert np.allclose([d["probability"] for d in lines], [w[3] for w in want], rtol=1e-9)

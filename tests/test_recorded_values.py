@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptsql.driver.workers import start_generation
+from gptsql.driver.shares import start_generation
 
 MODEL = "hf-recorded"
 PROMPT = "Happy New Year! I wish"

@@ -499,7 +499,7 @@ def test_the_step_says_what_each_probability_is_over(server, browser, tiny):
 
 def test_each_part_of_the_model_links_to_the_file_defining_its_function(server, browser, tiny):
     """Each box names the SQL function that computes its part and links to the sql/ file that
-    defines it; the generation's default path over several backends links to sql/10_shards.sql."""
+    defines it; the statements' shares over several backends link to sql/10_shares.sql."""
     import urllib.request
 
     driver = browser
@@ -515,7 +515,7 @@ def test_each_part_of_the_model_links_to_the_file_defining_its_function(server, 
         assert re.search(rf"CREATE (OR REPLACE )?FUNCTION {re.escape(function)}\(", source), (function, link)
     sampling = css(driver, '#flow .box[data-part="sampling"]')[0]
     assert sampling.get_attribute("data-function") == "gptsql.choose"
-    assert any(a.get_attribute("href").endswith("/sql/10_shards.sql") for a in css(driver, "#flow ~ * a, #flow a"))
+    assert any(a.get_attribute("href").endswith("/sql/10_shares.sql") for a in css(driver, "#flow ~ * a, #flow a"))
 
 
 def test_the_residual_charts_labels_fit_and_do_not_overlap(server, browser):

@@ -232,7 +232,7 @@ class Explorer:
                                  media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     def stream(self, model, prompt, options) -> Iterator[str]:
-        from ..driver.workers import start_generation
+        from ..driver.shares import start_generation
 
         conn = gen = None
         try:

@@ -460,12 +460,12 @@ const FLOW = [  // one place's way through the model: part, what it is, its shap
   { block: [
     { part: "ln_1", title: "Layer norm ln_1", shape: (m) => `γ, β: ${m.n_embd} each`, fn: "gptsql.layer_norm", file: "03_norm_linear.sql" },
     { part: "c_attn", title: "Queries, keys, values c_attn", shape: (m) => `${m.n_embd} → 3 × ${m.n_embd}`, fn: "gptsql.matmul", file: "03_norm_linear.sql" },
-    { part: "attention", title: "Causal self-attention", shape: (m) => `${m.n_head} heads × ${m.n_embd / m.n_head}, softmax(q·k/√${m.n_embd / m.n_head})`, fn: "gptsql.attention", file: "04_attention.sql" },
-    { part: "attn_proj", title: "Projection attn_proj", shape: (m) => `${m.n_embd} → ${m.n_embd}`, fn: "gptsql.matmul", file: "03_norm_linear.sql" },
+    { part: "attention", title: "Causal self-attention", shape: (m) => `${m.n_head} heads × ${m.n_embd / m.n_head}, softmax(q·k/√${m.n_embd / m.n_head})`, fn: "gptsql.attend", file: "04_attention.sql" },
+    { part: "attn_proj", title: "Projection attn_proj", shape: (m) => `${m.n_embd} → ${m.n_embd}`, fn: "gptsql.attention_share", file: "04_attention.sql" },
     { part: "add", title: "+ residual", shape: () => "h + attention(ln_1(h))", fn: "gptsql.block", file: "06_blocks.sql" },
     { part: "ln_2", title: "Layer norm ln_2", shape: (m) => `γ, β: ${m.n_embd} each`, fn: "gptsql.layer_norm", file: "03_norm_linear.sql" },
-    { part: "c_fc", title: "MLP up c_fc + GELU", shape: (m) => `${m.n_embd} → ${4 * m.n_embd}`, fn: "gptsql.mlp", file: "05_mlp.sql" },
-    { part: "mlp_proj", title: "MLP down mlp_proj", shape: (m) => `${4 * m.n_embd} → ${m.n_embd}`, fn: "gptsql.mlp", file: "05_mlp.sql" },
+    { part: "c_fc", title: "MLP up c_fc + GELU", shape: (m) => `${m.n_embd} → ${4 * m.n_embd}`, fn: "gptsql.mlp_share", file: "05_mlp.sql" },
+    { part: "mlp_proj", title: "MLP down mlp_proj", shape: (m) => `${4 * m.n_embd} → ${m.n_embd}`, fn: "gptsql.mlp_share", file: "05_mlp.sql" },
     { part: "add", title: "+ residual", shape: () => "a + mlp(ln_2(a))", fn: "gptsql.block", file: "06_blocks.sql" },
   ] },
   { part: "ln_f", title: "Final layer norm ln_f", shape: (m) => `γ, β: ${m.n_embd} each`, fn: "gptsql.forward", file: "06_blocks.sql" },
@@ -514,9 +514,9 @@ async function viewModel(name) {
             flow,
             // The default path (workers, one per core) splits each block's heads and units over several
             // backends: the same math by other functions, in one file of its own.
-            el("p", { class: "muted", id: "shards" }, "With workers (the default: one backend per core), each block's heads and MLP units are shared out over several backends by ",
-              el("a", { href: "/sql/10_shards.sql", target: "_blank", text: "sql/10_shards.sql" }),
-              " (gptsql.block_attention_share, gptsql.block_mlp_share, gptsql.choose_shards): the same math, split; gptsql serve --workers 1 runs the functions above."),
+            el("p", { class: "muted", id: "shards" }, "Each block's heads, MLP units and the vocabulary are shared out over the session's backends (one per core by default: share 0 on its own backend, the others through dblink) by ",
+              el("a", { href: "/sql/10_shares.sql", target: "_blank", text: "sql/10_shares.sql" }),
+              ": the functions above, each on its share; gptsql serve --workers 1 runs them all on one backend."),
             sqlBox(parts))];
 }
 

@@ -1,0 +1,36 @@
+-- migrations.sql — tables made by earlier versions of gptsql, brought to this version's shape.
+--
+-- Run by the installer (server/db.py) before 00_schema.sql, which creates what is missing; every
+-- step here checks what it changes, so it runs on a database of any earlier version, or none.
+
+DO $$
+DECLARE
+    fk record;
+BEGIN
+    IF to_regclass('gptsql.model') IS NULL THEN
+        RETURN;                         -- a new database: 00_schema.sql makes everything
+    END IF;
+
+    -- The big tables lost their foreign key to gptsql.model (see new_partitions() in 00_schema.sql).
+    FOR fk IN SELECT c.conrelid::regclass AS tab, c.conname
+              FROM   pg_constraint c
+              WHERE  c.contype = 'f' AND c.conparentid = 0
+              AND    c.conrelid IN ('gptsql.wte'::regclass, 'gptsql.linear'::regclass) LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', fk.tab, fk.conname);
+    END LOOP;
+
+    -- Seeds are integers (bigint): a float8 seed made seeds above 2^53 collide. A seed with a
+    -- fraction is rounded (whole ones keep their texts: their text form, which uniform() hashes,
+    -- is the same).
+    IF (SELECT atttypid = 'float8'::regtype FROM pg_attribute
+        WHERE attrelid = 'gptsql.run'::regclass AND attname = 'seed') THEN
+        ALTER TABLE gptsql.run ALTER COLUMN seed TYPE bigint
+            USING CASE WHEN abs(seed) < 9.2e18 THEN round(seed)::bigint END;
+    END IF;
+
+    ALTER TABLE gptsql.model ADD COLUMN IF NOT EXISTS mlp_groups int NOT NULL DEFAULT 4;
+    IF to_regclass('gptsql.kv_cache') IS NOT NULL THEN
+        ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;
+    END IF;
+END
+$$;
