@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -106,6 +107,26 @@ def count(minimum: int = 0, maximum: int = INT4) -> click.IntRange:
 
 
 SEED = Whole(min=-INT8 - 1, max=INT8)
+
+
+class Temperature(click.FloatRange):
+    """A sampling temperature: 0 (greedy) or a finite number from LOWEST up. Logits are divided by
+    it: a tiny one (1e-320) made them overflow, and any below LOWEST samples as greedily as 0."""
+
+    LOWEST = 1e-3
+
+    def __init__(self):
+        super().__init__(min=0)
+
+    def convert(self, value, param, ctx):
+        t = super().convert(value, param, ctx)
+        if math.isnan(t) or math.isinf(t):
+            self.fail(f"temperature must be a number >= 0 (0 is greedy), got {'NaN' if math.isnan(t) else 'Infinity'}",
+                      param, ctx)
+        if 0 < t < self.LOWEST:
+            self.fail(f"temperature {t:g} is too close to 0: give 0 for greedy sampling, or at least {self.LOWEST:g}",
+                      param, ctx)
+        return t
 
 
 class OutFile(click.Path):

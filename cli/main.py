@@ -19,7 +19,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import (SEED, Context, check_utf8, check_utf8_environment, console, count, db_error_message, fail, finishing, friendly,
+from .common import (SEED, Temperature, Context, check_utf8, check_utf8_environment, console, count, db_error_message, fail, finishing, friendly,
                      IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, token_pieces, trace
 from .serve import serve
@@ -317,7 +317,7 @@ def unload(ctx: Context, name, yes):
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("-n", "--max-tokens", default=20, show_default=True, type=count(0),
               help="How many tokens to generate.")
-@click.option("-t", "--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0),
+@click.option("-t", "--temperature", default=0.8, show_default=True, type=Temperature(),
               help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
 @click.option("--top-k", default=0, show_default=True, type=count(0),
               help="Sample only among the k most probable tokens (0: all).")

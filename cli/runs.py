@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from ..errors import UserError
-from .common import INT8, SEED, OutFile, console, finishing, count, friendly, plural, print_tsv, read_prompt, workers_meta_option
+from .common import INT8, SEED, Temperature, OutFile, console, finishing, count, friendly, plural, print_tsv, read_prompt, workers_meta_option
 
 
 def short(text: str | None, width: int = 40) -> str:
@@ -117,7 +117,7 @@ def run_source(default_tokens: int):
             click.option("-m", "--model", help="Model name (default: the most recently loaded)."),
             click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=count(1),
                          help="Tokens to generate after the prompt."),
-            click.option("-t", "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+            click.option("-t", "--temperature", default=0.0, show_default=True, type=Temperature(),
                          help="Sampling temperature (0: greedy, the most probable token)."),
             click.option("--top-k", default=0, show_default=True, type=count(0),
                          help="Sample among the k most probable tokens (0: all)."),
