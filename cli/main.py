@@ -160,8 +160,9 @@ def psql(ctx: Context, psql_args):
 def confirm_replace(conn, name: str, replace: bool) -> tuple[bool, int | str | None]:
     """Loading under a name in use deletes that model's recorded runs: ask first, like unload.
     (go ahead, what the load may replace: the id of the model agreed to, None, or with --replace any)."""
-    from ..loader.load import ANY
+    from ..loader.load import ANY, refuse_if_generating
 
+    refuse_if_generating(conn, name, "load again")
     found = conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "
                          "from gptsql.model m where m.name = %s", [name]).fetchone()
     if replace:
@@ -290,6 +291,7 @@ def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
 def unload(ctx: Context, name, yes):
     """Remove model NAME from the database: its weights, vocabulary and recorded runs.
 
+    A model that is generating (a run of it running) is not removed: stop the run first.
     Downloads stay in the Hugging Face cache, so loading the model again needs no network.
     """
     found = ctx.conn.execute(
@@ -297,6 +299,9 @@ def unload(ctx: Context, name, yes):
            from gptsql.model m join gptsql.model_size s on s.name = m.name where m.name = %s""", [name]).fetchone()
     if found is None:
         raise UserError(f'no model "{name}" is loaded; `gptsql models` lists them')
+    from ..loader.load import refuse_if_generating, unload as remove
+
+    refuse_if_generating(ctx.conn, name, "unload again")
     size, n_runs = found
     what = f'model "{name}" ({size / 2**20:,.0f} MB) and its {n_runs} recorded run{"s" * (n_runs != 1)}'
     if not yes:
@@ -305,8 +310,6 @@ def unload(ctx: Context, name, yes):
         if not click.confirm(f"Remove {what}?"):
             click.echo("nothing removed")
             return
-    from ..loader.load import unload as remove
-
     remove(ctx.conn, name)
     click.echo(f"removed {what}")
 

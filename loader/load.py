@@ -181,6 +181,18 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     return model_id
 
 
+def refuse_if_generating(conn: psycopg.Connection, name: str, then: str) -> None:
+    """A model with a running run is not removed or replaced (gptsql.drop_model refuses it too,
+    as `runs drop` refuses a running run): said before anything is asked or read."""
+    running = [r for r, in conn.execute(
+        """select r.id from gptsql.run r join gptsql.model m on m.id = r.model_id
+           where m.name = %s and r.status = 'running'
+             and r.backend_pid in (select pid from pg_stat_activity where pid is not null) order by r.id""", [name])]
+    if running:
+        raise UserError(f'model "{name}" is generating (running run {", ".join(map(str, running))}): it is not removed '
+                        f"while a run uses it; stop the run (Ctrl-C) or let it finish, then {then}")
+
+
 def unload(conn: psycopg.Connection, name: str) -> bool:
     """Remove model `name` (its runs go with it); False when there is none."""
     found = conn.execute("select gptsql.drop_model(%s)", [name]).fetchone()[0]

@@ -418,15 +418,29 @@ def test_a_data_directory_of_an_earlier_version_gets_this_versions_connection_li
 @pytest.mark.slow
 @pytest.mark.parametrize("removal", [["unload", "doomed", "--yes"],
                                      ["load", "random:tiny", "--name", "doomed", "--replace"]])
-def test_unload_during_generation_says_model_removed(server, removal):
-    """An unload, or a load under the same name, while a generation runs on the model."""
+def test_a_model_is_not_removed_while_it_generates(server, removal):
+    """An unload, or a load under the same name, while a generation runs on the model (held at a
+    step): refused in one line naming the run, as `runs drop` refuses a running run (it deleted
+    the running run without a word, or failed with 'deadlock detected'); the generation goes on
+    and finishes, and the model can be removed once it has."""
     server.cli("load", "random:small", "--name", "doomed", "--replace")
-    gen = Streamed(server, "generate", "-m", "doomed", "-n", "250", "-t", "0", PROMPT)
-    gen.wait_for_output(len(PROMPT) + 10)
-    server.cli(*removal)
+    with held_after(server, 2, "generate", "-m", "doomed", "-n", "30", "-t", "0", PROMPT) as (gen, _, run_id, _n):
+        refused = server.cli(*removal, check=False, timeout=60)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f'Error: model "doomed" is generating (running run {run_id})' in refused.stderr
+    assert "Ctrl-C" in refused.stderr and "deadlock" not in refused.stderr
     rc, out, err = gen.finish()
-    assert rc == 1 and len(err.strip().splitlines()) == 1, err
-    assert "the model was removed" in err and "dimension" not in err
+    assert rc == 0, err
+    conn = server.connect()
+    assert conn.execute("select status from gptsql.run where id = %s", [run_id]).fetchone()[0] == "done"
+    # The SQL API refuses it too (a run left open from psql: its connection is alive).
+    opened = server.connect()
+    left_open = opened.execute("select run_id from gptsql.start_run('doomed', 'Hi')").fetchone()[0]
+    with pytest.raises(Exception, match='model "doomed" is generating'):
+        conn.execute("select gptsql.drop_model('doomed')")
+    opened.execute("select gptsql.finish_run(%s, 'interrupted')", [left_open])
+    opened.close()
+    server.cli(*removal)
 
 
 @pytest.mark.slow
