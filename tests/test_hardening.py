@@ -618,3 +618,128 @@ def test_an_acl_entry_for_one_user_keeps_every_other_permission(tmp_path):
     assert [e for e in entries if e[0] == acl.USER] == [(acl.USER, 1, 4242), (acl.USER, 1, 4343)]
     assert acl.user_can_pass(folder, 4242, 4242) and not acl.user_can_pass(folder, 4444, 4444)
     assert stat_mode(folder) == 0o750
+
+
+# ------------------------------------------------------------- issue 28, 6: hostile checkpoint files
+from test_errors import broken_copy, good_checkpoint  # noqa: E402,F401  (a valid random:tiny directory)
+
+
+def refused(directory, *needles) -> str:
+    """from_directory refuses the directory in one line holding every needle."""
+    from gptsql.errors import UserError
+    from gptsql.loader.sources import from_directory
+
+    with pytest.raises(UserError) as caught:
+        from_directory(directory)
+    message = str(caught.value)
+    assert "\n" not in message and all(n in message for n in needles), message
+    return message
+
+
+def edit_config(directory, change) -> None:
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(change(config) or config))
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("n_layer", 1e9, "n_layer must be a whole number from 1 to 256, not 1000000000.0"),
+    ("n_layer", 10**9, "n_layer must be a whole number from 1 to 256, not 1000000000"),
+    ("n_layer", 0, "n_layer must be a whole number from 1 to 256, not 0"),
+    ("n_head", 0, "n_head must be a whole number from 1"),
+    ("n_head", 3, "n_embd 64 is not a multiple of n_head 3"),
+    ("n_embd", 100_000, "n_embd must be a whole number from 1 to 2,000"),
+    ("vocab_size", "abc", "vocab_size must be a whole number from 1 to 1,048,576, not 'abc'"),
+    ("vocab_size", None, "vocab_size must be a whole number"),
+    ("vocab_size", True, "vocab_size must be a whole number"),
+    ("n_positions", 0, "n_positions must be a whole number from 1 to 65,536, not 0"),
+    ("layer_norm_epsilon", "x", "layer_norm_epsilon must be a number from 1e-12 to 1, not 'x'"),
+    ("layer_norm_epsilon", float("nan"), "layer_norm_epsilon must be a number from 1e-12 to 1, not nan"),
+    ("layer_norm_epsilon", -1e-5, "layer_norm_epsilon must be a number"),
+    ("layer_norm_epsilon", 1e308, "layer_norm_epsilon must be a number"),
+    ("layer_norm_epsilon", 0, "layer_norm_epsilon must be a number"),
+])
+def test_every_config_value_is_checked_for_its_type_and_range(good_checkpoint, tmp_path, key, value, needle):
+    directory = broken_copy(good_checkpoint, tmp_path)
+    edit_config(directory, lambda c: c.update({key: value}))
+    refused(directory, f"{directory}: config.json", needle)
+
+
+@pytest.mark.parametrize("config, needle", [([], "config.json is a JSON list, not an object"),
+                                            (None, "config.json is a JSON NoneType, not an object"),
+                                            ("gpt2", "config.json is a JSON str")])
+def test_a_config_that_is_not_an_object(good_checkpoint, tmp_path, config, needle):
+    import json
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    (directory / "config.json").write_text(json.dumps(config))
+    refused(directory, needle)
+
+
+@pytest.mark.parametrize("vocab, needle", [
+    ({"a": 1_000_000_000}, "token 'a' has id 1000000000; ids are whole numbers from 0 to 0"),
+    ([], "the vocabulary is a JSON list"),
+    ({}, "the vocabulary is empty"),
+    ({"a": "0", "b": "1"}, "token 'a' has id '0'"),
+    ({"a": 0, "b": 0}, "1 ids are given to more than one token"),
+])
+def test_the_vocabulary_files_shape_is_checked(good_checkpoint, tmp_path, vocab, needle):
+    import json
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    refused(directory, str(directory / "vocab.json"), needle)
+
+
+@pytest.mark.parametrize("value, needle", [(1e30, "holds a value of 1e+30, past ±65504"),
+                                           (float("nan"), "holds NaN or infinite values"),
+                                           (float("inf"), "holds NaN or infinite values")])
+def test_weights_that_cannot_run_are_refused(good_checkpoint, tmp_path, value, needle):
+    from test_errors import rewrite_tensors
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    rewrite_tensors(directory, lambda t: t["transformer.h.1.mlp.c_fc.weight"].__setitem__((3, 5), value))
+    refused(directory, "tensor h.1.mlp.c_fc.weight", needle, "cannot run")
+
+
+def test_files_that_are_not_regular_files_are_refused_before_they_are_read(good_checkpoint, tmp_path):
+    """A FIFO (it would wait for a writer forever), a link to a device or out of the directory, a
+    file larger than its kind can be (a sparse file: nothing is written): each one line."""
+    directory = broken_copy(good_checkpoint, tmp_path)
+    config, weights = directory / "config.json", directory / "model.safetensors"
+    kept = config.read_bytes()
+    config.unlink()
+    config.symlink_to("/dev/zero")
+    refused(directory, f"{config}: a link to /dev/zero, outside {directory}")
+    config.unlink()
+    os.mkfifo(config)
+    refused(directory, f"{config}: a FIFO (named pipe), not a regular file")
+    config.unlink()
+    with open(config, "wb") as f:
+        f.truncate(2 << 20)
+    refused(directory, f"{config}: 2.0 MB, more than such a file can be (1.0 MB)")
+    config.write_bytes(kept)
+    outside = tmp_path / "elsewhere.safetensors"
+    weights.rename(outside)
+    weights.symlink_to(outside)
+    refused(directory, f"{weights}: a link to {outside}, outside {directory}")
+    weights.unlink()
+    with open(weights, "wb") as f:
+        f.truncate(100 << 30)
+    refused(directory, f"{weights}: 102,400.0 MB, more than such a file can be")
+    weights.unlink()
+    os.mkfifo(weights)
+    refused(directory, f"{weights}: a FIFO (named pipe)")
+
+
+def test_a_fifo_checkpoint_is_one_line_from_the_cli(good_checkpoint, tmp_path, run_cli):
+    """`gptsql load ./dir` with a FIFO as model.safetensors: one line, at once (it hung, and ignored
+    SIGTERM)."""
+    directory = broken_copy(good_checkpoint, tmp_path)
+    (directory / "model.safetensors").unlink()
+    os.mkfifo(directory / "model.safetensors")
+    result = run_cli("load", str(directory), check=False, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "model.safetensors: a FIFO (named pipe), not a regular file" in result.stderr
