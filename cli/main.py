@@ -209,8 +209,10 @@ def load(ctx: Context, source, name, dtype, replace):
     started = time.monotonic()
     if name is not None and not name.strip():
         raise UserError("--name is empty: give the model a name, or leave --name out for the default")
+    if name is not None:
+        loader.check_name(name)          # before a download or a read
     checkpoint = resolve(source, name)
-    name = name or checkpoint.default_name
+    name = loader.check_name(name or checkpoint.default_name)
     go, replaces = confirm_replace(ctx.conn, name, replace)
     if not go:
         click.echo("nothing loaded")

@@ -66,6 +66,26 @@ def linear_chunks(model_id: int, name: str, block: int, weight: np.ndarray, bias
         ])
 
 
+MAX_NAME = 200
+
+
+def check_name(name: str) -> str:
+    """A model name that every command and the explorer's addresses (/api/models/NAME,
+    #model/NAME) can carry: no '/' or '\\' (a path's separator), no control character, not '.'
+    or '..' (a browser folds them out of a path), at most MAX_NAME characters."""
+    shown = repr(name if len(name) <= 40 else name[:39] + "…")
+    if not name.strip():
+        raise UserError("the model name is empty: give the model a name, or leave --name out for the default")
+    problem = ("holds '/'" if "/" in name else "holds '\\'" if "\\" in name
+               else "holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name)
+               else "is a path's '.' or '..'" if name in (".", "..")
+               else f"is longer than {MAX_NAME} characters" if len(name) > MAX_NAME else None)
+    if problem:
+        raise UserError(f"the model name {shown} {problem}, which the explorer's addresses cannot carry; "
+                        "choose another --name (letters, digits, '-', '_', ':' and '.' are fine)")
+    return name
+
+
 class NameTaken(UserError):
     """The model under the name is no longer the one the caller agreed to replace."""
 
@@ -80,6 +100,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     another one found there (a load under the same name meanwhile) is NameTaken, nothing loaded."""
     if dtype not in ("float32", "float16"):
         raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
+    check_name(name)
     # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
     # vector column w for float32; position embeddings and norms are small and stay float32.
     big_column, vector_dtype = ("h", ">f2") if dtype == "float16" else ("w", ">f4")

@@ -743,3 +743,163 @@ def test_a_fifo_checkpoint_is_one_line_from_the_cli(good_checkpoint, tmp_path, r
     result = run_cli("load", str(directory), check=False, timeout=120)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
     assert "model.safetensors: a FIFO (named pipe), not a regular file" in result.stderr
+
+
+# ------------------------------------------------------------- issue 28, 8: smaller cases of the same family
+def postmaster_child(postmaster: int, name: bytes) -> int | None:
+    """The pid of the postmaster's child process whose command line holds `name`, or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == postmaster and name in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="stopping the server's recovery process takes root (its user's)")
+def test_the_next_command_waits_for_a_server_recovering_after_a_crash(server):
+    """A server process killed: PostgreSQL restarts the others and replays its log, refusing clients
+    meanwhile ('the database system is in recovery mode'). Its recovery is held here (SIGSTOP on
+    its startup process) until the next command says it waits, then let go: the command waits,
+    saying so once, and succeeds (it failed at once)."""
+    import psycopg
+
+    postmaster = server.embedded.pid()
+    for _attempt in range(5):     # the recovery may end before it is caught: crash again
+        victim = server.connect()
+        os.kill(victim.info.backend_pid, signal.SIGKILL)
+        startup = None
+        assert wait_for(lambda: (startup := postmaster_child(postmaster, b"startup")) is not None
+                        or "recovery" in str(probe_refusal(server)), 30)
+        startup = postmaster_child(postmaster, b"startup")
+        if startup is not None:
+            os.kill(startup, signal.SIGSTOP)
+            if probe_refusal(server) is not None:
+                break
+            os.kill(startup, signal.SIGCONT)
+    else:
+        pytest.skip("the recovery always ended before it could be held")
+    try:
+        models = Streamed(server, "models")
+        assert wait_for(lambda: b"waiting" in models.err or models.proc.poll() is not None, 60), models.err
+    finally:
+        os.kill(startup, signal.SIGCONT)
+    rc, out, err = models.finish(120)
+    assert rc == 0, err
+    assert err.startswith("waiting for the database server: it is starting up or recovering after a crash"), err
+    assert len(err.strip().splitlines()) == 1 and "random-tiny" in out
+    assert server.embedded.pid() == postmaster          # recovered, not restarted
+    with pytest.raises(psycopg.OperationalError):
+        victim.execute("select 1")
+
+
+def probe_refusal(server):
+    """The server's refusal of a new connection now, or None when it takes one."""
+    import psycopg
+
+    try:
+        psycopg.connect(server.embedded.dsn(), connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        return exc
+    return None
+
+
+def test_dropping_more_than_a_few_runs_needs_yes(db, tiny, run_cli):
+    """`runs drop --older-than 0m` dropped every finished run without a word: more than five
+    asks at a terminal, and needs --yes elsewhere; nothing is dropped until then."""
+    for _ in range(7):
+        db.execute("select gptsql.generate('Hi', 1, model => %s)", [tiny])
+    ids = [r for r, in db.execute("select id from gptsql.run order by id desc limit 7")]
+    db.execute("update gptsql.run set started_at = started_at - interval '5000 days' where id = any(%s)", [ids])
+    for args in (["--older-than", "4000d"], [str(i) for i in ids]):
+        result = run_cli("runs", "drop", *args, check=False)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert "this drops 7 runs" in result.stderr and "add --yes" in result.stderr
+        assert db.execute("select count(*) from gptsql.run where id = any(%s)", [ids]).fetchone()[0] == 7
+    result = run_cli("runs", "drop", "--older-than", "4000d", "--yes")
+    assert result.stdout.startswith("dropped 7 runs")
+    assert db.execute("select count(*) from gptsql.run where id = any(%s)", [ids]).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("value, needle", [("nan", "got NaN"), ("inf", "got Infinity"),
+                                           ("1e-320", "temperature 1e-320 is too close to 0"),
+                                           ("0.0001", "too close to 0: give 0 for greedy sampling, or at least 0.001")])
+def test_temperatures_that_cannot_sample_are_one_line(tiny, run_cli, value, needle):
+    """A temperature of 1e-320 divided the logits into an overflow ('value out of range: overflow')."""
+    for command in (["generate", "-m", tiny, "-n", "1"], ["trace", "-m", tiny, "-n", "1"]):
+        result = run_cli(*command, "-t", value, "Hi", check=False)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert needle in result.stderr and "overflow" not in result.stderr
+
+
+def test_a_statements_error_is_not_called_a_connection_failure(database, db, tiny, backend):
+    """A lock timeout (a deadlock, a full disk: any error the server reports about a statement) is
+    said as it is; "database connection failed" is for a connection that failed."""
+    holder = database.connect(autocommit=False)
+    try:
+        holder.execute("lock gptsql.model in access exclusive mode")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+        env.update(backend[1], PGOPTIONS="-c lock_timeout=200ms")
+        result = subprocess.run([sys.executable, "-m", "gptsql", "models"], capture_output=True, text=True, env=env,
+                                timeout=120)
+    finally:
+        holder.close()
+    assert result.returncode == 1 and result.stderr == "Error: canceling statement due to lock timeout\n", result.stderr
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "tab\there", "back\\slash", "x" * 201])
+def test_a_model_name_the_explorer_cannot_carry_is_refused(db, run_cli, name):
+    result = run_cli("load", "random:tiny", "--name", name, "--replace", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "which the explorer's addresses cannot carry" in result.stderr
+    assert db.execute("select count(*) from gptsql.model where name = %s", [name]).fetchone()[0] == 0
+
+
+def test_two_connections_stepping_one_run_at_once(database, tiny):
+    """The second is refused at once, in one line (it waited for the first, then failed on a
+    duplicate key of the KV cache); the first's step is kept."""
+    import threading
+
+    import psycopg
+
+    first, second = database.connect(autocommit=False), database.connect()
+    try:
+        run, tokens = first.execute("select run_id, tokens from gptsql.start_run(%s, 'Hello there')", [tiny]).fetchone()
+        first.commit()
+        first.execute("select * from gptsql.step(%s, %s, 0)", [run, tokens]).fetchall()   # its transaction open
+        outcome = []
+        racing = threading.Thread(target=lambda: outcome.append(try_step(second, run, tokens)))
+        racing.start()
+        assert wait_for(lambda: outcome or second_waits(database, first), 60)
+        first.commit()
+        racing.join(60)
+        assert isinstance(outcome[0], psycopg.Error), outcome
+        message = outcome[0].diag.message_primary
+        assert message == f"run {run} is taking a step on another connection right now", message
+        first.execute("select gptsql.finish_run(%s)", [run])
+        first.commit()
+        assert first.execute("select count(*) from gptsql.run_token where run_id = %s and not is_prompt",
+                             [run]).fetchone()[0] == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def try_step(conn, run, tokens):
+    import psycopg
+
+    try:
+        return conn.execute("select * from gptsql.step(%s, %s, 0)", [run, tokens]).fetchall()
+    except psycopg.Error as exc:
+        return exc
+
+
+def second_waits(database, first) -> bool:
+    with database.connect() as watcher:
+        return watcher.execute("select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                               [first.info.backend_pid]).fetchone()[0] > 0
