@@ -308,7 +308,7 @@ FEW_RUNS = 5   # a drop of more runs than this asks first (or needs --yes)
 @runs.command("drop")
 @click.argument("run_ids", nargs=-1, type=count(1, INT8), metavar="[ID]...")
 @click.option("--older-than", metavar="AGE", help="Drop every finished run started longer ago than AGE (30m, 12h, 7d, 2w).")
-@click.option("-y", "--yes", is_flag=True, help=f"Do not ask first (a drop of more than {FEW_RUNS} runs asks).")
+@click.option("-y", "--yes", is_flag=True, help=f"Skip the question asked when more than {FEW_RUNS} runs would go.")
 @click.pass_obj
 @friendly
 def drop_runs(ctx, run_ids, older_than, yes):
@@ -337,7 +337,7 @@ def drop_runs(ctx, run_ids, older_than, yes):
         what = f"{len(ids)} runs ({ids[0]} to {ids[-1]}) and everything they recorded"
         if not sys.stdin.isatty():
             raise UserError(f"this drops {what}; add --yes to confirm when not at a terminal")
-        if not click.confirm(f"Drop {what}?"):
+        if not click.confirm(f"Really drop {what}?"):
             click.echo("nothing dropped")
             return
     with conn.transaction():
