@@ -195,11 +195,29 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                     cp.write(COPY_TRAILER)
                 tick(f"block {i + 1}/{c.n_layer}", 12 * n)
         conn.execute("select gptsql.attach_partitions(%s)", [model_id])
+        probe(conn, model_id, name)
         progress("analyze", total_rows, total_rows)
     remove_leftovers(conn)   # the tables of the model this one replaced
     for table in ("token", "merge", f"wte_{model_id}", "wpe", "norm", f"linear_{model_id}"):
         conn.execute(f"analyze gptsql.{table}")
     return model_id
+
+
+def probe(conn: psycopg.Connection, model_id: int, name: str) -> None:
+    """A model that cannot compute one token is not loaded: token 0 at place 0 through every block
+    and the vocabulary (gptsql.predict_run), in a savepoint rolled back, so that no run is left.
+    Weights within their bound can still drive the activations past what the engine's numbers hold
+    (halfvec: ±65504)."""
+    try:
+        with conn.transaction():
+            run = conn.execute("insert into gptsql.run (model_id, kind, prompt) values (%s, 'predict', '') returning id",
+                               [model_id]).fetchone()[0]
+            conn.execute("select * from gptsql.predict_run(%s, array[0], 0, 1)", [run]).fetchall()
+            raise psycopg.Rollback()
+    except psycopg.DataError as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f'model "{name}" cannot compute a token ({detail}): its weights drive the activations '
+                        "past the engine's numbers; this checkpoint cannot run, nothing loaded") from exc
 
 
 def refuse_if_generating(conn: psycopg.Connection, name: str, then: str) -> None:

@@ -903,3 +903,25 @@ def second_waits(database, first) -> bool:
     with database.connect() as watcher:
         return watcher.execute("select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
                                [first.info.backend_pid]).fetchone()[0] > 0
+
+
+def test_a_checkpoint_that_cannot_compute_a_token_is_not_loaded(good_checkpoint, tmp_path, db, run_cli):
+    """Weights within their bound (±65504) can still drive the activations past the engine's
+    numbers (a generation then failed with 'out of range for type halfvec'): the load computes one
+    token before it commits, and refuses the model in one line; no model and no run are left."""
+    import numpy as np
+    from test_errors import rewrite_tensors
+
+    def scale(tensors):
+        for key, tensor in tensors.items():
+            if not key.endswith(".bias"):
+                tensors[key] = (tensor / np.abs(tensor).max() * 60000).astype(np.float32)
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    rewrite_tensors(directory, scale)
+    runs = db.execute("select count(*) from gptsql.run").fetchone()[0]
+    result = run_cli("load", str(directory), "--name", "overflowing", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert 'model "overflowing" cannot compute a token' in result.stderr and "nothing loaded" in result.stderr
+    assert db.execute("select count(*) from gptsql.model where name = 'overflowing'").fetchone()[0] == 0
+    assert db.execute("select count(*) from gptsql.run").fetchone()[0] == runs

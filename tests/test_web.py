@@ -752,8 +752,8 @@ def test_the_explorers_queries_have_a_time_limit(database):
 @pytest.mark.slow
 def test_the_explorers_connections_are_bounded_and_survive_a_server_restart(tiny_checkpoint):
     """20 panels at once take at most the pool's 8 connections (the others wait for one), and none
-    is left over beyond them; after the database restarts, every panel answers (each pooled
-    connection is checked before it is used, and a broken one replaced)."""
+    is left over beyond them; after the embedded server stops, the next panel starts it again and
+    every panel answers (each pooled connection is checked before it is used, a broken one replaced)."""
     import threading
     from pathlib import Path
 
@@ -793,11 +793,11 @@ def test_the_explorers_connections_are_bounded_and_survive_a_server_restart(tiny
         assert answers == [200] * 20
         assert clients() - baseline <= pool_size
         watcher.close()
-        s.embedded.stop()
-        watcher = s.connect()              # started again: every pooled connection is now broken
-        for _ in range(12):
+        s.embedded.stop()                  # every pooled connection is now broken
+        for _ in range(12):                # the first one starts the embedded server again, as a command does
             status, answer = ask(server, f"/api/runs/{run}/norms")
             assert status == 200, answer
+        watcher = s.connect()
     finally:
         watcher.close()
         proc.terminate()

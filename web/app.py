@@ -133,7 +133,11 @@ class Explorer:
         has its query cancelled (else it ran on for as long as it took, holding the connection and
         the thread), and that connection is closed rather than reused."""
         try:
+            if self.db.is_embedded and not self.db.embedded.is_running():
+                await run_in_threadpool(self.db.embedded.start)   # as every command does: stopped, it starts
             conn = await run_in_threadpool(self.pool.getconn)
+        except UserError as exc:
+            return 503, {"error": str(exc)}
         except PoolTimeout:
             return 503, {"error": f"the database gave the explorer no connection within {self.POOL_WAIT_S} s "
                                   f"({self.POOL_SIZE} panels at once at most, or the server is down); try again"}
