@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 from pathlib import Path
@@ -36,11 +37,20 @@ def friendly(fn):
         except UserError as exc:
             fail(str(exc))
         except psycopg.OperationalError as exc:
-            fail(f"database connection failed: {db_error_message(exc)}")
+            lost = connection_lost(exc)
+            fail(f"database connection failed: {db_error_message(exc)}" if lost else db_error_message(exc))
         except psycopg.Error as exc:
             fail(db_error_message(exc))
 
     return wrapper
+
+
+def connection_lost(exc: psycopg.OperationalError) -> bool:
+    """Whether an OperationalError is the connection's (no SQLSTATE: libpq's own; class 08; the
+    server shutting down or crashed) rather than a statement's (a full disk, a deadlock, a lock or
+    statement timeout: the server said what went wrong)."""
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 class Context:
@@ -113,6 +123,27 @@ def count(minimum: int = 0, maximum: int = INT4) -> click.IntRange:
 
 
 SEED = Whole(min=-INT8 - 1, max=INT8)
+
+
+class Temperature(click.FloatRange):
+    """A sampling temperature: 0 (greedy) or a finite number from LOWEST up. Logits are divided by
+    it: a tiny one (1e-320) made them overflow, and any below LOWEST samples as greedily as 0."""
+
+    LOWEST = 1e-3
+
+    def __init__(self):
+        super().__init__(min=0)
+
+    def convert(self, value, param, ctx):
+        t = super().convert(value, param, ctx)
+        if math.isnan(t) or math.isinf(t):
+            self.fail(f"temperature must be a number >= 0 (0 is greedy), got {'NaN' if math.isnan(t) else 'Infinity'}",
+                      param, ctx)
+        if 0 < t < self.LOWEST:
+            shown = value.strip() if isinstance(value, str) else f"{t:g}"   # as typed: 1e-320 prints as 9.99989e-321
+            self.fail(f"temperature {shown} is too close to 0: give 0 for greedy sampling, or at least {self.LOWEST:g}",
+                      param, ctx)
+        return t
 
 
 class OutFile(click.Path):

@@ -19,7 +19,7 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import (SEED, Context, check_utf8, check_utf8_environment, console, count, db_error_message, fail, finishing, friendly,
+from .common import (SEED, Temperature, Context, check_utf8, check_utf8_environment, console, count, db_error_message, fail, finishing, friendly,
                      IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
 from .runs import attention, lens, runs, token_pieces, trace
 from .serve import serve
@@ -160,8 +160,9 @@ def psql(ctx: Context, psql_args):
 def confirm_replace(conn, name: str, replace: bool) -> tuple[bool, int | str | None]:
     """Loading under a name in use deletes that model's recorded runs: ask first, like unload.
     (go ahead, what the load may replace: the id of the model agreed to, None, or with --replace any)."""
-    from ..loader.load import ANY
+    from ..loader.load import ANY, refuse_if_generating
 
+    refuse_if_generating(conn, name, "load again")
     found = conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "
                          "from gptsql.model m where m.name = %s", [name]).fetchone()
     if replace:
@@ -208,8 +209,10 @@ def load(ctx: Context, source, name, dtype, replace):
     started = time.monotonic()
     if name is not None and not name.strip():
         raise UserError("--name is empty: give the model a name, or leave --name out for the default")
+    if name is not None:
+        loader.check_name(name)          # before a download or a read
     checkpoint = resolve(source, name)
-    name = name or checkpoint.default_name
+    name = loader.check_name(name or checkpoint.default_name)
     go, replaces = confirm_replace(ctx.conn, name, replace)
     if not go:
         click.echo("nothing loaded")
@@ -290,6 +293,7 @@ def print_models(out, headers: list[str], cells: list[list[str]]) -> None:
 def unload(ctx: Context, name, yes):
     """Remove model NAME from the database: its weights, vocabulary and recorded runs.
 
+    A model that is generating (a run of it running) is not removed: stop the run first.
     Downloads stay in the Hugging Face cache, so loading the model again needs no network.
     """
     found = ctx.conn.execute(
@@ -297,6 +301,9 @@ def unload(ctx: Context, name, yes):
            from gptsql.model m join gptsql.model_size s on s.name = m.name where m.name = %s""", [name]).fetchone()
     if found is None:
         raise UserError(f'no model "{name}" is loaded; `gptsql models` lists them')
+    from ..loader.load import refuse_if_generating, unload as remove
+
+    refuse_if_generating(ctx.conn, name, "unload again")
     size, n_runs = found
     what = f'model "{name}" ({size / 2**20:,.0f} MB) and its {n_runs} recorded run{"s" * (n_runs != 1)}'
     if not yes:
@@ -305,8 +312,6 @@ def unload(ctx: Context, name, yes):
         if not click.confirm(f"Remove {what}?"):
             click.echo("nothing removed")
             return
-    from ..loader.load import unload as remove
-
     remove(ctx.conn, name)
     click.echo(f"removed {what}")
 
@@ -317,7 +322,7 @@ def unload(ctx: Context, name, yes):
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("-n", "--max-tokens", default=20, show_default=True, type=count(0),
               help="How many tokens to generate.")
-@click.option("-t", "--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0),
+@click.option("-t", "--temperature", default=0.8, show_default=True, type=Temperature(),
               help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
 @click.option("--top-k", default=0, show_default=True, type=count(0),
               help="Sample only among the k most probable tokens (0: all).")

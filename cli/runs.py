@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from ..errors import UserError
-from .common import INT8, SEED, OutFile, console, finishing, count, friendly, plural, print_tsv, read_prompt, workers_meta_option
+from .common import INT8, SEED, Temperature, OutFile, console, finishing, count, friendly, plural, print_tsv, read_prompt, workers_meta_option
 
 
 def short(text: str | None, width: int = 40) -> str:
@@ -117,7 +117,7 @@ def run_source(default_tokens: int):
             click.option("-m", "--model", help="Model name (default: the most recently loaded)."),
             click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=count(1),
                          help="Tokens to generate after the prompt."),
-            click.option("-t", "--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+            click.option("-t", "--temperature", default=0.0, show_default=True, type=Temperature(),
                          help="Sampling temperature (0: greedy, the most probable token)."),
             click.option("--top-k", default=0, show_default=True, type=count(0),
                          help="Sample among the k most probable tokens (0: all)."),
@@ -302,34 +302,49 @@ def parse_age(text: str) -> str:
     return f"{m.group(1)} {UNITS[m.group(2)]}"
 
 
+FEW_RUNS = 5   # a drop of more runs than this asks first (or needs --yes)
+
+
 @runs.command("drop")
 @click.argument("run_ids", nargs=-1, type=count(1, INT8), metavar="[ID]...")
 @click.option("--older-than", metavar="AGE", help="Drop every finished run started longer ago than AGE (30m, 12h, 7d, 2w).")
+@click.option("-y", "--yes", is_flag=True, help=f"Skip the question asked when more than {FEW_RUNS} runs would go.")
 @click.pass_obj
 @friendly
-def drop_runs(ctx, run_ids, older_than):
-    """Remove runs and everything they recorded (tokens, residual stream, attention, candidates)."""
+def drop_runs(ctx, run_ids, older_than, yes):
+    """Remove runs and everything they recorded (tokens, residual stream, attention, candidates).
+
+    A drop of more than a few runs asks first (--yes when not at a terminal); a running run is never dropped.
+    """
     if bool(run_ids) == bool(older_than):
         raise UserError("give run ids, or --older-than AGE (e.g. gptsql runs drop --older-than 7d)")
     conn = ctx.conn
+    if older_than:
+        age = parse_age(older_than)
+        number, unit = age.split()
+        ids = [] if float(number) * SECONDS[unit] > NO_RUN_IS_OLDER else [r[0] for r in conn.execute(
+            """select id from gptsql.run
+               where started_at < now() - %s::interval and status <> 'running' order by id""", [age])]
+    else:
+        ids = sorted(set(run_ids))
+        found = {r[0]: r[1] for r in conn.execute("select id, status from gptsql.run where id = any(%s)", [ids])}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise UserError(f"there {'is no run' if len(missing) == 1 else 'are no runs'} {', '.join(map(str, missing))}, "
+                            "so nothing was dropped; "
+                            "list the runs with: gptsql runs list")
+    if len(ids) > FEW_RUNS and not yes:
+        what = f"{len(ids)} runs ({ids[0]} to {ids[-1]}) and everything they recorded"
+        if not sys.stdin.isatty():
+            raise UserError(f"this drops {what}; add --yes to confirm when not at a terminal")
+        if not click.confirm(f"Really drop {what}?"):
+            click.echo("nothing dropped")
+            return
     with conn.transaction():
-        if older_than:
-            age = parse_age(older_than)
-            number, unit = age.split()
-            ids = [] if float(number) * SECONDS[unit] > NO_RUN_IS_OLDER else [r[0] for r in conn.execute(
-                """select id from gptsql.run
-                   where started_at < now() - %s::interval and status <> 'running' order by id""", [age])]
-        else:
-            ids = sorted(set(run_ids))
-            found = {r[0]: r[1] for r in conn.execute("select id, status from gptsql.run where id = any(%s)", [ids])}
-            missing = [i for i in ids if i not in found]
-            if missing:
-                raise UserError(f"there {'is no run' if len(missing) == 1 else 'are no runs'} {', '.join(map(str, missing))}, "
-                                "so nothing was dropped; "
-                                "list the runs with: gptsql runs list")
-            running = [i for i in ids if found[i] == "running"]
-            if running:
-                raise UserError(f"run {', '.join(map(str, running))} is still running; stop it first (Ctrl-C)")
+        running = [r for r, in conn.execute("select id from gptsql.run where id = any(%s) and status = 'running' "
+                                            "order by id", [ids])]
+        if running:
+            raise UserError(f"run {', '.join(map(str, running))} is still running; stop it first (Ctrl-C)")
         conn.execute("select gptsql.forget_cache(%s::bigint[])", [ids])   # no foreign key: scratch
         conn.execute("delete from gptsql.run where id = any(%s)", [ids])           # the rest cascades
     if not ids:

@@ -66,6 +66,26 @@ def linear_chunks(model_id: int, name: str, block: int, weight: np.ndarray, bias
         ])
 
 
+MAX_NAME = 200
+
+
+def check_name(name: str) -> str:
+    """A model name that every command and the explorer's addresses (/api/models/NAME,
+    #model/NAME) can carry: no '/' or '\\' (a path's separator), no control character, not '.'
+    or '..' (a browser folds them out of a path), at most MAX_NAME characters."""
+    shown = repr(name if len(name) <= 40 else name[:39] + "…")
+    if not name.strip():
+        raise UserError("the model name is empty: give the model a name, or leave --name out for the default")
+    problem = ("holds '/'" if "/" in name else "holds '\\'" if "\\" in name
+               else "holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name)
+               else "is a path's '.' or '..'" if name in (".", "..")
+               else f"is longer than {MAX_NAME} characters" if len(name) > MAX_NAME else None)
+    if problem:
+        raise UserError(f"the model name {shown} {problem}, which the explorer's addresses cannot carry; "
+                        "choose another --name (letters, digits, '-', '_', ':' and '.' are fine)")
+    return name
+
+
 class NameTaken(UserError):
     """The model under the name is no longer the one the caller agreed to replace."""
 
@@ -80,6 +100,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     another one found there (a load under the same name meanwhile) is NameTaken, nothing loaded."""
     if dtype not in ("float32", "float16"):
         raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
+    check_name(name)
     # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
     # vector column w for float32; position embeddings and norms are small and stay float32.
     big_column, vector_dtype = ("h", ">f2") if dtype == "float16" else ("w", ">f4")
@@ -174,11 +195,43 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                     cp.write(COPY_TRAILER)
                 tick(f"block {i + 1}/{c.n_layer}", 12 * n)
         conn.execute("select gptsql.attach_partitions(%s)", [model_id])
+        probe(conn, model_id, name)
         progress("analyze", total_rows, total_rows)
     remove_leftovers(conn)   # the tables of the model this one replaced
     for table in ("token", "merge", f"wte_{model_id}", "wpe", "norm", f"linear_{model_id}"):
         conn.execute(f"analyze gptsql.{table}")
     return model_id
+
+
+def probe(conn: psycopg.Connection, model_id: int, name: str) -> None:
+    """A model that cannot compute one token is not loaded: token 0 at place 0 through every block
+    and the vocabulary (gptsql.predict_run), in a savepoint rolled back, so that no run is left.
+    Weights within their bound can still drive the activations past what the engine's numbers hold
+    (halfvec: ±65504)."""
+    try:
+        with conn.transaction():
+            # on this backend alone: the others cannot see the model before it commits
+            conn.execute("set local gptsql.shares = 1")
+            run = conn.execute("insert into gptsql.run (model_id, kind, prompt) values (%s, 'predict', '') returning id",
+                               [model_id]).fetchone()[0]
+            conn.execute("select * from gptsql.predict_run(%s, array[0], 0, 1)", [run]).fetchall()
+            raise psycopg.Rollback()
+    except psycopg.DataError as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f'model "{name}" cannot compute a token ({detail}): its weights drive the activations '
+                        "past the engine's numbers; this checkpoint cannot run, nothing loaded") from exc
+
+
+def refuse_if_generating(conn: psycopg.Connection, name: str, then: str) -> None:
+    """A model with a running run is not removed or replaced (gptsql.drop_model refuses it too,
+    as `runs drop` refuses a running run): said before anything is asked or read."""
+    running = [r for r, in conn.execute(
+        """select r.id from gptsql.run r join gptsql.model m on m.id = r.model_id
+           where m.name = %s and r.status = 'running'
+             and r.backend_pid in (select pid from pg_stat_activity where pid is not null) order by r.id""", [name])]
+    if running:
+        raise UserError(f'model "{name}" is generating (running run {", ".join(map(str, running))}): it is not removed '
+                        f"while a run uses it; stop the run (Ctrl-C) or let it finish, then {then}")
 
 
 def unload(conn: psycopg.Connection, name: str) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from . import checks
 from . import vocab as vocab_mod
 
 HUB_ALIASES = {
@@ -52,9 +53,14 @@ class Config:
     layer_norm_epsilon: float = 1e-5
 
     @classmethod
-    def from_hf(cls, raw: dict, where: str) -> "Config":
+    def from_hf(cls, raw, where: str) -> "Config":
+        """config.json's values, each checked for its type and range (checks.py) before any is used."""
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: config.json is a JSON {type(raw).__name__}, not an object of settings")
         model_type = raw.get("model_type")
         archs = raw.get("architectures") or []
+        if not isinstance(archs, list):
+            archs = [archs]
         if model_type not in (None, "gpt2") or any(a not in ("GPT2LMHeadModel", "GPT2Model") for a in archs):
             raise UserError(
                 f"{where}: architecture {model_type or archs} is not GPT-2 "
@@ -63,19 +69,16 @@ class Config:
         act = raw.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise UserError(f"{where}: activation {act!r} is not GPT-2's tanh GELU (gelu_new)")
-        try:
-            config = cls(
-                n_vocab=int(raw["vocab_size"]),
-                n_ctx=int(raw.get("n_positions") or raw["n_ctx"]),
-                n_embd=int(raw["n_embd"]),
-                n_head=int(raw["n_head"]),
-                n_layer=int(raw["n_layer"]),
-                layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
-            )
-        except KeyError as exc:
-            raise UserError(f"{where}: config.json has no {exc.args[0]!r}") from exc
-        if config.n_embd % config.n_head:
-            raise UserError(f"{where}: n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
+        here = f"{where}: config.json"
+        config = cls(
+            n_vocab=checks.whole(raw, "vocab_size", here, 1, checks.MAX_VOCAB),
+            n_ctx=checks.whole(raw, "n_positions" if "n_positions" in raw else "n_ctx", here, 1, checks.MAX_CONTEXT),
+            n_embd=checks.whole(raw, "n_embd", here, 1, checks.MAX_WIDTH),
+            n_head=checks.whole(raw, "n_head", here, 1, checks.MAX_WIDTH),
+            n_layer=checks.whole(raw, "n_layer", here, 1, checks.MAX_LAYERS),
+            layer_norm_epsilon=checks.real(raw, "layer_norm_epsilon", here, *checks.EPSILON_RANGE, default=1e-5),
+        )
+        checks.check_shape(here, config.n_vocab, config.n_ctx, config.n_embd, config.n_head, config.n_layer)
         return config
 
     @property
@@ -132,22 +135,42 @@ def check_tensors(config: Config, tensors: dict[str, np.ndarray], where: str) ->
             raise UserError(
                 f"{where}: tensor {key} has shape {tuple(clean[key].shape)}, config.json implies {shape}"
             )
-    return {k: np.ascontiguousarray(clean[k], dtype=np.float32) for k in wanted}
+    kept = {k: np.ascontiguousarray(clean[k], dtype=np.float32) for k in wanted}
+    for key, tensor in kept.items():
+        checks.check_weights(key, tensor, where)
+    return kept
 
 
-def from_directory(directory: Path, name: str | None = None, source: str | None = None) -> Checkpoint:
+def weights_limit(c: Config) -> int:
+    """The most bytes a model.safetensors of this shape can take: every parameter in float64, a
+    tied output matrix stored again, GPT-2's causal-mask buffers (n_ctx x n_ctx a block), and room
+    for the header."""
+    n_params = sum(int(np.prod(shape)) for shape in expected_shapes(c).values())
+    return 8 * (n_params + c.n_vocab * c.n_embd + c.n_layer * c.n_ctx * c.n_ctx) + 100 * checks.MIB
+
+
+def from_directory(directory: Path, name: str | None = None, source: str | None = None,
+                   links_within: Path | None = None) -> Checkpoint:
+    """A checkpoint in the Hugging Face layout. Every file is checked for its kind and size before
+    it is read (checks.py); links must lead inside `links_within` (default: the directory; the
+    Hugging Face cache links a snapshot's files to its blobs, so a hub download passes the repo's
+    cache folder)."""
     where = str(directory)
+    links_within = links_within or directory
     config_path = directory / "config.json"
     if not config_path.exists():
         raise UserError(f"{where}: no config.json (a model directory holds config.json and model.safetensors)")
     try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+        raw = json.loads(checks.read_regular(config_path, checks.CONFIG_BYTES, links_within))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{config_path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise UserError(f"{config_path}: not valid JSON (nested too deeply)") from None
     config = Config.from_hf(raw, where)
     weights = directory / "model.safetensors"
     if not weights.exists():
         raise UserError(f"{where}: no model.safetensors (export with save_pretrained(..., safe_serialization=True))")
+    checks.check_regular(weights, weights_limit(config), links_within)
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -159,7 +182,7 @@ def from_directory(directory: Path, name: str | None = None, source: str | None 
         raise UserError(f"{weights}: cannot read safetensors ({type(exc).__name__}: {exc}); the file may be truncated") from exc
     tensors = {k: (v.astype(np.float32) if v.dtype != np.float32 else v) for k, v in tensors.items()}
     tensors = check_tensors(config, tensors, where)
-    vocabulary = vocab_mod.from_directory(directory) or vocab_mod.gpt2_vocabulary()
+    vocabulary = vocab_mod.from_directory(directory, links_within) or vocab_mod.gpt2_vocabulary()
     if len(vocabulary) != config.n_vocab:
         raise UserError(f"{where}: the vocabulary has {len(vocabulary)} tokens but config.json says {config.n_vocab}")
     return Checkpoint(config, tensors, vocabulary, source or f"dir:{directory.resolve()}",
@@ -251,7 +274,9 @@ def from_hub(repo_id: str, name: str | None = None, revision: str | None = None)
                   "downloading it again", file=sys.stderr)
         if not damaged:
             break
-    return from_directory(path, name=name or repo.rsplit("/", 1)[-1], source=f"hub:{repo}")
+    # The cache's snapshots/REV/FILE links to blobs/HASH of the same repo folder.
+    return from_directory(path, name=name or repo.rsplit("/", 1)[-1], source=f"hub:{repo}",
+                          links_within=path.parent.parent)
 
 
 def _download_failed(repo: str, exc: BaseException) -> str:

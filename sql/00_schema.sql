@@ -169,12 +169,32 @@ $$;
 -- Remove a model: its row, and by cascade its vocabulary, small weights and runs. Its two big
 -- tables are left over until leftover_statements() runs (gptsql unload and gptsql load do):
 -- dropping them here would lock out every generation until this transaction ends.
+-- A model that is generating is not removed: its running runs' steps write rows the cascade deletes
+-- (a deadlock, or the run gone without a word). The model's row is locked first, so no run starts
+-- on it meanwhile (start_run's insert waits for this transaction).
 CREATE FUNCTION gptsql.drop_model(model_name text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
+DECLARE
+    found_id int;
+    running  bigint[];
 BEGIN
-    DELETE FROM gptsql.model m WHERE m.name = model_name;
-    RETURN FOUND;
+    SELECT m.id INTO found_id FROM gptsql.model m WHERE m.name = model_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    SELECT array_agg(r.id ORDER BY r.id) INTO running
+    FROM   gptsql.run r
+    WHERE  r.model_id = found_id AND r.status = 'running'
+    AND    r.backend_pid IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL);
+    IF running IS NOT NULL THEN
+        RAISE EXCEPTION 'model "%" is generating (running run %): it is not removed while a run uses it',
+            model_name, array_to_string(running, ', ')
+            USING HINT = 'stop the run (Ctrl-C) or let it finish, then try again; from psql, '
+                         'gptsql.finish_run(run, ''interrupted'') ends a run left open';
+    END IF;
+    DELETE FROM gptsql.model m WHERE m.id = found_id;
+    RETURN true;
 END
 $$;
 

@@ -102,7 +102,13 @@ DECLARE
     bad      int;
     cached   int;
 BEGIN
-    SELECT * INTO r FROM gptsql.run WHERE id = check_step.run;
+    -- One step of a run at a time: the run's row stays locked until the step's statement ends, and
+    -- a second connection stepping the same run is refused at once (it got a duplicate key).
+    SELECT * INTO r FROM gptsql.run WHERE id = check_step.run FOR NO KEY UPDATE SKIP LOCKED;
+    IF NOT FOUND AND EXISTS (SELECT FROM gptsql.run WHERE id = check_step.run) THEN
+        RAISE EXCEPTION 'run % is taking a step on another connection right now', run
+            USING HINT = 'a run takes one step at a time, from the connection that drives it; start a run of your own';
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no run %', run USING HINT = 'start one with gptsql.start_run(...)';
     END IF;

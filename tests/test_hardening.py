@@ -418,15 +418,29 @@ def test_a_data_directory_of_an_earlier_version_gets_this_versions_connection_li
 @pytest.mark.slow
 @pytest.mark.parametrize("removal", [["unload", "doomed", "--yes"],
                                      ["load", "random:tiny", "--name", "doomed", "--replace"]])
-def test_unload_during_generation_says_model_removed(server, removal):
-    """An unload, or a load under the same name, while a generation runs on the model."""
+def test_a_model_is_not_removed_while_it_generates(server, removal):
+    """An unload, or a load under the same name, while a generation runs on the model (held at a
+    step): refused in one line naming the run, as `runs drop` refuses a running run (it deleted
+    the running run without a word, or failed with 'deadlock detected'); the generation goes on
+    and finishes, and the model can be removed once it has."""
     server.cli("load", "random:small", "--name", "doomed", "--replace")
-    gen = Streamed(server, "generate", "-m", "doomed", "-n", "250", "-t", "0", PROMPT)
-    gen.wait_for_output(len(PROMPT) + 10)
-    server.cli(*removal)
+    with held_after(server, 2, "generate", "-m", "doomed", "-n", "30", "-t", "0", PROMPT) as (gen, _, run_id, _n):
+        refused = server.cli(*removal, check=False, timeout=60)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert f'Error: model "doomed" is generating (running run {run_id})' in refused.stderr
+    assert "Ctrl-C" in refused.stderr and "deadlock" not in refused.stderr
     rc, out, err = gen.finish()
-    assert rc == 1 and len(err.strip().splitlines()) == 1, err
-    assert "the model was removed" in err and "dimension" not in err
+    assert rc == 0, err
+    conn = server.connect()
+    assert conn.execute("select status from gptsql.run where id = %s", [run_id]).fetchone()[0] == "done"
+    # The SQL API refuses it too (a run left open from psql: its connection is alive).
+    opened = server.connect()
+    left_open = opened.execute("select run_id from gptsql.start_run('doomed', 'Hi')").fetchone()[0]
+    with pytest.raises(Exception, match='model "doomed" is generating'):
+        conn.execute("select gptsql.drop_model('doomed')")
+    opened.execute("select gptsql.finish_run(%s, 'interrupted')", [left_open])
+    opened.close()
+    server.cli(*removal)
 
 
 @pytest.mark.slow
@@ -604,3 +618,310 @@ def test_an_acl_entry_for_one_user_keeps_every_other_permission(tmp_path):
     assert [e for e in entries if e[0] == acl.USER] == [(acl.USER, 1, 4242), (acl.USER, 1, 4343)]
     assert acl.user_can_pass(folder, 4242, 4242) and not acl.user_can_pass(folder, 4444, 4444)
     assert stat_mode(folder) == 0o750
+
+
+# ------------------------------------------------------------- issue 28, 6: hostile checkpoint files
+from test_errors import broken_copy, good_checkpoint  # noqa: E402,F401  (a valid random:tiny directory)
+
+
+def refused(directory, *needles) -> str:
+    """from_directory refuses the directory in one line holding every needle."""
+    from gptsql.errors import UserError
+    from gptsql.loader.sources import from_directory
+
+    with pytest.raises(UserError) as caught:
+        from_directory(directory)
+    message = str(caught.value)
+    assert "\n" not in message and all(n in message for n in needles), message
+    return message
+
+
+def edit_config(directory, change) -> None:
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(change(config) or config))
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("n_layer", 1e9, "n_layer must be a whole number from 1 to 256, not 1000000000.0"),
+    ("n_layer", 10**9, "n_layer must be a whole number from 1 to 256, not 1000000000"),
+    ("n_layer", 0, "n_layer must be a whole number from 1 to 256, not 0"),
+    ("n_head", 0, "n_head must be a whole number from 1"),
+    ("n_head", 3, "n_embd 64 is not a multiple of n_head 3"),
+    ("n_embd", 100_000, "n_embd must be a whole number from 1 to 2,000"),
+    ("vocab_size", "abc", "vocab_size must be a whole number from 1 to 1,048,576, not 'abc'"),
+    ("vocab_size", None, "vocab_size must be a whole number"),
+    ("vocab_size", True, "vocab_size must be a whole number"),
+    ("n_positions", 0, "n_positions must be a whole number from 1 to 65,536, not 0"),
+    ("layer_norm_epsilon", "x", "layer_norm_epsilon must be a number from 1e-12 to 1, not 'x'"),
+    ("layer_norm_epsilon", float("nan"), "layer_norm_epsilon must be a number from 1e-12 to 1, not nan"),
+    ("layer_norm_epsilon", -1e-5, "layer_norm_epsilon must be a number"),
+    ("layer_norm_epsilon", 1e308, "layer_norm_epsilon must be a number"),
+    ("layer_norm_epsilon", 0, "layer_norm_epsilon must be a number"),
+])
+def test_every_config_value_is_checked_for_its_type_and_range(good_checkpoint, tmp_path, key, value, needle):
+    directory = broken_copy(good_checkpoint, tmp_path)
+    edit_config(directory, lambda c: c.update({key: value}))
+    refused(directory, f"{directory}: config.json", needle)
+
+
+@pytest.mark.parametrize("config, needle", [([], "config.json is a JSON list, not an object"),
+                                            (None, "config.json is a JSON NoneType, not an object"),
+                                            ("gpt2", "config.json is a JSON str")])
+def test_a_config_that_is_not_an_object(good_checkpoint, tmp_path, config, needle):
+    import json
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    (directory / "config.json").write_text(json.dumps(config))
+    refused(directory, needle)
+
+
+@pytest.mark.parametrize("vocab, needle", [
+    ({"a": 1_000_000_000}, "token 'a' has id 1000000000; ids are whole numbers from 0 to 0"),
+    ([], "the vocabulary is a JSON list"),
+    ({}, "the vocabulary is empty"),
+    ({"a": "0", "b": "1"}, "token 'a' has id '0'"),
+    ({"a": 0, "b": 0}, "1 ids are given to more than one token"),
+])
+def test_the_vocabulary_files_shape_is_checked(good_checkpoint, tmp_path, vocab, needle):
+    import json
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    refused(directory, str(directory / "vocab.json"), needle)
+
+
+@pytest.mark.parametrize("value, needle", [(1e30, "holds a value of 1e+30, past ±65504"),
+                                           (float("nan"), "holds NaN or infinite values"),
+                                           (float("inf"), "holds NaN or infinite values")])
+def test_weights_that_cannot_run_are_refused(good_checkpoint, tmp_path, value, needle):
+    from test_errors import rewrite_tensors
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    rewrite_tensors(directory, lambda t: t["transformer.h.1.mlp.c_fc.weight"].__setitem__((3, 5), value))
+    refused(directory, "tensor h.1.mlp.c_fc.weight", needle, "cannot run")
+
+
+def test_files_that_are_not_regular_files_are_refused_before_they_are_read(good_checkpoint, tmp_path):
+    """A FIFO (it would wait for a writer forever), a link to a device or out of the directory, a
+    file larger than its kind can be (a sparse file: nothing is written): each one line."""
+    directory = broken_copy(good_checkpoint, tmp_path)
+    config, weights = directory / "config.json", directory / "model.safetensors"
+    kept = config.read_bytes()
+    config.unlink()
+    config.symlink_to("/dev/zero")
+    refused(directory, f"{config}: a link to /dev/zero, outside {directory}")
+    config.unlink()
+    os.mkfifo(config)
+    refused(directory, f"{config}: a FIFO (named pipe), not a regular file")
+    config.unlink()
+    with open(config, "wb") as f:
+        f.truncate(2 << 20)
+    refused(directory, f"{config}: 2.0 MB, more than such a file can be (1.0 MB)")
+    config.write_bytes(kept)
+    outside = tmp_path / "elsewhere.safetensors"
+    weights.rename(outside)
+    weights.symlink_to(outside)
+    refused(directory, f"{weights}: a link to {outside}, outside {directory}")
+    weights.unlink()
+    with open(weights, "wb") as f:
+        f.truncate(100 << 30)
+    refused(directory, f"{weights}: 102,400.0 MB, more than such a file can be")
+    weights.unlink()
+    os.mkfifo(weights)
+    refused(directory, f"{weights}: a FIFO (named pipe)")
+
+
+def test_a_fifo_checkpoint_is_one_line_from_the_cli(good_checkpoint, tmp_path, run_cli):
+    """`gptsql load ./dir` with a FIFO as model.safetensors: one line, at once (it hung, and ignored
+    SIGTERM)."""
+    directory = broken_copy(good_checkpoint, tmp_path)
+    (directory / "model.safetensors").unlink()
+    os.mkfifo(directory / "model.safetensors")
+    result = run_cli("load", str(directory), check=False, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "model.safetensors: a FIFO (named pipe), not a regular file" in result.stderr
+
+
+# ------------------------------------------------------------- issue 28, 8: smaller cases of the same family
+def postmaster_child(postmaster: int, name: bytes) -> int | None:
+    """The pid of the postmaster's child process whose command line holds `name`, or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == postmaster and name in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="stopping the server's recovery process takes root (its user's)")
+def test_the_next_command_waits_for_a_server_recovering_after_a_crash(server):
+    """A server process killed: PostgreSQL restarts the others and replays its log, refusing clients
+    meanwhile ('the database system is in recovery mode'). Its recovery is held here (SIGSTOP on
+    its startup process) until the next command says it waits, then let go: the command waits,
+    saying so once, and succeeds (it failed at once)."""
+    import psycopg
+
+    postmaster = server.embedded.pid()
+    for _attempt in range(5):     # the recovery may end before it is caught: crash again
+        victim = server.connect()
+        os.kill(victim.info.backend_pid, signal.SIGKILL)
+        startup = None
+        assert wait_for(lambda: (startup := postmaster_child(postmaster, b"startup")) is not None
+                        or "recovery" in str(probe_refusal(server)), 30)
+        startup = postmaster_child(postmaster, b"startup")
+        if startup is not None:
+            os.kill(startup, signal.SIGSTOP)
+            if probe_refusal(server) is not None:
+                break
+            os.kill(startup, signal.SIGCONT)
+    else:
+        pytest.skip("the recovery always ended before it could be held")
+    try:
+        models = Streamed(server, "models")
+        assert wait_for(lambda: b"waiting" in models.err or models.proc.poll() is not None, 60), models.err
+    finally:
+        os.kill(startup, signal.SIGCONT)
+    rc, out, err = models.finish(120)
+    assert rc == 0, err
+    assert err.startswith("waiting for the database server: it is starting up or recovering after a crash"), err
+    assert len(err.strip().splitlines()) == 1 and "random-tiny" in out
+    assert server.embedded.pid() == postmaster          # recovered, not restarted
+    with pytest.raises(psycopg.OperationalError):
+        victim.execute("select 1")
+
+
+def probe_refusal(server):
+    """The server's refusal of a new connection now, or None when it takes one."""
+    import psycopg
+
+    try:
+        psycopg.connect(server.embedded.dsn(), connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        return exc
+    return None
+
+
+def test_dropping_more_than_a_few_runs_needs_yes(db, tiny, run_cli):
+    """`runs drop --older-than 0m` dropped every finished run without a word: more than five
+    asks at a terminal, and needs --yes elsewhere; nothing is dropped until then."""
+    for _ in range(7):
+        db.execute("select gptsql.generate('Hi', 1, model => %s)", [tiny])
+    ids = [r for r, in db.execute("select id from gptsql.run order by id desc limit 7")]
+    db.execute("update gptsql.run set started_at = started_at - interval '5000 days' where id = any(%s)", [ids])
+    for args in (["--older-than", "4000d"], [str(i) for i in ids]):
+        result = run_cli("runs", "drop", *args, check=False)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert "this drops 7 runs" in result.stderr and "add --yes" in result.stderr
+        assert db.execute("select count(*) from gptsql.run where id = any(%s)", [ids]).fetchone()[0] == 7
+    result = run_cli("runs", "drop", "--older-than", "4000d", "--yes")
+    assert result.stdout.startswith("dropped 7 runs")
+    assert db.execute("select count(*) from gptsql.run where id = any(%s)", [ids]).fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("value, needle", [("nan", "got NaN"), ("inf", "got Infinity"),
+                                           ("1e-320", "temperature 1e-320 is too close to 0"),
+                                           ("0.0001", "too close to 0: give 0 for greedy sampling, or at least 0.001")])
+def test_temperatures_that_cannot_sample_are_one_line(tiny, run_cli, value, needle):
+    """A temperature of 1e-320 divided the logits into an overflow ('value out of range: overflow')."""
+    for command in (["generate", "-m", tiny, "-n", "1"], ["trace", "-m", tiny, "-n", "1"]):
+        result = run_cli(*command, "-t", value, "Hi", check=False)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert needle in result.stderr and "overflow" not in result.stderr
+
+
+def test_a_statements_error_is_not_called_a_connection_failure(database, db, tiny, backend):
+    """A lock timeout (a deadlock, a full disk: any error the server reports about a statement) is
+    said as it is; "database connection failed" is for a connection that failed."""
+    holder = database.connect(autocommit=False)
+    try:
+        holder.execute("lock gptsql.model in access exclusive mode")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
+        env.update(backend[1], PGOPTIONS="-c lock_timeout=200ms")
+        result = subprocess.run([sys.executable, "-m", "gptsql", "models"], capture_output=True, text=True, env=env,
+                                timeout=120)
+    finally:
+        holder.close()
+    assert result.returncode == 1 and result.stderr == "Error: canceling statement due to lock timeout\n", result.stderr
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "tab\there", "back\\slash", "x" * 201])
+def test_a_model_name_the_explorer_cannot_carry_is_refused(db, run_cli, name):
+    result = run_cli("load", "random:tiny", "--name", name, "--replace", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "which the explorer's addresses cannot carry" in result.stderr
+    assert db.execute("select count(*) from gptsql.model where name = %s", [name]).fetchone()[0] == 0
+
+
+def test_two_connections_stepping_one_run_at_once(database, tiny):
+    """The second is refused at once, in one line (it waited for the first, then failed on a
+    duplicate key of the KV cache); the first's step is kept."""
+    import threading
+
+    import psycopg
+
+    first, second = database.connect(autocommit=False), database.connect()
+    try:
+        run, tokens = first.execute("select run_id, tokens from gptsql.start_run(%s, 'Hello there')", [tiny]).fetchone()
+        first.commit()
+        first.execute("select * from gptsql.step(%s, %s, 0)", [run, tokens]).fetchall()   # its transaction open
+        outcome = []
+        racing = threading.Thread(target=lambda: outcome.append(try_step(second, run, tokens)))
+        racing.start()
+        assert wait_for(lambda: outcome or second_waits(database, first), 60)
+        first.commit()
+        racing.join(60)
+        assert isinstance(outcome[0], psycopg.Error), outcome
+        message = outcome[0].diag.message_primary
+        assert message == f"run {run} is taking a step on another connection right now", message
+        first.execute("select gptsql.finish_run(%s)", [run])
+        first.commit()
+        assert first.execute("select count(*) from gptsql.run_token where run_id = %s and not is_prompt",
+                             [run]).fetchone()[0] == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def try_step(conn, run, tokens):
+    import psycopg
+
+    try:
+        return conn.execute("select * from gptsql.step(%s, %s, 0)", [run, tokens]).fetchall()
+    except psycopg.Error as exc:
+        return exc
+
+
+def second_waits(database, first) -> bool:
+    with database.connect() as watcher:
+        return watcher.execute("select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                               [first.info.backend_pid]).fetchone()[0] > 0
+
+
+def test_a_checkpoint_that_cannot_compute_a_token_is_not_loaded(good_checkpoint, tmp_path, db, run_cli):
+    """Weights within their bound (±65504) can still drive the activations past the engine's
+    numbers (a generation then failed with 'out of range for type halfvec'): the load computes one
+    token before it commits, and refuses the model in one line; no model and no run are left."""
+    import numpy as np
+    from test_errors import rewrite_tensors
+
+    def scale(tensors):
+        for key, tensor in tensors.items():
+            if not key.endswith(".bias"):
+                tensors[key] = (tensor / np.abs(tensor).max() * 60000).astype(np.float32)
+
+    directory = broken_copy(good_checkpoint, tmp_path)
+    rewrite_tensors(directory, scale)
+    runs = db.execute("select count(*) from gptsql.run").fetchone()[0]
+    result = run_cli("load", str(directory), "--name", "overflowing", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert 'model "overflowing" cannot compute a token' in result.stderr and "nothing loaded" in result.stderr
+    assert db.execute("select count(*) from gptsql.model where name = 'overflowing'").fetchone()[0] == 0
+    assert db.execute("select count(*) from gptsql.run").fetchone()[0] == runs

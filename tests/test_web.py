@@ -280,7 +280,8 @@ def test_bad_parameters_get_the_clis_line_in_the_page(server, browser, run_cli, 
     wait(driver, lambda d: css(d, "#error")[0].text)
     cli = run_cli("generate", "-m", tiny, "-t", "-1", PROMPT, check=False)
     assert cli.returncode == 1
-    assert css(driver, "#error")[0].text in cli.stderr
+    shown = css(driver, "#error")[0].text          # the CLI's check, in the page's words: the field's label
+    assert shown.startswith("Temperature: ") and shown.removeprefix("Temperature: ") in cli.stderr
     # A run that is not a number: the page's API says what `gptsql runs show` says.
     import json
     import urllib.error
@@ -299,17 +300,45 @@ def test_bad_parameters_get_the_clis_line_in_the_page(server, browser, run_cli, 
 def test_a_prompt_of_a_dash_is_text_in_the_page(server, tiny):
     """On the command line "-" reads standard input; typed in the page it is the prompt itself
     (the server's standard input is never read)."""
-    import json
-    import urllib.parse
-    import urllib.request
-
-    query = urllib.parse.urlencode({"prompt": "-", "max_tokens": 1, "temperature": 0, "model": tiny})
-    with urllib.request.urlopen(f"{server}api/generate?{query}", timeout=60) as stream:
-        for line in stream:
-            if line.startswith(b"data:"):
-                start = json.loads(line[5:])
-                break
+    events = generation_events(server, {"prompt": "-", "max_tokens": 1, "temperature": 0, "model": tiny})
+    start = next(data for kind, data in events if kind == "start")
     assert start["prompt"] == "-" and start["prompt_tokens"] == 1
+
+
+def ask(server: str, path: str, method: str = "GET", headers: dict | None = None, body: bytes | None = None,
+        timeout: float = 120):
+    """A request as a program makes it (no browser headers but those given): (status, the JSON
+    answer, or its text)."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    where = urlsplit(server)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read().decode()
+    finally:
+        conn.close()
+    try:
+        return response.status, json.loads(data)
+    except ValueError:
+        return response.status, data
+
+
+def generation_events(server: str, fields: dict, headers: dict | None = None) -> list[tuple[str, dict]]:
+    """POST a generation as the page does: its server-sent events, (kind, data) each."""
+    import json
+
+    status, text = ask(server, "/api/generate", "POST", {"Content-Type": "application/json", **(headers or {})},
+                       json.dumps(fields).encode())
+    assert status == 200, text
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
 
 
 def test_serve_warns_off_localhost(backend):
@@ -540,3 +569,238 @@ def test_the_residual_charts_labels_fit_and_do_not_overlap(server, browser):
                      last: axis.length ? axis[axis.length - 1][0] : null };""", blocks)
         assert found["outside"] == [] and found["overlapping"] == [], (blocks, found)
         assert found["last"] is not None and found["last"].startswith(str(blocks - 1)), (blocks, found)
+
+
+# ------------------------------------------------- issue 28: who the explorer answers, and how much
+def test_only_the_host_names_it_was_started_for_are_answered(server):
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own name as the Host. Only
+    the names the server was started for are answered (loopback names by default), in one line."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(server).port
+    for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.nip.io:{port}"):
+        status, answer = ask(server, "/api/runs/latest", headers={"Host": host})
+        assert status == 400 and "answers only for the host names it was started for" in answer["error"], answer
+        assert f"open http://127.0.0.1:{port}/" in answer["error"] and "--host" in answer["error"]
+        status, text = ask(server, "/", headers={"Host": host})
+        assert status == 400 and len(text.strip().splitlines()) == 1 and "<html" not in text
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "LocalHost"):
+        status, answer = ask(server, "/api/models", headers={"Host": host})
+        assert status == 200 and "rows" in answer, (host, answer)
+
+
+def test_listening_on_every_address_answers_loopback_names_and_addresses(backend):
+    """The Docker demo: `serve --host 0.0.0.0` reached from the host machine as 127.0.0.1:8000 or
+    localhost:8000 (or by an address of the machine); a name is still refused."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gptsql", "serve", "--host", "0.0.0.0", "--port", str(port)],
+                            env=cli_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("gptsql explorer at http://0.0.0.0:")
+        server = f"http://127.0.0.1:{port}/"
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"10.1.2.3:{port}", f"[::1]:{port}"):
+            assert ask(server, "/api/models", headers={"Host": host})[0] == 200, host
+        status, answer = ask(server, "/api/models", headers={"Host": f"attacker.example:{port}"})
+        assert status == 400 and "answers only for the host names" in answer["error"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def runs_with_prompt(db, prompt: str) -> int:
+    return db.execute("select count(*) from gptsql.run where prompt = %s", [prompt]).fetchone()[0]
+
+
+def test_a_generation_is_a_post_from_the_page_itself(server, db, tiny):
+    """A GET (an <img src>, a link) starts nothing; a POST is refused when a browser says another
+    site's page sent it; the page's own POST (and a program's, which sends neither header) runs."""
+    import json
+    from urllib.parse import urlsplit
+
+    prompt = "pwned by a page"
+    fields = json.dumps({"prompt": prompt, "max_tokens": 1, "model": tiny}).encode()
+    json_type = {"Content-Type": "application/json"}
+    status, answer = ask(server, f"/api/generate?prompt=pwned+by+a+page&max_tokens=1&model={tiny}")
+    assert status == 405 and "POST" in answer["error"]
+    for headers in ({"Origin": "http://attacker.example", **json_type},
+                    {"Origin": "null", **json_type},
+                    {"Sec-Fetch-Site": "cross-site", **json_type},
+                    {"Sec-Fetch-Site": "same-site", **json_type}):
+        status, answer = ask(server, "/api/generate", "POST", headers, fields)
+        assert status == 403 and "for its own page only" in answer["error"], (headers, answer)
+    status, answer = ask(server, "/api/generate", "POST", {"Content-Type": "text/plain"}, fields)
+    assert status == 400 and "application/json" in answer["error"]
+    assert runs_with_prompt(db, prompt) == 0
+    own = f"http://127.0.0.1:{urlsplit(server).port}"
+    events = generation_events(server, {"prompt": prompt, "max_tokens": 1, "model": tiny},
+                               {"Origin": own, "Sec-Fetch-Site": "same-origin"})
+    assert [kind for kind, _ in events] == ["start", "token", "done"]
+    assert runs_with_prompt(db, prompt) == 1
+
+
+def test_another_sites_page_cannot_read_the_runs(server, tiny):
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://attacker.example"}):
+        status, answer = ask(server, "/api/runs?limit=1", headers=headers)
+        assert status == 403 and "for its own page only" in answer["error"], headers
+    assert ask(server, "/api/runs?limit=1", headers={"Sec-Fetch-Site": "same-origin"})[0] == 200
+    assert ask(server, "/api/runs?limit=1", headers={"Sec-Fetch-Site": "none"})[0] == 200   # typed in the address bar
+
+
+def test_a_page_of_another_site_starts_no_generation(server, browser, db, tiny, tmp_path):
+    """In the browser: a page of another origin (a second local server) with an <img> on the
+    generate URL and a no-cors POST, as a hostile page would: no run is recorded."""
+    import functools
+    import http.server
+    import threading
+
+    prompt = "pwned by another site"
+    (tmp_path / "evil.html").write_text(f"""<!doctype html><html><body>
+<img id="img" src="{server}api/generate?prompt=pwned+by+another+site&max_tokens=1&model={tiny}"
+     onload="document.body.dataset.img = 'done'" onerror="document.body.dataset.img = 'done'">
+<script>
+fetch("{server}api/generate", {{ method: "POST", mode: "no-cors", headers: {{ "Content-Type": "text/plain" }},
+      body: JSON.stringify({{ prompt: "{prompt}", max_tokens: "1", model: "{tiny}" }}) }})
+  .finally(() => {{ document.body.dataset.post = "done"; }});
+</script></body></html>""")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://localhost:{other.server_address[1]}/evil.html")
+        wait(browser, lambda d: d.execute_script("return document.body.dataset.img === 'done' && "
+                                                 "document.body.dataset.post === 'done'"))
+    finally:
+        other.shutdown()
+    assert runs_with_prompt(db, prompt) == 0
+
+
+def long_run(conn, tiny) -> int:
+    """A recorded run of about 50 places on random:tiny (2 blocks, context 128)."""
+    conn.execute("select gptsql.generate(%s, 3, model => %s)", ["one two three four five six seven eight nine ten " * 5,
+                                                                 tiny])
+    return conn.execute("select max(id) from gptsql.run where model_id = gptsql.model_id(%s)", [tiny]).fetchone()[0]
+
+
+def test_every_panel_takes_bounded_windows(server, db, tiny):
+    """Every parameter of every panel is checked against its bound, with a one-line error in the
+    page's words (not the CLI's flags): the lens's window (one vocabulary scan per block and place),
+    the runs list's limit, the attention's size and head, the step's temperature."""
+    run = long_run(db, tiny)
+    answer = ask(server, f"/api/runs/{run}")[1]
+    info = dict(zip(answer["columns"], answer["rows"][0]))
+    last = info["prompt_tokens"] + info["generated_tokens"] - 2        # the last place through the blocks
+    assert last >= 48
+    status, answer = ask(server, f"/api/runs/{run}/lens?first=0&last={last}")
+    assert status == 400 and "too many at once" in answer["error"] and "at most 48 places" in answer["error"], answer
+    assert ask(server, f"/api/runs/{run}/lens?first={last - 47}&last={last}")[0] == 200
+    bad = {"/api/runs?limit=-1": "limit must be between 1 and 1000 runs, not -1",
+           "/api/runs?limit=0": "limit must be between 1 and 1000",
+           "/api/runs?limit=100000": "limit must be between 1 and 1000",
+           f"/api/runs/{run}/lens?first=5&last=2": "places must be between 0 and",
+           f"/api/runs/{run}/attention?pixels=5000": "pixels must be between 4 and 256",
+           f"/api/runs/{run}/attention/7/0": "block must be between 0 and 1",
+           f"/api/runs/{run}/attention/0/9": "head must be between 0 and 3",
+           f"/api/runs/{run}/steps/1?temperature=nan": "temperature must be a number >= 0 (0 is greedy), got NaN",
+           f"/api/runs/{run}/steps/1?temperature=inf": "got Infinity",
+           f"/api/runs/{run}/steps/1?temperature=1e-320": "too close to 0",
+           f"/api/runs/{run}/steps/99": f"run {run} has no step 99"}
+    for path, needle in bad.items():
+        status, answer = ask(server, path)
+        assert status == 400 and needle in answer["error"], (path, status, answer)
+        assert "\n" not in answer["error"] and "--" not in answer["error"], answer
+
+
+def blocked_by(db, holder) -> list:
+    return db.execute("select pid from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
+                      [holder.info.backend_pid]).fetchall()
+
+
+def test_a_panel_whose_page_goes_away_stops_its_query(server, database, db, tiny):
+    """A panel's query waiting on a lock (a long query stands for any): the client gives up, and the
+    query is cancelled at once instead of running on, holding a connection and a thread."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    run = long_run(db, tiny)
+    holder = database.connect(autocommit=False)
+    try:
+        holder.execute("lock gptsql.residual in access exclusive mode")
+        where = urlsplit(server)
+        client = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+        client.request("GET", f"/api/runs/{run}/norms")
+        assert wait_for(lambda: len(blocked_by(db, holder)) == 1, 60), "the panel's query never reached the lock"
+        client.close()                                             # the page goes away
+        assert wait_for(lambda: not blocked_by(db, holder), 60), "the query ran on after its client left"
+    finally:
+        holder.close()
+    assert ask(server, f"/api/runs/{run}/norms")[0] == 200
+
+
+def test_the_explorers_queries_have_a_time_limit(database):
+    from gptsql.web.app import Explorer
+
+    explorer = Explorer(database, rules=None)
+    explorer.pool.open()
+    try:
+        with explorer.pool.connection() as conn:
+            assert conn.execute("show statement_timeout").fetchone()[0] == "1min"
+    finally:
+        explorer.pool.close()
+
+
+@pytest.mark.slow
+def test_the_explorers_connections_are_bounded_and_survive_a_server_restart(tiny_checkpoint):
+    """20 panels at once take at most the pool's 8 connections (the others wait for one), and none
+    is left over beyond them; after the embedded server stops, the next panel starts it again and
+    every panel answers (each pooled connection is checked before it is used, a broken one replaced)."""
+    import threading
+    from pathlib import Path
+
+    from test_faults import make_server
+
+    from gptsql.loader.load import load
+
+    pool_size = 8                          # Explorer.POOL_SIZE
+    data_dir = Path(tempfile.mkdtemp(prefix="gqw-", dir="/tmp"))
+    s = make_server(data_dir)
+    with s.connect() as conn:
+        load(conn, tiny_checkpoint, "random-tiny")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gptsql", "serve", "--port", str(port)], env=s.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = s.connect()
+    clients = lambda: watcher.execute("select count(*) from pg_stat_activity where backend_type = 'client backend' "  # noqa: E731
+                                      "and pid <> pg_backend_pid()").fetchone()[0]
+    try:
+        assert proc.stdout.readline().startswith("gptsql explorer at")
+        server = f"http://127.0.0.1:{port}/"
+        run = long_run(watcher, "random-tiny")
+        baseline = clients()
+        holder = s.database.connect(autocommit=False)
+        answers = []
+        asking = [threading.Thread(target=lambda: answers.append(ask(server, f"/api/runs/{run}/norms")[0]))
+                  for _ in range(20)]
+        try:
+            holder.execute("lock gptsql.residual in access exclusive mode")
+            for thread in asking:
+                thread.start()
+            assert wait_for(lambda: len(blocked_by(watcher, holder)) >= pool_size, 60)
+        finally:
+            holder.close()
+            for thread in asking:
+                thread.join(120)
+        assert answers == [200] * 20
+        assert clients() - baseline <= pool_size
+        watcher.close()
+        s.embedded.stop()                  # every pooled connection is now broken
+        for _ in range(12):                # the first one starts the embedded server again, as a command does
+            status, answer = ask(server, f"/api/runs/{run}/norms")
+            assert status == 200, answer
+        watcher = s.connect()
+    finally:
+        watcher.close()
+        proc.terminate()
+        proc.communicate(timeout=30)
+        s.embedded.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
-import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -18,7 +17,9 @@ from typing import Callable, Iterator
 import anyio
 import click
 import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
@@ -27,9 +28,12 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import UserError
 from . import queries
+from .gate import Gate
 
 STATIC = Path(__file__).parent / "static"
 GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "seed")
+LABELS = {"max_tokens": "Max tokens", "temperature": "Temperature", "top_k": "Top-k", "top_p": "Top-p",
+          "seed": "Seed"}     # as the page labels the fields
 
 
 @dataclass
@@ -40,30 +44,6 @@ class CliRules:
     generate_params: list[click.Parameter]
     check_prompt: Callable[[str], str]
     error_message: Callable[[psycopg.Error], str]
-
-
-class Pool:
-    """Connections for the panels' reads, reused (one per request thread at most)."""
-
-    def __init__(self, db):
-        self.db, self.idle = db, queue.LifoQueue()
-
-    def get(self) -> psycopg.Connection:
-        while True:
-            try:
-                conn = self.idle.get_nowait()
-            except queue.Empty:
-                return self.db.connect()
-            if not conn.closed and not conn.broken:
-                return conn
-
-    def put(self, conn: psycopg.Connection) -> None:
-        if not conn.closed and not conn.broken:
-            self.idle.put(conn)
-
-    def close(self) -> None:
-        while not self.idle.empty():
-            self.idle.get_nowait().close()
 
 
 def run_id(conn, request: Request) -> int:
@@ -94,30 +74,98 @@ def integer(request: Request, name: str, default: int | None = None) -> int:
 
 class Explorer:
     LENS_SCANS = 36  # the lens's default window: about this many vocabulary scans (~10 s on GPT-2 124M)
+    LENS_MAX_SCANS = 96  # the widest window a request may ask for (~30 s on GPT-2 124M)
+    RUNS_LIMIT = 1000    # runs listed at most
+    POOL_SIZE = 8        # panels computed at once; the others wait for a connection
+    POOL_WAIT_S = 30     # ... this long, then get a one-line error
+    STATEMENT_TIMEOUT_S = 60   # a panel's query is stopped after this long
+    MAX_BODY = 1 << 20   # bytes of a generation request: a prompt longer cannot fit a context anyway
 
-    def __init__(self, db, rules: CliRules, workers: int | None = None):
+    def __init__(self, db, rules: CliRules, workers: int | None = None, host: str = "127.0.0.1", port: int = 8000):
         self.db, self.rules, self.workers = db, rules, workers
-        self.pool = Pool(db)
+        self.host, self.port = host, port   # who the gate lets in (gate.py)
+        # Bounded, each connection checked before it is handed out (see check), idle ones closed
+        # after a minute.
+        self.pool = ConnectionPool(db.dsn(), min_size=1, max_size=self.POOL_SIZE, timeout=self.POOL_WAIT_S,
+                                   max_idle=60, kwargs={"autocommit": True, "application_name": "gptsql explorer"},
+                                   configure=self.configure, check=self.check, open=False, name="explorer")
 
     # ------------------------------------------------------------------------ plumbing
-    def panel(self, fn):
-        """An endpoint whose UserError or database error is the CLI's one line, as JSON."""
+    def configure(self, conn: psycopg.Connection) -> None:
+        conn.execute(f"set statement_timeout = '{self.STATEMENT_TIMEOUT_S}s'")
 
-        def endpoint(request: Request):
-            conn = self.pool.get()
-            try:
-                return JSONResponse(fn(conn, request))
-            except UserError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            except psycopg.Error as exc:
-                return JSONResponse({"error": self.rules.error_message(exc)}, status_code=400)
-            finally:
-                self.pool.put(conn)
+    def check(self, conn: psycopg.Connection) -> None:
+        """A pooled connection, checked before use. One found broken means the server restarted
+        (or dropped its clients): every idle one is then replaced at once, not each after a failed
+        check (the pool waits longer after each, 1 s, 2 s, 4 s...)."""
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            self.pool.drain()
+            raise
+
+    def panel(self, fn):
+        """An endpoint whose UserError or database error is one line, as JSON; its queries run on a
+        pooled connection in a worker thread and are cancelled when the client goes away."""
+
+        async def endpoint(request: Request):
+            status, body = await self.on_connection(request, lambda conn: self.answer(fn, conn, request))
+            return JSONResponse(body, status_code=status)
 
         return endpoint
 
+    def answer(self, fn, conn, request: Request) -> tuple[int, dict]:
+        try:
+            return 200, fn(conn, request)
+        except UserError as exc:
+            return 400, {"error": str(exc)}
+        except psycopg.errors.QueryCanceled:
+            return 503, {"error": f"the query took longer than {self.STATEMENT_TIMEOUT_S} s and was stopped: "
+                                  "ask for less (a smaller window of places), or explore the run in gptsql db psql"}
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                return 503, {"error": f"lost the database connection ({self.rules.error_message(exc)}); "
+                                      "reload the page to try again"}
+            return 400, {"error": self.rules.error_message(exc)}
+
+    async def on_connection(self, request: Request, work: Callable[[psycopg.Connection], tuple[int, dict]]):
+        """work(conn) in a worker thread on a pooled connection. A client that goes away meanwhile
+        has its query cancelled (else it ran on for as long as it took, holding the connection and
+        the thread), and that connection is closed rather than reused."""
+        try:
+            if self.db.is_embedded and not self.db.embedded.is_running():
+                await run_in_threadpool(self.db.embedded.start)   # as every command does: stopped, it starts
+            conn = await run_in_threadpool(self.pool.getconn)
+        except UserError as exc:
+            return 503, {"error": str(exc)}
+        except PoolTimeout:
+            return 503, {"error": f"the database gave the explorer no connection within {self.POOL_WAIT_S} s "
+                                  f"({self.POOL_SIZE} panels at once at most, or the server is down); try again"}
+        gone = False
+
+        async def cancel_when_gone():
+            nonlocal gone
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            gone = True
+            await run_in_threadpool(conn.cancel_safe)
+
+        try:
+            async with anyio.create_task_group() as watching:
+                watching.start_soon(cancel_when_gone)
+                try:
+                    result = await run_in_threadpool(work, conn)
+                finally:
+                    watching.cancel_scope.cancel()
+        finally:
+            if gone:
+                conn.close()
+            await run_in_threadpool(self.pool.putconn, conn)
+        return result
+
     def option(self, name: str, raw: str | None):
-        """A generate option from the page, converted (and refused) by the CLI's own click option."""
+        """A generate option from the page, converted (and refused) by the CLI's own click option;
+        refused in the page's words (the field's label, not the CLI's flag)."""
         param = next(p for p in self.rules.generate_params if p.name == name)
         ctx = click.Context(click.Command("generate"), info_name="gptsql generate")
         if raw in (None, ""):
@@ -126,7 +174,7 @@ class Explorer:
         try:
             return param.type_cast_value(ctx, raw)
         except click.BadParameter as exc:
-            raise UserError(exc.format_message()) from None
+            raise UserError(f"{LABELS[name]}: {exc.message}") from None
 
     # ------------------------------------------------------------------------- checks
     @staticmethod
@@ -161,7 +209,10 @@ class Explorer:
         return queries.read(conn, queries.MODEL_PARTS, {"model": name})
 
     def runs(self, conn, request):
-        return queries.read(conn, queries.RUNS, {"limit": integer(request, "limit", 50)})
+        limit = integer(request, "limit", 50)
+        if not 1 <= limit <= self.RUNS_LIMIT:
+            raise UserError(f"limit must be between 1 and {self.RUNS_LIMIT} runs, not {limit}")
+        return queries.read(conn, queries.RUNS, {"limit": limit})
 
     def run(self, conn, request):
         return self.run_row(conn, run_id(conn, request))
@@ -195,9 +246,9 @@ class Explorer:
         info = self.recorded(conn, run)
         n_layer, n_head = self.shape(conn, info["model"])
         if not 0 <= block < n_layer:
-            raise UserError(f"--block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks)")
+            raise UserError(f"block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks), not {block}")
         if not 0 <= head < n_head:
-            raise UserError(f"--head must be between 0 and {n_head - 1}, or 'all' (the model has {n_head} heads)")
+            raise UserError(f"head must be between 0 and {n_head - 1} (the model has {n_head} heads), not {head}")
         return queries.read(conn, queries.ATTENTION_HEAD, {"run": run, "block": block, "head": head})
 
     def lens(self, conn, request):
@@ -211,7 +262,13 @@ class Explorer:
         last = integer(request, "last", n - 1)
         first = integer(request, "first", max(0, last + 1 - max(1, self.LENS_SCANS // n_layer)))
         if not 0 <= first <= last < n:
-            raise UserError(f"--place must be between 0 and {n - 1} (the places run {run} recorded)")
+            raise UserError(f"places must be between 0 and {n - 1} (the places run {run} recorded), "
+                            f"the first not after the last; not {first} to {last}")
+        widest = max(1, self.LENS_MAX_SCANS // n_layer)   # one vocabulary scan per block and place
+        if last - first + 1 > widest:
+            raise UserError(f"places {first} to {last} are too many at once: on this model the lens shows at most "
+                            f"{widest} place{'s' * (widest != 1)} at a time (one scan of the vocabulary per block "
+                            f"and place); ask for {last + 1 - widest} to {last}, or another window that wide")
         return {**queries.read(conn, queries.LOGIT_LENS, {"run": run, "first": first, "last": last}), "places": n}
 
     def norms(self, conn, request):
@@ -220,16 +277,41 @@ class Explorer:
         return queries.read(conn, queries.RESIDUAL_NORMS, {"run": run})
 
     # ---------------------------------------------------------------------- generation
-    def generate(self, request: Request):
-        """Server-sent events: start (the run), token (each one as the database chooses it), done or error."""
-        params = request.query_params
+    async def generate(self, request: Request):
+        """POST, a JSON object of the form's fields. Answers server-sent events: start (the run),
+        token (each one as the database chooses it), done or error. A GET is refused: it starts
+        a recorded generation, so it is never something a link or an image can ask for."""
+        if request.method != "POST":
+            return JSONResponse({"error": "a generation is started by a POST from the explorer's page; open the page "
+                                          "and use its Generate form"}, status_code=405, headers={"Allow": "POST"})
         try:
+            params = await self.fields(request)
             prompt = self.rules.check_prompt(params.get("prompt", ""))
             options = {name: self.option(name, params.get(name)) for name in GENERATE_OPTIONS}
         except UserError as exc:
-            return StreamingResponse(iter([event("error", {"message": str(exc)})]), media_type="text/event-stream")
+            return JSONResponse({"error": str(exc)}, status_code=400)
         return StreamingResponse(until_gone(request, self.stream(params.get("model") or None, prompt, options)),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    async def fields(self, request: Request) -> dict[str, str]:
+        """The generation's fields: a JSON object (as the page sends its form), at most MAX_BODY bytes,
+        each value as text (the CLI's options convert them)."""
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise UserError("a generation request is a JSON object (Content-Type: application/json), "
+                            "as the explorer's page sends it")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.MAX_BODY:
+                raise UserError(f"the request is larger than {self.MAX_BODY // 1024} KB; a prompt that long cannot "
+                                "fit a context window: shorten it")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise UserError("the request is not valid JSON; send the form's fields as a JSON object") from None
+        if not isinstance(data, dict):
+            raise UserError("the request is not a JSON object of the form's fields")
+        return {key: "" if value is None else str(value) for key, value in data.items()}
 
     def stream(self, model, prompt, options) -> Iterator[str]:
         from ..driver.shares import start_generation
@@ -293,14 +375,18 @@ class Explorer:
             Route("/api/runs/{run}/attention/{block}/{head}", p(self.head)),
             Route("/api/runs/{run}/lens", p(self.lens)),
             Route("/api/runs/{run}/norms", p(self.norms)),
-            Route("/api/generate", self.generate),
+            Route("/api/generate", self.generate, methods=["GET", "POST"]),
         ]
-        return Starlette(routes=routes, lifespan=self.lifespan)
+        return Starlette(routes=routes, lifespan=self.lifespan,
+                         middleware=[Middleware(Gate, host=self.host, port=lambda: self.port)])
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        yield
-        self.pool.close()
+        self.pool.open()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(self.pool.close)
 
 
 async def until_gone(request: Request, events: Iterator[str]):
@@ -322,8 +408,9 @@ def event(kind: str, data: dict) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def create_app(db, rules: CliRules, workers: int | None = None) -> Starlette:
-    return Explorer(db, rules, workers).app()
+def create_app(db, rules: CliRules, workers: int | None = None, host: str = "127.0.0.1",
+               port: int = 8000) -> Starlette:
+    return Explorer(db, rules, workers, host, port).app()
 
 
 def check_address(host: str, port: int) -> None:
@@ -352,7 +439,8 @@ def serve(db, rules: CliRules, host: str, port: int, workers: int | None = None,
 
     check_address(host, port)
     db.connect().close()  # start the embedded server and install the engine before the first page
-    config = uvicorn.Config(create_app(db, rules, workers), host=host, port=port, log_level="warning",
+    explorer = Explorer(db, rules, workers, host, port)
+    config = uvicorn.Config(explorer.app(), host=host, port=port, log_level="warning",
                             access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
@@ -363,6 +451,7 @@ def serve(db, rules: CliRules, host: str, port: int, workers: int | None = None,
         await original(sockets)
         if server.started:
             port_bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+            explorer.port = port_bound
             announce(f"http://{shown}:{port_bound}/")
 
     server.startup = startup

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import math
 
 import psycopg
 
@@ -154,7 +155,9 @@ ORDER BY part"""
 def plain(value):
     """A value as JSON can carry it (numerics as numbers, times as ISO text)."""
     if isinstance(value, decimal.Decimal):
-        return float(value)
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None     # JSON has no NaN or infinity (the page shows a missing number as —)
     if isinstance(value, (datetime.datetime, datetime.date)):
         return value.isoformat()
     if isinstance(value, list):

@@ -5,10 +5,10 @@
 "use strict";
 
 const state = { run: null, step: 1, temperature: 1, block: 0, head: 0, model: null };
-// The generation being streamed: leaving the view or the page closes it, and the server then
-// stops the run (marked interrupted, like Ctrl-C in the terminal).
+// The generation being streamed (its AbortController): leaving the view or the page aborts it, and
+// the server then stops the run (marked interrupted, like Ctrl-C in the terminal).
 let streaming = null;
-const stopStreaming = () => { if (streaming) { streaming.close(); streaming = null; } };
+const stopStreaming = () => { if (streaming) { streaming.abort(); streaming = null; } };
 const main = () => document.getElementById("main");
 
 // ------------------------------------------------------------------------------- small helpers
@@ -143,8 +143,10 @@ async function viewGenerate() {
   return [card("Generate", error, form), output];
 }
 
-function generate(form, error, output) {
-  const params = new URLSearchParams(new FormData(form));
+// A generation is a POST of the form's fields (the server refuses a GET: a link or an image could
+// start one); its answer is a stream of server-sent events, read here as they come.
+async function generate(form, error, output) {
+  const fields = Object.fromEntries(new FormData(form));
   const go = form.querySelector("#go"), status = form.querySelector("#gen-status");
   error.textContent = "";
   go.disabled = true;
@@ -152,37 +154,75 @@ function generate(form, error, output) {
   const strip = el("div", { class: "tokens", id: "tokens" });
   const box = card("The continuation, as the database chose it", strip, legend());
   output.replaceChildren(box);
-  const source = new EventSource(`/api/generate?${params}`);
-  streaming = source;
+  stopStreaming();
+  const controller = new AbortController();
+  streaming = controller;
   let run = null;
-  const end = () => { source.close(); if (streaming === source) streaming = null; go.disabled = false; };
-  source.addEventListener("start", (e) => {
-    const d = JSON.parse(e.data);
-    run = d.run; setRun(run);
-    strip.append(el("span", { class: "prompt", text: d.prompt }));
-    status.textContent = `run ${run}: ${d.prompt_tokens} prompt tokens, generating…`;
-  });
-  source.addEventListener("token", (e) => {
-    const d = JSON.parse(e.data);
-    strip.append(tokenSpan(run, d.step, d.text, d.probability));
-    status.textContent = `run ${run}: ${d.step} tokens`;
-  });
-  source.addEventListener("done", async (e) => {
-    const d = JSON.parse(e.data);
-    end();
-    // The strip again, from the recorded run: the numbers the query below returns.
-    try {
-      const tokens = await api(`/api/runs/${d.run}/tokens`);
-      strip.replaceWith(tokenStrip(d.run, records(tokens)));
-      box.append(sqlBox(tokens));
-    } catch (exc) { error.textContent = exc.message; }
-    status.textContent = `run ${d.run}: done, ${d.tokens} tokens. Click a token to open its step.`;
-  });
-  source.addEventListener("error", (e) => {
-    if (e.data) { error.textContent = JSON.parse(e.data).message; status.textContent = ""; }
-    else if (source.readyState !== EventSource.CLOSED) { error.textContent = error.textContent || "the server closed the stream"; }
-    end();
-  });
+  const handlers = {
+    start: (d) => {
+      run = d.run; setRun(run);
+      strip.append(el("span", { class: "prompt", text: d.prompt }));
+      status.textContent = `run ${run}: ${d.prompt_tokens} prompt tokens, generating…`;
+    },
+    token: (d) => {
+      strip.append(tokenSpan(run, d.step, d.text, d.probability));
+      status.textContent = `run ${run}: ${d.step} tokens`;
+    },
+    done: async (d) => {
+      // The strip again, from the recorded run: the numbers the query below returns.
+      try {
+        const tokens = await api(`/api/runs/${d.run}/tokens`);
+        strip.replaceWith(tokenStrip(d.run, records(tokens)));
+        box.append(sqlBox(tokens));
+      } catch (exc) { error.textContent = exc.message; }
+      status.textContent = `run ${d.run}: done, ${d.tokens} tokens. Click a token to open its step.`;
+    },
+    error: (d) => { error.textContent = d.message; status.textContent = ""; },
+  };
+  let ended = false;
+  try {
+    const response = await fetch("/api/generate", {
+      method: "POST", signal: controller.signal, body: JSON.stringify(fields),
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+    });
+    if (!response.ok) {
+      let message = `the server answered ${response.status} ${response.statusText}; see the terminal running gptsql serve`;
+      try { message = (await response.json()).error || message; } catch (_) { /* not the API's JSON */ }
+      throw new Error(message);
+    }
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const message = sseMessage(buffer.slice(0, cut));
+        buffer = buffer.slice(cut + 2);
+        if (message && handlers[message.kind]) {
+          ended = ended || ["done", "error"].includes(message.kind);
+          await handlers[message.kind](message.data);
+        }
+      }
+    }
+    if (!ended) error.textContent = "the server closed the stream";
+  } catch (exc) {
+    if (exc.name !== "AbortError") { error.textContent = exc.message; status.textContent = ""; }
+  } finally {
+    if (streaming === controller) streaming = null;
+    go.disabled = false;
+  }
+}
+
+// One server-sent event ("event: KIND" and "data: JSON" lines) as { kind, data }.
+function sseMessage(text) {
+  let kind = "message", data = "";
+  for (const line of text.split("\n")) {
+    if (line.startsWith("event:")) kind = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trim();
+  }
+  return data ? { kind, data: JSON.parse(data) } : null;
 }
 
 // ------------------------------------------------------------------------------------- a run
