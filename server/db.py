@@ -22,6 +22,7 @@ from pathlib import Path
 
 import platformdirs
 import psycopg
+from psycopg import sql
 
 from ..errors import UserError
 from . import acl, memory
@@ -538,10 +539,14 @@ BEGIN
              UNION ALL
              SELECT 'ROUTINE', p.oid, p.oid::regprocedure::text
              FROM   pg_proc p WHERE p.pronamespace = 'gptsql'::regnamespace
+             AND    NOT EXISTS (SELECT FROM pg_depend d                   -- an extension's, not ours
+                                WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
              UNION ALL
              SELECT 'TYPE', t.oid, t.oid::regtype::text
              FROM   pg_type t JOIN pg_class c ON c.oid = t.typrelid
-             WHERE  t.typnamespace = 'gptsql'::regnamespace AND c.relkind = 'c' LOOP
+             WHERE  t.typnamespace = 'gptsql'::regnamespace AND c.relkind = 'c'
+             AND    NOT EXISTS (SELECT FROM pg_depend d
+                                WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid AND d.deptype = 'e') LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = o.oid UNION ALL SELECT FROM pg_proc WHERE oid = o.oid
                                   UNION ALL SELECT FROM pg_type WHERE oid = o.oid);    -- gone with an earlier one
         EXECUTE format('DROP %s %s CASCADE', o.kind, o.name);
@@ -602,7 +607,9 @@ def install(conn: psycopg.Connection) -> None:
         conn.execute("create extension if not exists vector; create schema if not exists gptsql")
         try:
             with conn.transaction():   # other backends for a statement's shares (sql/10_shares.sql)
-                conn.execute("create extension if not exists dblink")
+                schema = conn.execute("select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
+                                      "where e.extname = 'vector'").fetchone()[0]
+                conn.execute(sql.SQL("create extension if not exists dblink schema {}").format(sql.Identifier(schema)))
         except psycopg.Error:
             pass   # the server has no dblink, or we may not create it: statements run on one backend
         conn.execute(DROP_ENGINE)

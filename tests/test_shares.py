@@ -399,3 +399,28 @@ def test_the_sql_api_under_any_search_path(conn, hf_model, path):
     finally:
         conn.execute("reset search_path")
         conn.execute("drop schema hostile cascade")
+
+
+def test_a_database_whose_search_path_starts_at_the_gptsql_schema(database, db, hf_model, hf_tiny, run_cli):
+    """A role named gptsql (the Docker demo's) finds the schema gptsql first on its search_path
+    ("$user"): dblink is installed beside pgvector all the same, not among the engine's functions
+    that every upgrade drops and makes again, and an upgrade after it works."""
+    db.execute("drop database if exists gptsql_user_path")
+    db.execute("create database gptsql_user_path")
+    dsn = psycopg.conninfo.make_conninfo(database.dsn(), dbname="gptsql_user_path")
+    try:
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute("create extension vector")
+            other.execute("create schema gptsql")
+            other.execute("alter database gptsql_user_path set search_path = gptsql, public")
+        run_cli("--dsn", dsn, "load", str(hf_tiny[0]), "--name", MODEL)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            assert other.execute("select extnamespace::regnamespace::text from pg_extension "
+                                 "where extname = 'dblink'").fetchone()[0] == "public"
+            other.execute("update gptsql.meta set value = 'an earlier version' where key = 'engine_version'")
+        one = db.execute("select gptsql.generate(%s, 3, model => %s)", [PROMPT, MODEL]).fetchone()[0]
+        assert run_cli("--dsn", dsn, "generate", "-m", MODEL, "-n", "3", "-t", "0", "--no-prompt",
+                       PROMPT).stdout == one + "\n"
+    finally:
+        db.execute("select pg_terminate_backend(pid) from pg_stat_activity where datname = 'gptsql_user_path'")
+        db.execute("drop database if exists gptsql_user_path")
