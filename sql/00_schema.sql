@@ -25,11 +25,29 @@ CREATE TABLE IF NOT EXISTS gptsql.model (
     n_layer            int NOT NULL,
     layer_norm_epsilon float8 NOT NULL DEFAULT 1e-5,
     dtype              text NOT NULL DEFAULT 'float32' CHECK (dtype IN ('float32', 'float16')),
-    mlp_groups         int NOT NULL DEFAULT 4,     -- c_fc's hidden units stored as this many groups (05_mlp.sql)
+    family             text NOT NULL DEFAULT 'gpt2' CHECK (family IN ('gpt2', 'llama')),
+    n_kv_head          int NOT NULL,               -- key/value heads: n_head (the default), or fewer shared by groups of queries
+    n_inner            int NOT NULL,               -- the MLP's hidden units (default 4 n_embd, GPT-2's)
+    mlp_groups         int NOT NULL DEFAULT 4,     -- the MLP's hidden units stored as this many groups (05_mlp.sql)
+    rope_theta         float8,                     -- llama: the base of the rotary embeddings' angles
+    tied               boolean NOT NULL DEFAULT true,   -- the output layer is wte (else gptsql.lm_head)
     n_params           bigint,
     loaded_at          timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 COMMENT ON TABLE gptsql.model IS 'One row per loaded model; its shapes drive every query of the engine.';
+
+-- A model row made by hand (or by an older loader) gets GPT-2's shapes where it names none.
+CREATE FUNCTION gptsql.model_defaults()
+RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.n_kv_head := coalesce(NEW.n_kv_head, NEW.n_head);
+    NEW.n_inner := coalesce(NEW.n_inner, 4 * NEW.n_embd);
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER model_defaults BEFORE INSERT ON gptsql.model
+    FOR EACH ROW EXECUTE FUNCTION gptsql.model_defaults();
 
 -- The byte-level BPE vocabulary: each token is a byte string; merges are ranked pairs of tokens.
 CREATE TABLE IF NOT EXISTS gptsql.token (

@@ -234,12 +234,33 @@ BEGIN ATOMIC
       AND   s.block = projection.block;
 END;
 
+-- The queries, keys and values of heads [head_lo, head_hi) for a batch of places (normalized inputs
+-- x): c_attn's units of those heads, one vector per place and head of each.
+CREATE FUNCTION gptsql.qkv(model int, block int, x vector[], head_lo int, head_hi int)
+RETURNS TABLE (n int, head int, q vector, k vector, v vector)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH config AS (
+            SELECT  m.n_head FROM gptsql.model m WHERE m.id = model
+    ), units AS (                       -- c_attn: per place one vector per head of q, then k, then v
+            SELECT  y.place, y.grp, y.y
+            FROM    config, gptsql.matmul(model, block, 'c_attn', x,
+                        ARRAY(SELECT h + kind * config.n_head
+                              FROM generate_series(head_lo, head_hi - 1) h, generate_series(0, 2) kind)) AS y
+    )
+    SELECT  q.place + 1, q.grp, q.y, k.y, v.y
+    FROM    config
+    JOIN    units q ON q.grp < config.n_head
+    JOIN    units k ON k.place = q.place AND k.grp = q.grp + config.n_head
+    JOIN    units v ON v.place = q.place AND v.grp = q.grp + 2 * config.n_head;
+END;
+
 -- Share `share` of `shares` of a block's attention, for a batch of places (normalized inputs x):
--- c_attn's units of its heads, their q, k and v into the KV cache first (so that every query then
--- reads all of its keys, new and cached alike: a new place's keys taken from arrays instead cost
--- 2.5 times as much per key), attend(), then its columns of the projection (the first share adds
--- the bias). Returns its partial n_embd vector per place, and the attention rows to record (the MLP's
--- shares return the same type, with no rows).
+-- its heads' q, k and v into the KV cache first (so that every query then reads all of its keys,
+-- new and cached alike: a new place's keys taken from arrays instead cost 2.5 times as much per
+-- key), attend(), then its columns of the projection (the first share adds the bias). Returns its
+-- partial n_embd vector per place, and the attention rows to record (the MLP's shares return the
+-- same type, with no rows).
 CREATE TYPE gptsql.share_part AS (partial vector[], recorded gptsql.attention_row[]);
 
 CREATE FUNCTION gptsql.attention_share(model int, block int, runs bigint[], places int[], records boolean[],
@@ -249,22 +270,11 @@ LANGUAGE sql VOLATILE
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 BEGIN ATOMIC
-    WITH heads AS (
-            SELECT  m.n_head, s.lo, s.hi
-            FROM    gptsql.model m, gptsql.share_of(m.n_head, share, shares) AS s
-            WHERE   m.id = model
-    ), qkv AS (                         -- c_attn: per place one vector per head of q, then k, then v
-            SELECT  y.place, y.grp, y.y
-            FROM    heads, gptsql.matmul(model, block, 'c_attn', x,
-                        ARRAY(SELECT h + kind * heads.n_head
-                              FROM generate_series(heads.lo, heads.hi - 1) h, generate_series(0, 2) kind)) AS y
-    )
     INSERT INTO gptsql.kv_cache (run_id, block, head, place, q, k, v)
-    SELECT  runs[q.place + 1], block, q.grp, places[q.place + 1], q.y, k.y, v.y
-    FROM    heads
-    JOIN    qkv q ON q.grp < heads.n_head
-    JOIN    qkv k ON k.place = q.place AND k.grp = q.grp + heads.n_head
-    JOIN    qkv v ON v.place = q.place AND v.grp = q.grp + 2 * heads.n_head;
+    SELECT  runs[a.n], block, a.head, places[a.n], a.q, a.k, a.v
+    FROM    gptsql.model m, gptsql.share_of(m.n_head, share, shares) AS heads,
+            gptsql.qkv(model, block, x, heads.lo, heads.hi) AS a
+    WHERE   m.id = model;
 
     WITH heads AS (
             SELECT  s.lo, s.hi

@@ -28,7 +28,16 @@ BEGIN
             USING CASE WHEN abs(seed) < 9.2e18 THEN round(seed)::bigint END;
     END IF;
 
-    ALTER TABLE gptsql.model ADD COLUMN IF NOT EXISTS mlp_groups int NOT NULL DEFAULT 4;
+    -- The shapes the Llama family added: a GPT-2 model has them from its own.
+    ALTER TABLE gptsql.model ADD COLUMN IF NOT EXISTS mlp_groups int NOT NULL DEFAULT 4,
+                             ADD COLUMN IF NOT EXISTS family text NOT NULL DEFAULT 'gpt2' CHECK (family IN ('gpt2', 'llama')),
+                             ADD COLUMN IF NOT EXISTS n_kv_head int,
+                             ADD COLUMN IF NOT EXISTS n_inner int,
+                             ADD COLUMN IF NOT EXISTS rope_theta float8,
+                             ADD COLUMN IF NOT EXISTS tied boolean NOT NULL DEFAULT true;
+    UPDATE gptsql.model SET n_kv_head = coalesce(n_kv_head, n_head), n_inner = coalesce(n_inner, 4 * n_embd)
+    WHERE  n_kv_head IS NULL OR n_inner IS NULL;
+    ALTER TABLE gptsql.model ALTER COLUMN n_kv_head SET NOT NULL, ALTER COLUMN n_inner SET NOT NULL;
     IF to_regclass('gptsql.kv_cache') IS NOT NULL THEN
         ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;
     END IF;
