@@ -77,8 +77,9 @@ CREATE TABLE IF NOT EXISTS gptsql.unicode_class (
     PRIMARY KEY (class, lo)
 );
 
--- Token and position embeddings. The big tables (wte, linear) are partitioned by model: a scan
--- of the vocabulary reads only its own model's rows, and replacing a model drops a partition.
+-- Token and position embeddings. The big tables (wte, lm_head, linear) are partitioned by model: a
+-- scan of the vocabulary reads only its own model's rows, and replacing a model drops a partition.
+-- The output layer is wte itself (tied, GPT-2's and SmolLM2's) or, untied, lm_head's rows.
 CREATE TABLE IF NOT EXISTS gptsql.wte (
     model_id int NOT NULL,           -- no foreign key: see new_partitions()
     token    int NOT NULL,
@@ -86,6 +87,14 @@ CREATE TABLE IF NOT EXISTS gptsql.wte (
     h        halfvec,                -- float16 models
     PRIMARY KEY (model_id, token)
 ) PARTITION BY LIST (model_id);
+CREATE TABLE IF NOT EXISTS gptsql.lm_head (
+    model_id int NOT NULL,           -- no foreign key: see new_partitions()
+    token    int NOT NULL,
+    w        vector,
+    h        halfvec,
+    PRIMARY KEY (model_id, token)
+) PARTITION BY LIST (model_id);
+-- Position embeddings (GPT-2; the Llama family turns q and k by their place instead: gptsql.rope).
 CREATE TABLE IF NOT EXISTS gptsql.wpe (
     model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
     place    int NOT NULL,
@@ -93,25 +102,39 @@ CREATE TABLE IF NOT EXISTS gptsql.wpe (
     PRIMARY KEY (model_id, place)
 );
 
--- Layer norms: ln_1 and ln_2 of each block, ln_f after the last (block = n_layer).
+-- Norms: ln_1 and ln_2 of each block, ln_f after the last (block = n_layer). GPT-2's are layer
+-- norms (gamma, beta); the Llama family's are RMS norms (gamma only, beta NULL).
 CREATE TABLE IF NOT EXISTS gptsql.norm (
     model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
     name     text NOT NULL CHECK (name IN ('ln_1', 'ln_2', 'ln_f')),
     block    int NOT NULL,
     gamma    vector NOT NULL,
-    beta     vector NOT NULL,
+    beta     vector,
     PRIMARY KEY (model_id, name, block)
 );
 
--- Linear layers y = x W + b, one row per output unit (a column of W). An input wider than n_embd
--- (the MLP's projection reads 4 * n_embd) is cut into parts of n_embd so every row stays inline.
--- Output units are grouped (grp) into the vectors the next stage wants: c_attn's units come back
--- as one vector per head of q, k and v; c_fc's as parts of n_embd.
+-- Rotary position embeddings (the Llama family): per place the cosines of its head_dim angles and
+-- their sines, the first half negated, so that q turned to its place is q * cos + swap(q) * sin
+-- (swap: the two halves of q exchanged), as HF's rotate_half. Made from rope_theta at load time.
+CREATE TABLE IF NOT EXISTS gptsql.rope (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    place    int NOT NULL,
+    cos      vector NOT NULL,
+    sin      vector NOT NULL,
+    PRIMARY KEY (model_id, place)
+);
+
+-- Linear layers y = x W + b, one row per output unit (a column of W): c_attn (q, k, v), attn_proj,
+-- c_fc (the MLP's up projection, SwiGLU's gate in the Llama family), c_up (SwiGLU's up) and
+-- mlp_proj (down). The MLP's hidden units are cut into mlp_groups groups: c_fc's and c_up's units
+-- come back as one vector per group, and mlp_proj's rows read them as parts of the same width, so
+-- every row stays inline. c_attn's units come back as one vector per head of q, then k, then v.
+-- The Llama family has no biases (0).
 CREATE TABLE IF NOT EXISTS gptsql.linear (
     model_id int NOT NULL,           -- no foreign key: see new_partitions()
-    name     text NOT NULL CHECK (name IN ('c_attn', 'attn_proj', 'c_fc', 'mlp_proj')),
+    name     text NOT NULL,
     block    int NOT NULL,
-    part     int NOT NULL,           -- which n_embd-wide slice of the input this row reads
+    part     int NOT NULL,           -- which slice of the input this row reads (mlp_proj: a group)
     grp      int NOT NULL,           -- which output vector the unit belongs to
     idx      int NOT NULL,           -- position of the unit inside that vector
     w        vector,                 -- float32 models
@@ -123,13 +146,14 @@ CREATE TABLE IF NOT EXISTS gptsql.linear (
 -- float16 models keep the big matrices as halfvec in column h (w stays NULL): half the bytes,
 -- and pgvector's halfvec inner product is faster. Weights stay inline (PLAIN): no detoasting.
 ALTER TABLE gptsql.wte    ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
+ALTER TABLE gptsql.lm_head ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
 ALTER TABLE gptsql.wpe    ALTER COLUMN w SET STORAGE PLAIN;
 ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
 
--- The attention projection's rows cut to the columns of a range of heads [head_lo, head_hi): what a
--- worker's attention share multiplies (sql/10_shards.sql) instead of every whole row with a
--- subvector. Made from gptsql.linear when workers first use that split of a model (derived, so
--- unlogged: a crash empties it and the next use makes it again); removed with the model.
+-- The attention projection's rows cut to the columns of the query heads of key/value heads
+-- [head_lo, head_hi): what a share of the attention multiplies (04_attention.sql) instead of every
+-- whole row with a subvector. Made from gptsql.linear when shares first use that split of a model
+-- (derived, so unlogged: a crash empties it and the next use makes it again); removed with the model.
 CREATE UNLOGGED TABLE IF NOT EXISTS gptsql.projection_share (
     model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
     head_lo  int NOT NULL,
@@ -157,7 +181,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['wte', 'linear'] LOOP
+    FOREACH t IN ARRAY ARRAY['wte', 'lm_head', 'linear'] LOOP
         EXECUTE format('CREATE TABLE gptsql.%I (LIKE gptsql.%I INCLUDING ALL, CONSTRAINT %I CHECK (model_id = %s))',
                        t || '_' || model, t, t || '_' || model || '_bound', model);
     END LOOP;
@@ -170,7 +194,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['wte', 'linear'] LOOP
+    FOREACH t IN ARRAY ARRAY['wte', 'lm_head', 'linear'] LOOP
         EXECUTE format('ALTER TABLE gptsql.%I ATTACH PARTITION gptsql.%I FOR VALUES IN (%s)', t, t || '_' || model, model);
     END LOOP;
 END
@@ -225,13 +249,13 @@ CREATE FUNCTION gptsql.leftover_statements()
 RETURNS SETOF text
 LANGUAGE sql STABLE AS $$
     WITH leftover AS (
-            SELECT  c.oid, c.relname, substring(c.relname FROM '^(wte|linear)_') AS parent,
+            SELECT  c.oid, c.relname, substring(c.relname FROM '^(wte|lm_head|linear)_') AS parent,
                     i.inhdetachpending AS pending, i.inhrelid IS NOT NULL AS attached
             FROM    pg_class c
             JOIN    pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'gptsql'
             LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
             WHERE   c.relkind = 'r'
-            AND     c.relname ~ '^(wte|linear)_[0-9]+$'
+            AND     c.relname ~ '^(wte|lm_head|linear)_[0-9]+$'
             AND     NOT EXISTS (SELECT FROM gptsql.model m WHERE m.id = substring(c.relname FROM '[0-9]+$')::int)
     ),
     statement AS (

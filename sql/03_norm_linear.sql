@@ -1,4 +1,4 @@
--- 03_norm_linear.sql — the two operations every block repeats: layer norm and y = x W + b.
+-- 03_norm_linear.sql — the two operations every block repeats: a norm and y = x W + b.
 --
 -- pgvector gives element-wise +, -, * and inner products on whole vectors; a scalar is spread
 -- over a vector with fill() so that layer norm never leaves pgvector's C loops.
@@ -32,6 +32,15 @@ BEGIN ATOMIC
     SELECT 0.5 * x * (1 + tanh(sqrt(2 / pi()) * (x + 0.044715 * x * x * x)));
 END;
 
+-- The Llama family's SiLU, x * sigmoid(x) (exp() never overflows: e^-|x| only).
+CREATE FUNCTION gptsql.silu(x float8)
+RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE WHEN x >= 0 THEN x / (1 + gptsql.safe_exp(-x))
+                ELSE x * gptsql.safe_exp(x) / (1 + gptsql.safe_exp(x)) END;
+END;
+
 -- (x - mean) / sqrt(variance + eps) * gamma + beta, over the n_embd elements of x.
 CREATE FUNCTION gptsql.layer_norm(x vector, gamma vector, beta vector, eps float8)
 RETURNS vector
@@ -48,12 +57,22 @@ BEGIN ATOMIC
     FROM    centered;
 END;
 
--- A layer norm of the model (name 'ln_1' or 'ln_2' of a block, 'ln_f' after the last) on every place.
+-- x / sqrt(mean(x²) + eps) * gamma: the Llama family's RMS norm (no mean taken away, no beta).
+CREATE FUNCTION gptsql.rms_norm(x vector, gamma vector, eps float8)
+RETURNS vector
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT  x * gptsql.fill(1 / sqrt(inner_product(x, x) / vector_dims(x) + eps), vector_dims(x)) * gamma;
+END;
+
+-- A norm of the model (name 'ln_1' or 'ln_2' of a block, 'ln_f' after the last) on every place:
+-- a layer norm, or an RMS norm where the model has no beta.
 CREATE FUNCTION gptsql.norm_all(model int, name text, block int, h vector[])
 RETURNS vector[]
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    SELECT  array_agg(gptsql.layer_norm(x, norm.gamma, norm.beta, m.layer_norm_epsilon) ORDER BY n)
+    SELECT  array_agg(CASE WHEN norm.beta IS NULL THEN gptsql.rms_norm(x, norm.gamma, m.layer_norm_epsilon)
+                           ELSE gptsql.layer_norm(x, norm.gamma, norm.beta, m.layer_norm_epsilon) END ORDER BY n)
     FROM    unnest(h) WITH ORDINALITY AS t(x, n)
     JOIN    gptsql.norm ON norm.model_id = model AND norm.name = norm_all.name AND norm.block = norm_all.block
     JOIN    gptsql.model m ON m.id = model;
@@ -76,8 +95,8 @@ END;
 -- up as vectors. A unit's bias sits on its part 0 row, so the share reading part 0 adds it.
 -- float16 models keep their weights in the halfvec column h (x is cast once per place), float32
 -- models in w; the other column is NULL and its inner product costs nothing.
--- `activation` ('gelu') applies to single-part layers (c_fc). It is applied one level up from the
--- inner product (OFFSET 0 keeps `a` a column), so gelu() is inlined rather than called per unit.
+-- `activation` ('gelu', 'silu') applies to single-part layers (c_fc). It is applied one level up
+-- from the inner product (OFFSET 0 keeps `a` a column), so it is inlined rather than called per unit.
 CREATE FUNCTION gptsql.matmul(model int, block int, layer text, x vector[], grps int[],
                               part_lo int DEFAULT 0, n_parts int DEFAULT 1, activation text DEFAULT NULL)
 RETURNS TABLE (place int, grp int, y vector)
@@ -91,7 +110,8 @@ BEGIN ATOMIC
             FROM    input
             CROSS JOIN LATERAL (
                     SELECT  dot.grp,
-                            array_agg((CASE activation WHEN 'gelu' THEN gptsql.gelu(dot.a) ELSE dot.a END)::real
+                            array_agg((CASE activation WHEN 'gelu' THEN gptsql.gelu(dot.a)
+                                                       WHEN 'silu' THEN gptsql.silu(dot.a) ELSE dot.a END)::real
                                       ORDER BY dot.idx)::vector AS y
                     FROM    (SELECT  w.grp, w.idx,
                                      coalesce(inner_product(input.xv, w.w), inner_product(input.xh, w.h)) + w.bias AS a

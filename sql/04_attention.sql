@@ -1,5 +1,9 @@
 -- 04_attention.sql — causal multi-head self-attention with a KV cache, over a share of the heads.
 --
+-- Heads are counted by their keys and values: n_kv_head of them, each read by n_head / n_kv_head
+-- query heads (GPT-2: one each; the Llama family's grouped-query attention: several). The Llama
+-- family turns q and k by their place first (rotary embeddings, gptsql.rope).
+--
 -- x holds the normalized inputs of a batch of new places (each a place of a run); a share of the
 -- heads [head_lo, head_hi) adds their queries, keys and values to gptsql.kv_cache, which holds those
 -- of the earlier places, attends, and returns its columns of the projection: one partial n_embd
@@ -67,9 +71,9 @@ BEGIN ATOMIC
     OFFSET  0;
 END;
 
--- The attention of heads [head_lo, head_hi) for a batch of new places (place n of the batch is
--- places[n] of runs[n]), whose q, k and v are in the KV cache already: per place and head the mix
--- of values z (head_dim wide), and the weights when records[n] (for exploring the run).
+-- The attention of key/value heads [head_lo, head_hi) for a batch of new places (place n of the
+-- batch is places[n] of runs[n]), whose q, k and v are in the KV cache already: per place and query
+-- head the mix of values z (head_dim wide), and the weights when records[n] (for exploring the run).
 -- Generic plans: custom ones were planned anew at every call. No sequential scans: the cache's
 -- statistics swing between empty (after a vacuum between runs) and large, and a plan made while it
 -- looked empty scanned all of it in every block.
@@ -113,19 +117,23 @@ BEGIN ATOMIC
     WHERE   gptsql.chunks_read(ends.stop - 1, config.c) > 0;      -- never with C = 0 (no chunks)
 
     WITH config AS (
-            SELECT  n_embd / n_head AS head_dim, gptsql.chunk_places(n_embd / n_head) AS c,
+            SELECT  n_embd / n_head AS head_dim, n_head / n_kv_head AS g, gptsql.chunk_places(n_embd / n_head) AS c,
                     gptsql.fill(1, greatest(gptsql.chunk_places(n_embd / n_head), 1)) AS ones
             FROM    gptsql.model m
             WHERE   m.id = model
-    ), queries AS MATERIALIZED (        -- per new place and head: the query, and the whole chunks it reads
-            SELECT  b.n::int AS n, b.run, b.place, b.record, c.head, c.q, gptsql.chunks_read(b.place, config.c) AS chunks
+    ), queries AS MATERIALIZED (        -- per new place and query head: its q, its key/value head (kv), and
+                                        -- the whole chunks it reads
+            SELECT  b.n::int AS n, b.run, b.place, b.record, c.head AS kv, c.head * config.g + j AS head,
+                    subvector(c.q, j * config.head_dim + 1, config.head_dim) AS q,
+                    gptsql.chunks_read(b.place, config.c) AS chunks
             FROM    config
             CROSS JOIN unnest(runs, places, records) WITH ORDINALITY AS b(run, place, record, n)
             CROSS JOIN generate_series(head_lo, head_hi - 1) AS h(head)
             JOIN    gptsql.kv_cache c
                     ON c.run_id = b.run AND c.block = attend.block AND c.head = h.head AND c.place = b.place
+            CROSS JOIN generate_series(0, config.g - 1) AS j
     ), scores AS MATERIALIZED (         -- q·k / sqrt(d) of every key at or before the query (the causal mask)
-            SELECT  queries.n, queries.head, queries.record, queries.run, queries.chunks,
+            SELECT  queries.n, queries.head, queries.kv, queries.record, queries.run, queries.chunks,
                     by_chunk.scores AS chunk_scores, tail.scores AS tail_scores, tail.vs AS tail_values,
                     greatest(by_chunk.top, tail.top) AS top
             FROM    config, queries
@@ -140,16 +148,16 @@ BEGIN ATOMIC
                                      FROM    generate_series(0, config.c - 1) AS j
                                      OFFSET  0) AS a      -- the score a column: one inner product a key
                     ) AS one
-                    WHERE   ch.run_id = queries.run AND ch.block = attend.block AND ch.head = queries.head
+                    WHERE   ch.run_id = queries.run AND ch.block = attend.block AND ch.head = queries.kv
                       AND   ch.chunk < queries.chunks
             ) by_chunk
             CROSS JOIN LATERAL (         -- the keys after them, the query's own last: one cache row each
                     SELECT  array_agg(t.score) AS scores, array_agg(t.v) AS vs, max(t.score) AS top   -- in place order
-                    FROM    gptsql.attention_scores(queries.run, block, queries.place, queries.head, queries.q,
+                    FROM    gptsql.attention_scores(queries.run, block, queries.place, queries.kv, queries.q,
                                                     config.head_dim, queries.chunks * config.c) AS t
             ) tail
     ), softmax AS (                     -- exp() relative to the top score: every weight in [0, 1]
-            SELECT  scores.n, scores.head, scores.record, scores.run, scores.chunks, c.e AS chunk_e, t.e AS tail_e,
+            SELECT  scores.n, scores.head, scores.kv, scores.record, scores.run, scores.chunks, c.e AS chunk_e, t.e AS tail_e,
                     coalesce(c.z, 0) + t.z AS z, scores.tail_values
             FROM    scores
             CROSS JOIN LATERAL (SELECT array_agg(w.e) AS e, sum(w.e) AS z      -- flat, in (chunk, place) order
@@ -180,7 +188,7 @@ BEGIN ATOMIC
                     CROSS JOIN LATERAL (SELECT CASE WHEN config.head_dim > 64 THEN t6.e || t6.e ELSE t6.e END AS e OFFSET 0) AS t7
                     CROSS JOIN LATERAL (SELECT CASE WHEN config.head_dim > 128 THEN t7.e || t7.e ELSE t7.e END AS e OFFSET 0) AS t8
                     CROSS JOIN LATERAL (SELECT subvector(t8.e, 1, config.c * config.head_dim) AS e OFFSET 0) AS tiled
-                    WHERE   ch.run_id = softmax.run AND ch.block = attend.block AND ch.head = softmax.head
+                    WHERE   ch.run_id = softmax.run AND ch.block = attend.block AND ch.head = softmax.kv
                       AND   ch.chunk < softmax.chunks
             ) by_chunk
             CROSS JOIN LATERAL (SELECT  sum(u.v * gptsql.fill(u.e, config.head_dim)) AS mixed
@@ -204,13 +212,14 @@ LANGUAGE sql VOLATILE
 BEGIN ATOMIC
     INSERT INTO gptsql.projection_share (model_id, head_lo, head_hi, block, grp, idx, w, h, bias)
     SELECT  model, head_lo, head_hi, w.block, w.grp, w.idx,
-            subvector(w.w, head_lo * (m.n_embd / m.n_head) + 1, (head_hi - head_lo) * (m.n_embd / m.n_head)),
-            subvector(w.h, head_lo * (m.n_embd / m.n_head) + 1, (head_hi - head_lo) * (m.n_embd / m.n_head)),
+            subvector(w.w, head_lo * width.cols + 1, (head_hi - head_lo) * width.cols),
+            subvector(w.h, head_lo * width.cols + 1, (head_hi - head_lo) * width.cols),
             w.bias
     FROM    gptsql.model m
+    CROSS JOIN LATERAL (SELECT m.n_embd / m.n_kv_head AS cols) AS width     -- a key/value head's query columns
     JOIN    gptsql.linear w ON w.model_id = m.id AND w.name = 'attn_proj' AND w.part = 0
     WHERE   m.id = model
-      AND   (head_lo, head_hi) <> (0, m.n_head)
+      AND   (head_lo, head_hi) <> (0, m.n_kv_head)
       AND   NOT EXISTS (SELECT FROM gptsql.projection_share s
                         WHERE s.model_id = model AND s.head_lo = prepare_projection_share.head_lo
                           AND s.head_hi = prepare_projection_share.head_hi)
@@ -226,7 +235,7 @@ BEGIN ATOMIC
     FROM    gptsql.linear w
     JOIN    gptsql.model m ON m.id = w.model_id
     WHERE   w.model_id = model AND w.name = 'attn_proj' AND w.block = projection.block AND w.part = 0
-      AND   head_lo = 0 AND head_hi = m.n_head
+      AND   head_lo = 0 AND head_hi = m.n_kv_head
     UNION ALL
     SELECT  s.grp, s.idx, s.w, s.h, s.bias
     FROM    gptsql.projection_share s
@@ -234,25 +243,50 @@ BEGIN ATOMIC
       AND   s.block = projection.block;
 END;
 
--- The queries, keys and values of heads [head_lo, head_hi) for a batch of places (normalized inputs
--- x): c_attn's units of those heads, one vector per place and head of each.
-CREATE FUNCTION gptsql.qkv(model int, block int, x vector[], head_lo int, head_hi int)
+-- The queries, keys and values of key/value heads [head_lo, head_hi) for a batch of places
+-- (normalized inputs x at `places`): c_attn's units of those heads, per place and key/value head
+-- its k and v and the q of its query heads side by side, q and k turned by their place where the
+-- model has rotary embeddings (x * cos + swap(x) * sin, per query head).
+CREATE FUNCTION gptsql.qkv(model int, block int, x vector[], places int[], head_lo int, head_hi int)
 RETURNS TABLE (n int, head int, q vector, k vector, v vector)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH config AS (
-            SELECT  m.n_head FROM gptsql.model m WHERE m.id = model
-    ), units AS (                       -- c_attn: per place one vector per head of q, then k, then v
+            SELECT  m.n_head, m.n_kv_head, m.n_head / m.n_kv_head AS g, m.n_embd / m.n_head AS d
+            FROM    gptsql.model m
+            WHERE   m.id = model
+    ), units AS (                       -- c_attn: per place one vector per query head, then k, then v heads
             SELECT  y.place, y.grp, y.y
             FROM    config, gptsql.matmul(model, block, 'c_attn', x,
-                        ARRAY(SELECT h + kind * config.n_head
-                              FROM generate_series(head_lo, head_hi - 1) h, generate_series(0, 2) kind)) AS y
+                        ARRAY(SELECT generate_series(head_lo * config.g, head_hi * config.g - 1)
+                              UNION ALL
+                              SELECT config.n_head + generate_series(head_lo, head_hi - 1)
+                              UNION ALL
+                              SELECT config.n_head + config.n_kv_head + generate_series(head_lo, head_hi - 1))) AS y
+    ), angles AS (                      -- the places' rotations (none for GPT-2)
+            SELECT  p.n::int - 1 AS place, r.cos, r.sin
+            FROM    unnest(places) WITH ORDINALITY AS p(place, n)
+            JOIN    gptsql.rope r ON r.model_id = model AND r.place = p.place
+    ), turned AS (                      -- q and k turned by their place; v as it is
+            SELECT  units.place, units.grp,
+                    CASE WHEN angles.cos IS NULL OR units.grp >= config.n_head + config.n_kv_head THEN units.y
+                         ELSE units.y * angles.cos
+                              + (subvector(units.y, config.d / 2 + 1, config.d / 2) || subvector(units.y, 1, config.d / 2))
+                                * angles.sin
+                    END AS y
+            FROM    config, units
+            LEFT JOIN angles ON angles.place = units.place
+    ), queries AS (                     -- a key/value head's query heads side by side
+            SELECT  turned.place, turned.grp / config.g AS head, gptsql.concat(turned.y ORDER BY turned.grp) AS q
+            FROM    config, turned
+            WHERE   turned.grp < config.n_head
+            GROUP BY turned.place, turned.grp / config.g
     )
-    SELECT  q.place + 1, q.grp, q.y, k.y, v.y
+    SELECT  queries.place + 1, queries.head, queries.q, k.y, v.y
     FROM    config
-    JOIN    units q ON q.grp < config.n_head
-    JOIN    units k ON k.place = q.place AND k.grp = q.grp + config.n_head
-    JOIN    units v ON v.place = q.place AND v.grp = q.grp + 2 * config.n_head;
+    CROSS JOIN queries
+    JOIN    turned k ON k.place = queries.place AND k.grp = config.n_head + queries.head
+    JOIN    turned v ON v.place = queries.place AND v.grp = config.n_head + config.n_kv_head + queries.head;
 END;
 
 -- Share `share` of `shares` of a block's attention, for a batch of places (normalized inputs x):
@@ -272,13 +306,13 @@ SET enable_seqscan = off
 BEGIN ATOMIC
     INSERT INTO gptsql.kv_cache (run_id, block, head, place, q, k, v)
     SELECT  runs[a.n], block, a.head, places[a.n], a.q, a.k, a.v
-    FROM    gptsql.model m, gptsql.share_of(m.n_head, share, shares) AS heads,
-            gptsql.qkv(model, block, x, heads.lo, heads.hi) AS a
+    FROM    gptsql.model m, gptsql.share_of(m.n_kv_head, share, shares) AS heads,
+            gptsql.qkv(model, block, x, places, heads.lo, heads.hi) AS a
     WHERE   m.id = model;
 
     WITH heads AS (
             SELECT  s.lo, s.hi
-            FROM    gptsql.model m, gptsql.share_of(m.n_head, share, shares) AS s
+            FROM    gptsql.model m, gptsql.share_of(m.n_kv_head, share, shares) AS s
             WHERE   m.id = model
     ), attended AS MATERIALIZED (
             SELECT  a.n, a.head, a.z, a.weights

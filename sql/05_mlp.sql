@@ -1,10 +1,33 @@
 -- 05_mlp.sql — the feed-forward network, over a share of its hidden units:
--- n_embd -> 4 n_embd (GELU) -> n_embd.
+--   GPT-2:        n_embd -> n_inner (GELU) -> n_embd
+--   Llama family: n_embd -> n_inner as silu(gate) * up (SwiGLU) -> n_embd
 --
--- c_fc's hidden units are stored as mlp_groups groups of n_embd, and c_proj's rows as the same
--- number of parts, each reading one group. A share takes the groups [lo, hi) of c_fc and the parts
--- of c_proj's rows that read them: its partial n_embd vector per place. The shares' partials add up
--- to the MLP's output (06_blocks.sql); c_proj's bias sits on its part 0 rows, counted once.
+-- The hidden units are stored as mlp_groups groups (c_fc's, the gate's; c_up's), and mlp_proj's rows
+-- as the same number of parts, each reading one group. A share takes the groups [lo, hi) and the
+-- parts of mlp_proj's rows that read them: its partial n_embd vector per place. The shares' partials
+-- add up to the MLP's output (06_blocks.sql); mlp_proj's bias sits on its part 0 rows, counted once.
+
+-- The hidden units of groups [lo, hi) for a batch of places (normalized inputs x), per place and group.
+CREATE FUNCTION gptsql.mlp_hidden(model int, block int, x vector[], lo int, hi int)
+RETURNS TABLE (place int, grp int, y vector)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH config AS (
+            SELECT  CASE m.family WHEN 'llama' THEN 'silu' ELSE 'gelu' END AS activation
+            FROM    gptsql.model m
+            WHERE   m.id = model
+    ), gate AS (                        -- c_fc through the activation
+            SELECT  g.place, g.grp, g.y
+            FROM    config, gptsql.matmul(model, block, 'c_fc', x, ARRAY(SELECT generate_series(lo, hi - 1)),
+                                          0, 1, config.activation) AS g
+    ), up AS (                          -- SwiGLU's second projection (GPT-2 has none: no rows)
+            SELECT  u.place, u.grp, u.y
+            FROM    gptsql.matmul(model, block, 'c_up', x, ARRAY(SELECT generate_series(lo, hi - 1))) AS u
+    )
+    SELECT  gate.place, gate.grp, CASE WHEN up.y IS NULL THEN gate.y ELSE gate.y * up.y END
+    FROM    gate
+    LEFT JOIN up ON up.place = gate.place AND up.grp = gate.grp;
+END;
 
 CREATE FUNCTION gptsql.mlp_share(model int, block int, x vector[], share int, shares int)
 RETURNS vector[]
@@ -15,9 +38,8 @@ BEGIN ATOMIC
             FROM    gptsql.model m, gptsql.share_of(m.mlp_groups, share, shares) AS s
             WHERE   m.id = model
     ), hidden AS (
-            SELECT  y.place, y.grp AS part, y.y
-            FROM    groups, gptsql.matmul(model, block, 'c_fc', x, ARRAY(SELECT generate_series(groups.lo, groups.hi - 1)),
-                                          0, 1, 'gelu') AS y
+            SELECT  h.place, h.grp AS part, h.y
+            FROM    groups, gptsql.mlp_hidden(model, block, x, groups.lo, groups.hi) AS h
     )
     SELECT  array_agg(y.y ORDER BY y.place)
     FROM    groups, gptsql.matmul(model, block, 'mlp_proj', ARRAY(SELECT y FROM hidden ORDER BY place, part),

@@ -1,7 +1,8 @@
 -- 07_logits.sql — from the last hidden state to the next token.
 --
--- Logits are inner products with the token embeddings (GPT-2 ties the output layer to wte);
--- softmax over the whole vocabulary turns them into probabilities. The vocabulary is read in
+-- Logits are inner products with the output layer: the token embeddings wte where it is tied to
+-- them (GPT-2, SmolLM2), else lm_head; softmax over the whole vocabulary turns them into
+-- probabilities. The vocabulary is read in
 -- shares too: share s of N reads its range of wte's pages and answers with what the choice needs
 -- (its best logits, its softmax sums, its Gumbel-max candidate, its best `keep` for top-k / top-p);
 -- the answers merge into the token that one pass over the whole vocabulary would choose. One
@@ -14,7 +15,7 @@ BEGIN ATOMIC SELECT 10; END;
 CREATE FUNCTION gptsql.nucleus_candidates() RETURNS int LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC SELECT 1000; END;
 
--- The pages [lo, hi) of the model's token embeddings that share `share` of `shares` reads: the heap
+-- The pages [lo, hi) of the model's output layer that share `share` of `shares` reads: the heap
 -- cut into page ranges, read by a TID range scan. A range of token ids read every page and
 -- filtered (half the vocabulary cost 0.8x all of it); a share of pages costs its share. Every row
 -- lies on one page, so the shares hold each token once, whatever order the rows are in.
@@ -22,8 +23,10 @@ CREATE FUNCTION gptsql.vocab_pages(model int, share int, shares int, OUT lo tid,
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH heap AS (
-            SELECT  pg_relation_size(format('gptsql.%I', 'wte_' || model)::regclass)
+            SELECT  pg_relation_size(format('gptsql.%I', CASE WHEN m.tied THEN 'wte_' ELSE 'lm_head_' END || model)::regclass)
                     / current_setting('block_size')::int AS pages
+            FROM    gptsql.model m
+            WHERE   m.id = model
     )
     SELECT  format('(%s,0)', pages * share / shares)::tid,
             format('(%s,0)', CASE WHEN share = shares - 1 THEN 4294967295           -- the last: to the end
@@ -44,7 +47,13 @@ BEGIN ATOMIC
     )
     SELECT  wte.token, coalesce(inner_product(query.hv, wte.w), inner_product(query.hh, wte.h))
     FROM    query, pages, gptsql.wte
-    WHERE   wte.model_id = model AND wte.ctid >= pages.lo AND wte.ctid < pages.hi;
+    WHERE   wte.model_id = model AND wte.ctid >= pages.lo AND wte.ctid < pages.hi
+      AND   (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
+    UNION ALL
+    SELECT  out.token, coalesce(inner_product(query.hv, out.w), inner_product(query.hh, out.h))
+    FROM    query, pages, gptsql.lm_head out
+    WHERE   out.model_id = model AND out.ctid >= pages.lo AND out.ctid < pages.hi
+      AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model);
 END;
 
 -- A share's answer for one hidden state: its best logits (recorded_candidates of them), their peak,

@@ -1,6 +1,6 @@
 -- 10_shares.sql — one statement over several backends: the session's shares.
 --
--- A model's work splits into shares (tensor parallelism): share s of N owns heads [lo, hi) of every
+-- A model's work splits into shares (tensor parallelism): share s of N owns key/value heads [lo, hi) of every
 -- block's attention, MLP unit groups [lo, hi), and a range of the token embeddings' pages
 -- (04_attention.sql, 05_mlp.sql, 07_logits.sql). The backend that runs the statement computes share
 -- 0; shares 1 .. N - 1 run at the same time on other backends of the same server, reached through
@@ -102,7 +102,7 @@ DECLARE
     heads   record;
 BEGIN
     SELECT * INTO m FROM gptsql.model mm WHERE mm.id = shares.model;
-    wanted := least(wanted, m.n_head, m.mlp_groups);
+    wanted := least(wanted, m.n_kv_head, m.mlp_groups);
     IF wanted <= 1 THEN
         RETURN 1;
     END IF;
@@ -126,7 +126,7 @@ BEGIN
         END IF;
     END LOOP;
     FOR s IN 0 .. wanted - 1 LOOP
-        SELECT * INTO heads FROM gptsql.share_of(m.n_head, s, wanted);
+        SELECT * INTO heads FROM gptsql.share_of(m.n_kv_head, s, wanted);
         IF NOT EXISTS (SELECT FROM gptsql.projection_share p
                        WHERE p.model_id = model AND p.head_lo = heads.lo AND p.head_hi = heads.hi) THEN
             PERFORM * FROM dblink(gptsql.share_connection(1),

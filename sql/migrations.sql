@@ -38,6 +38,8 @@ BEGIN
     UPDATE gptsql.model SET n_kv_head = coalesce(n_kv_head, n_head), n_inner = coalesce(n_inner, 4 * n_embd)
     WHERE  n_kv_head IS NULL OR n_inner IS NULL;
     ALTER TABLE gptsql.model ALTER COLUMN n_kv_head SET NOT NULL, ALTER COLUMN n_inner SET NOT NULL;
+    ALTER TABLE gptsql.norm ALTER COLUMN beta DROP NOT NULL;                  -- RMS norms have none
+    ALTER TABLE gptsql.linear DROP CONSTRAINT IF EXISTS linear_name_check;   -- c_up came
     IF to_regclass('gptsql.kv_cache') IS NOT NULL THEN
         ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;
     END IF;
