@@ -50,20 +50,60 @@ def copy_rows(n_rows: int, fields: list[tuple[object, str]]) -> bytes:
     return rows.tobytes()
 
 
-def linear_chunks(model_id: int, name: str, block: int, weight: np.ndarray, bias: np.ndarray, n_embd: int,
+def linear_chunks(model_id: int, name: str, block: int, weight: np.ndarray, bias: np.ndarray | float, part: int,
                   group_size: int, vector_dtype: str) -> Iterator[bytes]:
     """COPY rows of gptsql.linear for y = x @ weight + bias: one row per (input part, output unit),
-    one chunk per part. Output units come in groups of `group_size` (a head, or an n_embd slice)."""
+    one chunk per part of `part` inputs. Output units come in groups of `group_size` (a head, or a
+    group of the MLP's hidden units)."""
     n_in, n_out = weight.shape
     columns = np.ascontiguousarray(weight.T)          # columns[j] = weights of output unit j
     units = np.arange(n_out)
-    for part in range(n_in // n_embd):
+    for i in range(n_in // part):
         yield copy_rows(n_out, [
-            (model_id, ">i4"), (name.encode(), f"S{len(name)}"), (block, ">i4"), (part, ">i4"),
+            (model_id, ">i4"), (name.encode(), f"S{len(name)}"), (block, ">i4"), (i, ">i4"),
             (units // group_size, ">i4"), (units % group_size, ">i4"),
-            (columns[:, part * n_embd:(part + 1) * n_embd], vector_dtype),
-            (bias if part == 0 else 0.0, ">f4"),
+            (columns[:, i * part:(i + 1) * part], vector_dtype),
+            (bias if i == 0 else 0.0, ">f4"),
         ])
+
+
+def mlp_groups(n_inner: int) -> int:
+    """How many groups the MLP's hidden units are stored in (gptsql.model.mlp_groups): the shares'
+    unit of the MLP, 4 where the width allows."""
+    return next(g for g in (4, 3, 2, 1) if n_inner % g == 0)
+
+
+def block_layers(c, t, i: int) -> list[tuple[str, np.ndarray, np.ndarray | float, int, int]]:
+    """The linear layers of block i as gptsql.linear stores them: (name, weight as (in, out), bias,
+    input part width, output group size). GPT-2's Conv1D weights are (in, out) already; the Llama
+    family's Linear weights are (out, in), with no biases; its q, k and v are one c_attn."""
+    n, d, hidden = c.n_embd, c.head_dim, c.n_inner // mlp_groups(c.n_inner)
+    if c.family == "llama":
+        at = f"layers.{i}"
+        qkv = np.concatenate([t[f"{at}.self_attn.{x}_proj.weight"] for x in "qkv"]).T
+        return [("c_attn", qkv, 0.0, n, d),
+                ("attn_proj", t[f"{at}.self_attn.o_proj.weight"].T, 0.0, n, n),
+                ("c_fc", t[f"{at}.mlp.gate_proj.weight"].T, 0.0, n, hidden),
+                ("c_up", t[f"{at}.mlp.up_proj.weight"].T, 0.0, n, hidden),
+                ("mlp_proj", t[f"{at}.mlp.down_proj.weight"].T, 0.0, hidden, n)]
+    at = f"h.{i}"
+    return [("c_attn", t[f"{at}.attn.c_attn.weight"], t[f"{at}.attn.c_attn.bias"], n, d),
+            ("attn_proj", t[f"{at}.attn.c_proj.weight"], t[f"{at}.attn.c_proj.bias"], n, n),
+            ("c_fc", t[f"{at}.mlp.c_fc.weight"], t[f"{at}.mlp.c_fc.bias"], n, hidden),
+            ("mlp_proj", t[f"{at}.mlp.c_proj.weight"], t[f"{at}.mlp.c_proj.bias"], hidden, n)]
+
+
+def block_norms(c, t, i: int) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(name, gamma, beta) of block i's two norms, or of the final norm for i = n_layer; the Llama
+    family's RMS norms have no beta."""
+    if c.family == "llama":
+        if i == c.n_layer:
+            return [("ln_f", t["norm.weight"], None)]
+        return [("ln_1", t[f"layers.{i}.input_layernorm.weight"], None),
+                ("ln_2", t[f"layers.{i}.post_attention_layernorm.weight"], None)]
+    if i == c.n_layer:
+        return [("ln_f", t["ln_f.weight"], t["ln_f.bias"])]
+    return [(ln, t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"]) for ln in ("ln_1", "ln_2")]
 
 
 MAX_NAME = 200
@@ -107,8 +147,10 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     progress = progress or (lambda stage, done, total: None)
     register_vector(conn)
     c, t = ck.config, ck.tensors
-    n = c.n_embd
-    total_rows = c.n_vocab + c.n_ctx + c.n_layer * (3 * n + n + 4 * n + 4 * n) + len(ck.vocab) * 2
+    # output units a block writes: q, k, v; the projection; the MLP's (gate, up,) down
+    rows_per_block = (c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_embd \
+        + (3 if c.family == "llama" else 2) * c.n_inner
+    total_rows = c.n_vocab * (1 if c.tied else 2) + c.n_ctx + c.n_layer * rows_per_block + len(ck.vocab) * 2
     done = 0
 
     def tick(stage: str, rows: int) -> None:
@@ -131,10 +173,12 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
         try:
             model_id = conn.execute(
                 """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer,
-                                             layer_norm_epsilon, dtype, n_params)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
+                                             layer_norm_epsilon, dtype, n_params, family, n_kv_head, n_inner,
+                                             mlp_groups, rope_theta, tied)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
                 [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer,
-                 c.layer_norm_epsilon, dtype, ck.n_params()],
+                 c.layer_norm_epsilon, dtype, ck.n_params(), c.family, c.n_kv_head, c.n_inner,
+                 mlp_groups(c.n_inner), c.rope_theta or None, c.tied],
             ).fetchone()[0]
         except psycopg.errors.UniqueViolation as exc:   # another load of the name committed first
             raise taken from exc
@@ -155,50 +199,49 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
             # visible to all from the start, so neither the first steps (setting hint bits, each a
             # full-page write with checksums on) nor an autovacuum right after the load rewrite
             # 500 MB while a generation runs.
-            with cur.copy(frozen_copy(f"wte_{model_id}", ["model_id", "token", big_column])) as cp:
-                cp.write(COPY_SIGNATURE)
-                wte = t["wte.weight"]
-                for first in range(0, c.n_vocab, 5000):
-                    rows = wte[first:first + 5000]
-                    cp.write(copy_rows(len(rows), [(model_id, ">i4"), (np.arange(first, first + len(rows)), ">i4"),
-                                                   (rows, vector_dtype)]))
-                    tick("token embeddings", len(rows))
-                cp.write(COPY_TRAILER)
-            with cur.copy("copy gptsql.wpe (model_id, place, w) from stdin (format binary)") as cp:
-                cp.set_types(["int4", "int4", "vector"])
-                for place, row in enumerate(t["wpe.weight"]):
-                    cp.write_row((model_id, place, row))
+            embeddings = [("wte", t["embed_tokens.weight" if c.family == "llama" else "wte.weight"])]
+            if not c.tied:
+                embeddings.append(("lm_head", t["lm_head.weight"]))
+            for table, matrix in embeddings:
+                with cur.copy(frozen_copy(f"{table}_{model_id}", ["model_id", "token", big_column])) as cp:
+                    cp.write(COPY_SIGNATURE)
+                    for first in range(0, c.n_vocab, 5000):
+                        rows = matrix[first:first + 5000]
+                        cp.write(copy_rows(len(rows), [(model_id, ">i4"), (np.arange(first, first + len(rows)), ">i4"),
+                                                       (rows, vector_dtype)]))
+                        tick("token embeddings" if table == "wte" else "output layer", len(rows))
+                    cp.write(COPY_TRAILER)
+            if c.family == "llama":
+                conn.execute("select gptsql.make_rope(%s)", [model_id])
+            else:
+                with cur.copy("copy gptsql.wpe (model_id, place, w) from stdin (format binary)") as cp:
+                    cp.set_types(["int4", "int4", "vector"])
+                    for place, row in enumerate(t["wpe.weight"]):
+                        cp.write_row((model_id, place, row))
             tick("position embeddings", c.n_ctx)
 
             with cur.copy("copy gptsql.norm (model_id, name, block, gamma, beta) from stdin (format binary)") as cp:
                 cp.set_types(["int4", "text", "int4", "vector", "vector"])
-                for i in range(c.n_layer):
-                    for ln in ("ln_1", "ln_2"):
-                        cp.write_row((model_id, ln, i, t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"]))
-                cp.write_row((model_id, "ln_f", c.n_layer, t["ln_f.weight"], t["ln_f.bias"]))
+                for i in range(c.n_layer + 1):
+                    for ln, gamma, beta in block_norms(c, t, i):
+                        cp.write_row((model_id, ln, i, gamma, beta))
 
             copy_sql = frozen_copy(f"linear_{model_id}",
                                    ["model_id", "name", "block", "part", "grp", "idx", big_column, "bias"])
             for i in range(c.n_layer):
                 with cur.copy(copy_sql) as cp:
                     cp.write(COPY_SIGNATURE)
-                    layers = [
-                        ("c_attn", f"h.{i}.attn.c_attn", c.head_dim),
-                        ("attn_proj", f"h.{i}.attn.c_proj", n),
-                        ("c_fc", f"h.{i}.mlp.c_fc", n),
-                        ("mlp_proj", f"h.{i}.mlp.c_proj", n),
-                    ]
-                    for lname, key, group in layers:
-                        for chunk in linear_chunks(model_id, lname, i, t[f"{key}.weight"], t[f"{key}.bias"], n,
-                                                   group, vector_dtype):
+                    for lname, weight, bias, part, group in block_layers(c, t, i):
+                        for chunk in linear_chunks(model_id, lname, i, weight, bias, part, group, vector_dtype):
                             cp.write(chunk)
                     cp.write(COPY_TRAILER)
-                tick(f"block {i + 1}/{c.n_layer}", 12 * n)
+                tick(f"block {i + 1}/{c.n_layer}", rows_per_block)
         conn.execute("select gptsql.attach_partitions(%s)", [model_id])
         probe(conn, model_id, name)
         progress("analyze", total_rows, total_rows)
     remove_leftovers(conn)   # the tables of the model this one replaced
-    for table in ("token", "merge", f"wte_{model_id}", "wpe", "norm", f"linear_{model_id}"):
+    for table in ("token", "merge", f"wte_{model_id}", f"lm_head_{model_id}", "wpe", "rope", "norm",
+                  f"linear_{model_id}"):
         conn.execute(f"analyze gptsql.{table}")
     return model_id
 
