@@ -8,17 +8,24 @@ then the pieces are put together again for other conversations and compared with
 renderings. A template the pieces cannot reproduce (one that changes a message's text, or depends on
 its place other than the first system message) gives no chat format, with the reason.
 
-Templates come from checkpoint files: they are rendered in jinja's sandbox, as transformers does.
+Templates come from checkpoint files: they are rendered in jinja's sandbox, as transformers does,
+and in a child process bounded in time and memory (a template is a program: it can loop or build a
+string of any size).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 ROLES = ("system", "user", "assistant")
 MAX_TEMPLATE_CHARS = 65536
 MAX_RENDERED_CHARS = 1 << 20
+RENDER_SECONDS = 10.0
+RENDER_MEMORY = 1 << 30
 
 
 class TemplateUnsupported(Exception):
@@ -159,3 +166,40 @@ def verify(chat: ChatFormat, text) -> None:
                 roles = ", ".join(m["role"] for m in messages) or "no messages"
                 raise TemplateUnsupported(f"the pieces do not reproduce the template for a conversation of "
                                           f"{roles}{' with the generation prompt' if generation else ''}")
+
+
+def derive_isolated(template: str, specials: dict[int, str], eos: int | None, bos_text: str = "",
+                    eos_text: str = "", seconds: float = RENDER_SECONDS) -> ChatFormat:
+    """derive() in a child process that may take `seconds` and RENDER_MEMORY bytes."""
+    if not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS:
+        return derive(template, specials, eos, bos_text, eos_text)      # refused before rendering
+    request = json.dumps({"template": template, "specials": list(specials.items()), "eos": eos,
+                          "bos_text": bos_text, "eos_text": eos_text})
+    try:
+        child = subprocess.run([sys.executable, "-m", __name__], input=request, capture_output=True, text=True,
+                               timeout=seconds, preexec_fn=_bounded if os.name == "posix" else None)
+    except subprocess.TimeoutExpired as exc:
+        raise TemplateUnsupported(f"rendering takes more than {seconds:g} s") from exc
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or [f"exit status {child.returncode}"])[-1]
+        raise TemplateUnsupported(f"rendering fails ({last[:160]})")
+    answer = json.loads(child.stdout)
+    if "unsupported" in answer:
+        raise TemplateUnsupported(answer["unsupported"])
+    return ChatFormat(**answer)
+
+
+def _bounded() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (RENDER_MEMORY, RENDER_MEMORY))
+
+
+if __name__ == "__main__":   # the child of derive_isolated: a request on stdin, the pieces on stdout
+    asked = json.load(sys.stdin)
+    try:
+        found = derive(asked["template"], {int(k): v for k, v in asked["specials"]}, asked["eos"], asked["bos_text"],
+                       asked["eos_text"])
+        print(json.dumps(asdict(found)))
+    except TemplateUnsupported as exc:
+        print(json.dumps({"unsupported": str(exc)}))

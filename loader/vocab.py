@@ -90,7 +90,7 @@ def ranked_merges(ids: dict[str, int], pairs: Iterable[Sequence[str]], source: s
     lower merging first. Each pair once (a pair twice would have two ranks)."""
     merges, seen = [], {}
     for line_no, parts in enumerate(pairs, 1):
-        if len(parts) != 2 or not all(isinstance(p, str) for p in parts):
+        if not isinstance(parts, (list, tuple)) or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
             raise UserError(f"{source}: merge {line_no} is not two tokens: {parts!r}")
         first, second = parts
         try:
@@ -184,8 +184,8 @@ def with_chat(vocab: Vocabulary, template: object) -> Vocabulary:
         return None if token is None else vocab.tokens[token].decode("utf-8", errors="replace")
 
     try:
-        vocab.chat = chat_mod.derive(template, vocab.specials, vocab.eos, text_of(vocab.bos) or "",
-                                     text_of(vocab.eos) or "")
+        vocab.chat = chat_mod.derive_isolated(template, vocab.specials, vocab.eos, text_of(vocab.bos) or "",
+                                              text_of(vocab.eos) or "")
     except chat_mod.TemplateUnsupported as exc:
         vocab.chat_note = f"no chat format: the chat template's {exc}"
     return vocab
@@ -263,7 +263,10 @@ def from_tokenizer_json(directory: Path, links_within: Path | None = None) -> Vo
                             f"{len(vocab) - 1}, each once")
         spelled[token] = text
     specials = []
-    for added in spec.get("added_tokens") or []:
+    added_tokens = spec.get("added_tokens") or []
+    if not isinstance(added_tokens, list):
+        raise UserError(f"{where}: tokenizer.json's added_tokens is not a list")
+    for added in added_tokens:
         if not isinstance(added, dict) or vocab.get(added.get("content")) != added.get("id") \
                 or added.get("id") is None:
             raise UserError(f"{where}: tokenizer.json's added token {json.dumps(added)[:80]} is not one of its "

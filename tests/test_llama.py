@@ -571,3 +571,17 @@ def test_template_the_pieces_cannot_follow_gives_no_chat_format():
     assert vocab.chat is None and "no chat format" in vocab.chat_note
     vocab = with_chat(gpt2_vocabulary(), "{{ raise_exception('no chat here') }}")
     assert vocab.chat is None and "no chat here" in vocab.chat_note
+
+
+@pytest.mark.parametrize("template, said", [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "takes more than 2 s"),
+    ("{{ 'x' * 10 ** 10 }}", "rendering fails (MemoryError"),
+], ids=["loops", "fills memory"])
+def test_hostile_template_is_bounded(template, said):
+    """A chat template is a program from the checkpoint file: rendered in a child process that may
+    take a few seconds and a gigabyte, never the loader's whole machine or forever."""
+    from gptsql.loader.chat import TemplateUnsupported, derive_isolated
+
+    with pytest.raises(TemplateUnsupported) as info:
+        derive_isolated(template, {}, None, seconds=2)
+    assert said in str(info.value)
