@@ -268,6 +268,54 @@ def test_hub_repo_of_the_llama_family(hf_llama, tmp_path):
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
+# ----------------------------------------------------------- hostile Llama directories
+def edit_json(name, change):
+    def edit(directory):
+        path = directory / name
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+    return edit
+
+
+HOSTILE_DIRECTORIES = {
+    "shared heads uneven": (edit_json("config.json", lambda c: c.update(num_key_value_heads=3)), "cannot share 3 key/value heads"),
+    "gelu": (edit_json("config.json", lambda c: c.update(hidden_act="gelu")), "activation 'gelu' is not Llama's SiLU"),
+    "biases": (edit_json("config.json", lambda c: c.update(attention_bias=True)), "without biases"),
+    "rope scaling": (edit_json("config.json", lambda c: c["rope_parameters"].update(rope_type="linear", factor=2.0)),
+                     "scales RoPE"),
+    "head size": (edit_json("config.json", lambda c: c.update(head_dim=32)), "head_dim 32 is not"),
+    "epsilon as text": (edit_json("config.json", lambda c: c.update(rms_norm_eps="x")), "rms_norm_eps is 'x'"),
+    "layers as float": (edit_json("config.json", lambda c: c.update(num_hidden_layers=2.0)), "num_hidden_layers is 2.0"),
+    "no tokenizer": (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
+    "WordPiece": (edit_json("tokenizer.json", lambda t: t["model"].update(type="WordPiece")), "model is 'WordPiece'"),
+    "Metaspace": (edit_json("tokenizer.json", lambda t: t.update(pre_tokenizer={"type": "Metaspace"})),
+                  "pre-tokenizer is not one gptsql knows"),
+    "byte fallback": (edit_json("tokenizer.json", lambda t: t["model"].update(byte_fallback=True)), "byte fallback"),
+    "added tokens not a list": (edit_json("tokenizer.json", lambda t: t.update(added_tokens=5)), "added_tokens is not a list"),
+    "a merge not a pair": (edit_json("tokenizer.json", lambda t: t["model"]["merges"].__setitem__(0, 7)), "merge 1 is not two tokens"),
+    "an id twice": (edit_json("tokenizer.json", lambda t: t["model"]["vocab"].update(a=65)), "gives token"),
+    "a plain added token": (edit_json("tokenizer.json", lambda t: t["added_tokens"][0].update(special=False)),
+                            "adds the non-special token '<|endoftext|>'"),
+    "eos unknown": (edit_json("tokenizer_config.json", lambda t: t.update(eos_token="<|nope|>")), "eos_token '<|nope|>'"),
+    "tokenizer.json a pipe": (lambda d: ((d / "tokenizer.json").unlink(), os.mkfifo(d / "tokenizer.json")),
+                              "tokenizer.json is not a regular file"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_DIRECTORIES, ids=list(HOSTILE_DIRECTORIES))
+def test_hostile_llama_directory_is_one_line(hf_llama, tmp_path, case):
+    import shutil
+
+    from gptsql.loader.sources import resolve
+
+    directory = tmp_path / "model"
+    shutil.copytree(hf_llama[0], directory)
+    change, expected = HOSTILE_DIRECTORIES[case]
+    change(directory)
+    one_line_error(lambda: resolve(str(directory)), expected)
+
+
 # --------------------------------------------------------------------- hostile GGUF files
 def remove(key):
     return lambda meta, tensors: meta.pop(key)
