@@ -69,10 +69,11 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 -- A piece between two rounds of merges: its token ids and the rank of each adjacent pair (NULL:
--- the model has no merge of the two).
+-- the model has no merge of the two). A rank is written rank * 2^32 + the token the pair becomes:
+-- the lowest is the next merge and names its token, with no second lookup.
 DO $$
 BEGIN
-    CREATE TYPE gptsql.bpe_round AS (tokens int[], ranks int[]);
+    CREATE TYPE gptsql.bpe_round AS (tokens int[], ranks bigint[]);
 EXCEPTION WHEN duplicate_object THEN NULL;
 END
 $$;
@@ -100,7 +101,7 @@ LANGUAGE sql STABLE AS $fn$
             FROM    distinct_piece d
             CROSS JOIN LATERAL (
                     SELECT  array_agg(u.token ORDER BY u.i) AS tokens,
-                            array_agg((SELECT g.rank
+                            array_agg((SELECT (g.rank::bigint << 32) | g.token
                                        FROM   gptsql.merge g
                                        WHERE  g.model_id = vocabulary AND g.first = u.token AND g.second = u.next)
                                       ORDER BY u.i) FILTER (WHERE u.next IS NOT NULL) AS ranks
@@ -121,19 +122,16 @@ LANGUAGE sql STABLE AS $fn$
             SELECT  m.id, (r.next).tokens, (r.next).ranks, (SELECT min(x) FROM unnest((r.next).ranks) AS x)
             FROM    merging m
             CROSS JOIN LATERAL (SELECT array_positions(m.ranks, m.best) AS at) AS found
-            CROSS JOIN LATERAL (SELECT (SELECT g.token
-                                        FROM   gptsql.merge g
-                                        WHERE  g.model_id = vocabulary AND g.first = m.tokens[found.at[1]]
-                                        AND    g.second = m.tokens[found.at[1] + 1]) AS merged) AS pair
+            CROSS JOIN LATERAL (SELECT (m.best & 4294967295)::int AS merged) AS pair
             CROSS JOIN LATERAL (SELECT CASE WHEN cardinality(found.at) = 1 THEN ROW(
                         m.tokens[:q - 1] || pair.merged || m.tokens[q + 2:],
                         m.ranks[:q - 2]
                         || CASE WHEN q > 1 THEN ARRAY[(
-                               SELECT g.rank FROM gptsql.merge g
+                               SELECT (g.rank::bigint << 32) | g.token FROM gptsql.merge g
                                WHERE  g.model_id = vocabulary AND g.first = m.tokens[q - 1] AND g.second = pair.merged)]
                            ELSE '{}' END
                         || CASE WHEN q + 2 <= cardinality(m.tokens) THEN ARRAY[(
-                               SELECT g.rank FROM gptsql.merge g
+                               SELECT (g.rank::bigint << 32) | g.token FROM gptsql.merge g
                                WHERE  g.model_id = vocabulary AND g.first = pair.merged AND g.second = m.tokens[q + 2])]
                            ELSE '{}' END
                         || m.ranks[q + 2:])::gptsql.bpe_round
@@ -151,14 +149,14 @@ LANGUAGE sql STABLE AS $fn$
                         merge AS (                -- the ranks of the pairs each merged token now forms
                                 SELECT  row_number() OVER (ORDER BY q) AS j, q, coalesce(previous, -1) AS previous,
                                         CASE WHEN q > 1 THEN (     -- its left neighbour: merged too when just before
-                                            SELECT  g.rank
+                                            SELECT  (g.rank::bigint << 32) | g.token
                                             FROM    gptsql.merge g
                                             WHERE   g.model_id = vocabulary
                                             AND     g.first = CASE WHEN previous = q - 2 THEN pair.merged ELSE m.tokens[q - 1] END
                                             AND     g.second = pair.merged
                                         ) END AS left_rank,
                                         CASE WHEN q + 2 <= cardinality(m.tokens) THEN (
-                                            SELECT  g.rank
+                                            SELECT  (g.rank::bigint << 32) | g.token
                                             FROM    gptsql.merge g
                                             WHERE   g.model_id = vocabulary AND g.first = pair.merged AND g.second = m.tokens[q + 2]
                                         ) END AS right_rank
