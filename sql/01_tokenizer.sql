@@ -26,7 +26,7 @@
 -- tokenizers and llama.cpp; tiktoken ranks a pair by the id of the token its bytes make, which for
 -- GPT-2, whose ids are in merge order, gives the same ids). Should a merge make a pair ranked lower
 -- still, that pair goes next. A byte that no token of the vocabulary spells (SmolLM2 has none for
--- some control characters and bytes UTF-8 never uses) is left out, as HF tokenizers and llama.cpp
+-- six control characters and for bytes that begin no assigned character) is left out, as HF tokenizers and llama.cpp
 -- leave it out. Special tokens are ordinary text unless the caller allows them (allow_special):
 -- then each is that one token, the longest where two start at the same place, and no piece crosses
 -- one. Each distinct piece is encoded once; the merges of all pieces run side by side, one round
