@@ -426,7 +426,7 @@ def predict(ctx: Context, prompt, model, top_n, as_json, workers):
 @click.argument("text")
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("--json", "as_json", is_flag=True, help="Print the ids as a JSON list.")
-@click.option("--allow-special", is_flag=True, help="Read <|endoftext|> as the special token.")
+@click.option("--allow-special", is_flag=True, help="Read the model's special tokens (<|endoftext|>; SmolLM2's <|im_start|>, <|im_end|>...) as themselves.")
 @pass_ctx
 @friendly
 def tokenize(ctx: Context, text, model, as_json, allow_special):

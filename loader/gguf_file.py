@@ -46,7 +46,8 @@ def check_file(path: Path) -> int:
     with open(path, "rb") as f:
         head = f.read(8)
     if len(head) < 8 or head[:4] != MAGIC:
-        raise UserError(f"{path}: not a GGUF file (it does not start with 'GGUF')")
+        raise UserError(f"{path}: not a GGUF file (it does not start with 'GGUF'); give a .gguf file, or the "
+                        "directory that holds config.json and model.safetensors")
     return info.st_size
 
 

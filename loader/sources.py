@@ -54,7 +54,6 @@ RANDOM_LLAMA_SHAPES = {
 CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
                    " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
                    "{% endif %}")
-FAMILIES = ("gpt2", "llama")
 # Shapes a checkpoint may declare: far above any model gptsql can hold, low enough that a hostile
 # config cannot make the checks themselves exhaust memory.
 LIMITS = {"n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024, "n_inner": 1 << 20, "n_ctx": 1 << 20,
@@ -96,8 +95,8 @@ class Config:
             archs = [archs]
         if model_type not in (None, "gpt2") or any(a not in ("GPT2LMHeadModel", "GPT2Model") for a in archs):
             raise UserError(
-                f"{where}: architecture {model_type or archs} is not GPT-2 "
-                "(gptsql runs GPT2LMHeadModel checkpoints only)"
+                f"{where}: architecture {model_type or archs} is not GPT-2 or Llama "
+                "(gptsql runs GPT2LMHeadModel and LlamaForCausalLM checkpoints)"
             )
         act = raw.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
