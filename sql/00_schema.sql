@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS gptsql.special_token (
     UNIQUE (model_id, text)
 );
 
--- Models loaded before these tables: GPT-2's split, and <|endoftext|> special, begin and end.
+-- Models loaded before these tables: GPT-2's split, and <|endoftext|> special, begin and end. (A
+-- migration that needs the tables above, so here rather than in migrations.sql, which runs first.)
 INSERT INTO gptsql.tokenizer (model_id, pre_tokenizer, bos, eos)
 SELECT  m.id, 'gpt2', t.token, t.token
 FROM    gptsql.model m

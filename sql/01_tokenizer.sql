@@ -39,7 +39,6 @@
 
 -- The piece pattern of a pre-tokenizer ('gpt2' or 'smollm'), as a PostgreSQL ARE over the Unicode
 -- classes: L letters, N numbers, S white space.
-DROP FUNCTION IF EXISTS gptsql.piece_pattern();
 CREATE OR REPLACE FUNCTION gptsql.piece_pattern(pre_tokenizer text DEFAULT 'gpt2')
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -71,13 +70,7 @@ $$;
 -- A piece between two rounds of merges: its token ids and the rank of each adjacent pair (NULL:
 -- the model has no merge of the two). A rank is written rank * 2^32 + the token the pair becomes:
 -- the lowest is the next merge and names its token, with no second lookup.
-DO $$
-BEGIN
-    CREATE TYPE gptsql.bpe_round AS (tokens int[], ranks bigint[]);
-EXCEPTION WHEN duplicate_object THEN NULL;
-END
-$$;
-DROP TYPE IF EXISTS gptsql.bpe_state;                    -- its byte offsets served ranks by bytes
+CREATE TYPE gptsql.bpe_round AS (tokens int[], ranks bigint[]);
 DROP AGGREGATE IF EXISTS gptsql.concat_arrays(int[]);   -- quadratic: see the last step of a round
 
 -- Byte-level BPE of distinct byte strings, side by side: each string and its token ids.

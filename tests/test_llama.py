@@ -636,18 +636,18 @@ def test_hostile_template_is_bounded(template, said):
 
 
 def test_models_loaded_before_get_gpt2_tokenizer_rows(db, tiny):
-    """A database made before the tokenizer tables: its models get GPT-2's rows when the schema is
+    """A database made before the tokenizer tables: its models get GPT-2's rows when the engine is
     installed again ('gpt2' split, <|endoftext|> special, begin and end), inside a rolled back
     transaction."""
-    from importlib import resources
+    from gptsql.server.db import install
 
-    schema = resources.files("gptsql.sql").joinpath("00_schema.sql").read_text()
     with pytest.raises(_Rollback):
         with db.transaction():
             db.execute("delete from gptsql.special_token where model_id = gptsql.model_id(%s)", [tiny])
             db.execute("delete from gptsql.tokenizer where model_id = gptsql.model_id(%s)", [tiny])
             assert tokenize(db, "a<|endoftext|>", tiny, True) == [64, 27, 91, 437, 1659, 5239, 91, 29]   # text
-            db.execute(schema)
+            db.execute("update gptsql.meta set value = 'an earlier version' where key = 'engine_version'")
+            install(db)
             row = db.execute("""select k.pre_tokenizer, k.bos, k.eos, s.token, s.text from gptsql.tokenizer k
                                 join gptsql.special_token s using (model_id) where k.model_id = gptsql.model_id(%s)""",
                              [tiny]).fetchall()
