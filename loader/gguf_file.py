@@ -14,15 +14,15 @@ loaded from the same file.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from . import checks
 from . import vocab as vocab_mod
-from .sources import LIMITS, Checkpoint, Config, check_finite, checked_float, checked_int, llama_shapes
+from .sources import MAX_INNER, ROPE_BASE_RANGE, Checkpoint, Config, llama_shapes
 
 MAGIC = b"GGUF"
 MAX_GGUF_BYTES = 256 << 30
@@ -32,23 +32,17 @@ NORMAL, CONTROL = 1, 3
 TOKEN_TYPE_NAMES = {2: "unknown", 4: "user-defined", 5: "unused", 6: "byte"}
 
 
-def check_file(path: Path) -> int:
-    """A regular file (a FIFO or a device would be read forever) of a GGUF's size, starting with
-    GGUF's magic; its size."""
+def check_file(path: Path) -> None:
+    """A regular file (a FIFO or a device would be read forever, checks.open_regular) of a GGUF's
+    size, starting with GGUF's magic."""
+    fd = checks.open_regular(path, MAX_GGUF_BYTES)
     try:
-        info = path.stat()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the file ({exc.strerror})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{path}: not a regular file; give a .gguf file")
-    if info.st_size > MAX_GGUF_BYTES:
-        raise UserError(f"{path}: {info.st_size} bytes is more than the {MAX_GGUF_BYTES >> 30} GB gptsql reads")
-    with open(path, "rb") as f:
-        head = f.read(8)
+        head = os.read(fd, 8)
+    finally:
+        os.close(fd)
     if len(head) < 8 or head[:4] != MAGIC:
         raise UserError(f"{path}: not a GGUF file (it does not start with 'GGUF'); give a .gguf file, or the "
                         "directory that holds config.json and model.safetensors")
-    return info.st_size
 
 
 def open_reader(path: Path):
@@ -103,8 +97,10 @@ class Metadata:
         return value
 
     def count(self, key: str, lo: int, hi: int, default: object = ...) -> int:
-        value = self.get(key, "int", default)
-        return checked_int(value, f"GGUF metadata {key}", self.where, hi, lo)
+        return checks.whole({key: self.get(key, "int", default)}, key, f"{self.where}: GGUF metadata", lo, hi)
+
+    def number(self, key: str, lo: float, hi: float, default: object = ...) -> float:
+        return checks.real({key: self.get(key, "float", default)}, key, f"{self.where}: GGUF metadata", lo, hi)
 
 
 def read_config(meta: Metadata, n_vocab: int, tied: bool) -> Config:
@@ -118,20 +114,18 @@ def read_config(meta: Metadata, n_vocab: int, tied: bool) -> Config:
     scaling = meta.get("llama.rope.scaling.type", "str", "none")
     if scaling != "none" or meta.get("llama.rope.scaling.factor", "float", 1.0) not in (0.0, 1.0):
         raise UserError(f"{where}: RoPE scaling {scaling!r}; gptsql runs plain RoPE only")
-    n_head = meta.count("llama.attention.head_count", 1, LIMITS["n_head"])
+    n_head = meta.count("llama.attention.head_count", 1, checks.MAX_WIDTH)
     config = Config(
         n_vocab=n_vocab,
-        n_ctx=meta.count("llama.context_length", 1, LIMITS["n_ctx"]),
-        n_embd=meta.count("llama.embedding_length", 1, LIMITS["n_embd"]),
+        n_ctx=meta.count("llama.context_length", 1, checks.MAX_CONTEXT),
+        n_embd=meta.count("llama.embedding_length", 1, checks.MAX_WIDTH),
         n_head=n_head,
-        n_layer=meta.count("llama.block_count", 1, LIMITS["n_layer"]),
-        layer_norm_epsilon=checked_float(meta.get("llama.attention.layer_norm_rms_epsilon", "float"),
-                                         "llama.attention.layer_norm_rms_epsilon", where, 0.0, 1.0),
+        n_layer=meta.count("llama.block_count", 1, checks.MAX_LAYERS),
+        layer_norm_epsilon=meta.number("llama.attention.layer_norm_rms_epsilon", *checks.EPSILON_RANGE),
         family="llama",
-        n_kv_head=meta.count("llama.attention.head_count_kv", 1, LIMITS["n_head"], n_head),
-        n_inner=meta.count("llama.feed_forward_length", 1, LIMITS["n_inner"]),
-        rope_theta=checked_float(meta.get("llama.rope.freq_base", "float", 10000.0), "llama.rope.freq_base",
-                                 where, 1.0, 1e12),
+        n_kv_head=meta.count("llama.attention.head_count_kv", 1, n_head, n_head),
+        n_inner=meta.count("llama.feed_forward_length", 1, MAX_INNER),
+        rope_theta=meta.number("llama.rope.freq_base", *ROPE_BASE_RANGE, 10000.0),
         tied=tied,
     )
     config.check(where)
@@ -153,8 +147,8 @@ def read_vocabulary(meta: Metadata) -> vocab_mod.Vocabulary:
         raise UserError(f"{where}: tokenizer {model!r} is not supported; gptsql reads byte-level BPE "
                         "vocabularies (tokenizer.ggml.model 'gpt2')")
     spelled = meta.get("tokenizer.ggml.tokens", "str[]")
-    if not 0 < len(spelled) <= vocab_mod.MAX_VOCABULARY:
-        raise UserError(f"{where}: {len(spelled)} tokens; a vocabulary has 1 to {vocab_mod.MAX_VOCABULARY}")
+    if not 0 < len(spelled) <= checks.MAX_VOCAB:
+        raise UserError(f"{where}: {len(spelled)} tokens; a vocabulary has 1 to {checks.MAX_VOCAB}")
     kinds = meta.get("tokenizer.ggml.token_type", "int[]", [NORMAL] * len(spelled))
     if len(kinds) != len(spelled):
         raise UserError(f"{where}: tokenizer.ggml.token_type has {len(kinds)} entries for {len(spelled)} tokens")
@@ -235,7 +229,7 @@ class GGUFTensors(Mapping):
             weights = unpermute_rope_rows(weights, self.config.n_head)
         elif key.endswith("self_attn.k_proj.weight"):
             weights = unpermute_rope_rows(weights, self.config.n_kv_head)
-        check_finite(weights, key, self.where)
+        checks.check_weights(key, weights, self.where)
         return weights
 
     def _shape(self, key: str) -> tuple[int, ...]:

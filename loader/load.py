@@ -267,9 +267,10 @@ def load_vocabulary(conn: psycopg.Connection, ck: Checkpoint, name: str) -> int:
         conn.execute("select gptsql.drop_model(%s)", [name])
         model_id = conn.execute(
             """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer, layer_norm_epsilon,
-                                         n_params)
-               values (%s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
-            [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer, c.layer_norm_epsilon, ck.n_params()],
+                                         family, n_kv_head, n_inner, rope_theta, tied, n_params)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
+            [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer, c.layer_norm_epsilon,
+             c.family, c.n_kv_head, c.n_inner, c.rope_theta or None, c.tied, ck.n_params()],
         ).fetchone()[0]
         conn.execute("select gptsql.create_partitions(%s)", [model_id])
         write_vocabulary(conn, model_id, ck.vocab)

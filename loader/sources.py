@@ -54,10 +54,10 @@ RANDOM_LLAMA_SHAPES = {
 CHATML_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
                    " + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
                    "{% endif %}")
-# Shapes a checkpoint may declare: far above any model gptsql can hold, low enough that a hostile
-# config cannot make the checks themselves exhaust memory.
-LIMITS = {"n_layer": 1024, "n_embd": 1 << 16, "n_head": 1024, "n_inner": 1 << 20, "n_ctx": 1 << 20,
-          "n_vocab": 1 << 20}
+# The Llama MLP's width a checkpoint may declare (the other shapes: checks.py's limits); SmolLM2's
+# is 1536, the widest Llamas' under 30,000.
+MAX_INNER = 1 << 16
+ROPE_BASE_RANGE = (1.0, 1e12)
 # Random models up to this many parameters keep their tensors once made (the tests and the bench
 # reuse them); bigger ones make each tensor when it is read and forget it, so that a load holds one
 # tensor at a time instead of the whole 3-6 GB model.
@@ -130,31 +130,36 @@ class Config:
         scaling = raw.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
         if scaling:
             raise UserError(f"{where}: config.json scales RoPE ({json.dumps(scaling)[:80]}); gptsql runs plain RoPE only")
-        theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        here = f"{where}: config.json"
+        tied = raw.get("tie_word_embeddings", True)
+        if not isinstance(tied, bool):
+            raise UserError(f"{here}: tie_word_embeddings must be true or false, not {checks.shown(tied)}")
+        n_head = checks.whole(raw, "num_attention_heads", here, 1, checks.MAX_WIDTH)
         config = cls(
-            n_vocab=hf_int(raw, "vocab_size", where, LIMITS["n_vocab"]),
-            n_ctx=hf_int(raw, "max_position_embeddings", where, LIMITS["n_ctx"]),
-            n_embd=hf_int(raw, "hidden_size", where, LIMITS["n_embd"]),
-            n_head=hf_int(raw, "num_attention_heads", where, LIMITS["n_head"]),
-            n_layer=hf_int(raw, "num_hidden_layers", where, LIMITS["n_layer"]),
-            layer_norm_epsilon=checked_float(raw.get("rms_norm_eps", 1e-6), "rms_norm_eps", where, 0.0, 1.0),
+            n_vocab=checks.whole(raw, "vocab_size", here, 1, checks.MAX_VOCAB),
+            n_ctx=checks.whole(raw, "max_position_embeddings", here, 1, checks.MAX_CONTEXT),
+            n_embd=checks.whole(raw, "hidden_size", here, 1, checks.MAX_WIDTH),
+            n_head=n_head,
+            n_layer=checks.whole(raw, "num_hidden_layers", here, 1, checks.MAX_LAYERS),
+            layer_norm_epsilon=checks.real(raw, "rms_norm_eps", here, *checks.EPSILON_RANGE, default=1e-6),
             family="llama",
-            n_kv_head=hf_int(raw, "num_key_value_heads", where, LIMITS["n_head"], raw.get("num_attention_heads")),
-            n_inner=hf_int(raw, "intermediate_size", where, LIMITS["n_inner"]),
-            rope_theta=checked_float(theta, "rope_theta", where, 1.0, 1e12),
-            tied=checked_bool(raw.get("tie_word_embeddings", True), "tie_word_embeddings", where),
+            n_kv_head=checks.whole(raw, "num_key_value_heads", here, 1, n_head) if "num_key_value_heads" in raw else n_head,
+            n_inner=checks.whole(raw, "intermediate_size", here, 1, MAX_INNER),
+            rope_theta=checks.real({"rope_theta": rope.get("rope_theta", raw.get("rope_theta", 10000.0))}, "rope_theta",
+                                   here, *ROPE_BASE_RANGE),
+            tied=tied,
         )
         head_dim = raw.get("head_dim")
         if head_dim is not None and head_dim != config.n_embd // config.n_head:
             raise UserError(f"{where}: head_dim {head_dim!r} is not hidden_size / num_attention_heads "
                             f"({config.n_embd // config.n_head}); gptsql runs heads of that size only")
-        config.check(where)
+        config.check(here)
         return config
 
     def check(self, where: str) -> None:
-        """The shapes fit together (each rule a Llama or GPT-2 block relies on), one line each."""
-        if self.n_embd % self.n_head:
-            raise UserError(f"{where}: n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        """The shapes within what gptsql runs (checks.check_shape) and fitting together as a Llama
+        block needs them, one line each."""
+        checks.check_shape(where, self.n_vocab, self.n_ctx, self.n_embd, self.n_head, self.n_layer)
         if self.n_head % self.n_kv_head:
             raise UserError(f"{where}: {self.n_head} query heads cannot share {self.n_kv_head} key/value heads "
                             "evenly (n_head must be a multiple of n_kv_head)")
@@ -164,32 +169,6 @@ class Config:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-
-def checked_int(value: object, key: str, where: str, hi: int, lo: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise UserError(f"{where}: {key} is {value!r}; it must be a whole number from {lo} to {hi}")
-    return value
-
-
-def hf_int(raw: dict, key: str, where: str, hi: int, default: object = None) -> int:
-    value = raw.get(key, default)
-    if value is None:
-        raise UserError(f"{where}: config.json has no {key!r}")
-    return checked_int(value, key, where, hi)
-
-
-def checked_float(value: object, key: str, where: str, lo: float, hi: float) -> float:
-    """A finite number in (lo, hi]."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (lo < value <= hi):
-        raise UserError(f"{where}: {key} is {value!r}; it must be a number above {lo:g}, at most {hi:g}")
-    return float(value)
-
-
-def checked_bool(value: object, key: str, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise UserError(f"{where}: {key} is {value!r}; it must be true or false")
-    return value
 
 
 @dataclass
@@ -252,7 +231,7 @@ def gpt2_shapes(c: Config) -> dict[str, tuple[int, ...]]:
 
 def check_tensors(config: Config, tensors: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
     """Keep the family's tensors (without HF's `transformer.` / `model.` prefix), float32; name what
-    is missing or misshapen, and (Llama) a tensor that is not finite."""
+    is missing or misshapen, or holds values no model can run (checks.check_weights)."""
     prefix = "model." if config.family == "llama" else "transformer."
     clean = {}
     for key, value in tensors.items():
@@ -272,13 +251,6 @@ def check_tensors(config: Config, tensors: dict[str, np.ndarray], where: str) ->
     for key, tensor in kept.items():
         checks.check_weights(key, tensor, where)
     return kept
-
-
-def check_finite(tensor: np.ndarray, key: str, where: str) -> None:
-    if not np.isfinite(tensor).all():
-        bad = int(np.size(tensor) - np.isfinite(tensor).sum())
-        raise UserError(f"{where}: tensor {key} holds {bad} values that are not finite (NaN or infinity); "
-                        "a model with them cannot run")
 
 
 def weights_limit(c: Config) -> int:

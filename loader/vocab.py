@@ -27,9 +27,7 @@ PRE_TOKENIZERS = {
     "gpt2": "GPT-2's split (letters, numbers, punctuation and white space runs)",
     "smollm": "every digit alone, then GPT-2's split (SmolLM2's Digits + ByteLevel)",
 }
-# Bounds a vocabulary file must keep: far above every real one (GPT-2 50,257 tokens, SmolLM2 49,152,
-# the largest in use about 260,000), low enough that a hostile file cannot exhaust memory.
-MAX_VOCABULARY = 1 << 20
+# A token's bytes (GPT-2's longest: 128); the number of tokens is bounded by checks.MAX_VOCAB.
 MAX_TOKEN_BYTES = 1024
 
 
@@ -112,8 +110,8 @@ def from_spelled(spelled: Sequence[str], merges: Iterable[Sequence[str]], specia
     if pre_tokenizer not in PRE_TOKENIZERS:
         known = "; ".join(f"{k!r}: {v}" for k, v in PRE_TOKENIZERS.items())
         raise UserError(f"{source}: pre-tokenizer {pre_tokenizer!r} is not supported (gptsql knows {known})")
-    if not 0 < len(spelled) <= MAX_VOCABULARY:
-        raise UserError(f"{source}: {len(spelled)} tokens; a vocabulary has 1 to {MAX_VOCABULARY}")
+    if not 0 < len(spelled) <= checks.MAX_VOCAB:
+        raise UserError(f"{source}: {len(spelled)} tokens; a vocabulary has 1 to {checks.MAX_VOCAB}")
     special_ids = set(specials)
     if bad := [i for i in special_ids if not (isinstance(i, int) and 0 <= i < len(spelled))]:
         raise UserError(f"{source}: special token id {bad[0]!r} is not in the vocabulary (0 to {len(spelled) - 1})")
@@ -191,23 +189,15 @@ def with_chat(vocab: Vocabulary, template: object) -> Vocabulary:
     return vocab
 
 
-def read_json(path: Path, what: str, max_bytes: int = 64 << 20) -> object:
-    """A JSON file of a model directory: a regular file of sane size (a FIFO or /dev/zero would be
-    read forever), valid JSON."""
-    import stat
-
+def read_json(path: Path, what: str, links_within: Path) -> object:
+    """A JSON file of a model directory, checked for its kind and size before it is read (a FIFO or
+    /dev/zero would be read forever: checks.read_regular)."""
     try:
-        info = path.stat()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read {what} ({exc.strerror})") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{path}: {what} is not a regular file")
-    if info.st_size > max_bytes:
-        raise UserError(f"{path}: {what} is {info.st_size} bytes (at most {max_bytes})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(checks.read_regular(path, checks.VOCAB_BYTES, links_within).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: {what} is not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise UserError(f"{path}: {what} is not valid JSON (nested too deeply)") from None
 
 
 def _pre_tokenizer_of(spec: object, where: str) -> str:
@@ -239,9 +229,11 @@ def _token_text(value: object) -> str | None:
 def from_tokenizer_json(directory: Path, links_within: Path | None = None) -> Vocabulary:
     """A Llama-family directory's tokenizer: tokenizer.json (a byte-level BPE), the special tokens
     among its added tokens, bos / eos and the chat template from tokenizer_config.json (the template
-    from chat_template.jinja when there is one, as transformers saves it)."""
+    from chat_template.jinja when there is one, as transformers saves it). Links must lead inside
+    `links_within` (default: the directory), as for the other files (sources.from_directory)."""
     where = str(directory)
-    spec = read_json(directory / "tokenizer.json", "tokenizer.json")
+    links_within = links_within or directory
+    spec = read_json(directory / "tokenizer.json", "tokenizer.json", links_within)
     model = spec.get("model") if isinstance(spec, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE":
         kind = model.get("type") if isinstance(model, dict) else None
@@ -254,8 +246,8 @@ def from_tokenizer_json(directory: Path, links_within: Path | None = None) -> Vo
     vocab, merges = model.get("vocab"), model.get("merges")
     if not isinstance(vocab, dict) or not isinstance(merges, list):
         raise UserError(f"{where}: tokenizer.json's model has no vocab object and merges list")
-    if not 0 < len(vocab) <= MAX_VOCABULARY:
-        raise UserError(f"{where}: tokenizer.json has {len(vocab)} tokens; a vocabulary has 1 to {MAX_VOCABULARY}")
+    if not 0 < len(vocab) <= checks.MAX_VOCAB:
+        raise UserError(f"{where}: tokenizer.json has {len(vocab)} tokens; a vocabulary has 1 to {checks.MAX_VOCAB}")
     spelled: list[str | None] = [None] * len(vocab)
     for text, token in vocab.items():
         if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < len(vocab) or spelled[token]:
@@ -279,7 +271,7 @@ def from_tokenizer_json(directory: Path, links_within: Path | None = None) -> Vo
     result = from_spelled(spelled, pairs, specials, str(directory / "tokenizer.json"), pre_tokenizer)
 
     config_path = directory / "tokenizer_config.json"
-    config = read_json(config_path, "tokenizer_config.json") if config_path.exists() else {}
+    config = read_json(config_path, "tokenizer_config.json", links_within) if config_path.exists() else {}
     if not isinstance(config, dict):
         raise UserError(f"{config_path}: not a JSON object")
     for key in ("bos", "eos"):
@@ -291,25 +283,16 @@ def from_tokenizer_json(directory: Path, links_within: Path | None = None) -> Vo
     result.add_bos = config.get("add_bos_token") is True
     template_path = directory / "chat_template.jinja"
     if template_path.exists():
-        template = read_text_file(template_path, "chat_template.jinja", chat_mod.MAX_TEMPLATE_CHARS * 4)
+        try:
+            template = checks.read_regular(template_path, chat_mod.MAX_TEMPLATE_CHARS * 4, links_within).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{template_path}: not UTF-8 text ({exc})") from exc
     else:
         template = config.get("chat_template")
         if isinstance(template, list):   # named templates: the default one
             template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
                             None)
     return with_chat(result, template)
-
-
-def read_text_file(path: Path, what: str, max_bytes: int) -> str:
-    import stat
-
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
-        raise UserError(f"{path}: {what} is not a regular file of at most {max_bytes} bytes")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: {what} is not UTF-8 text ({exc})") from exc
 
 
 def unicode_class_ranges() -> list[tuple[str, int, int]]:

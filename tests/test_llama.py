@@ -285,8 +285,8 @@ HOSTILE_DIRECTORIES = {
     "rope scaling": (edit_json("config.json", lambda c: c["rope_parameters"].update(rope_type="linear", factor=2.0)),
                      "scales RoPE"),
     "head size": (edit_json("config.json", lambda c: c.update(head_dim=32)), "head_dim 32 is not"),
-    "epsilon as text": (edit_json("config.json", lambda c: c.update(rms_norm_eps="x")), "rms_norm_eps is 'x'"),
-    "layers as float": (edit_json("config.json", lambda c: c.update(num_hidden_layers=2.0)), "num_hidden_layers is 2.0"),
+    "epsilon as text": (edit_json("config.json", lambda c: c.update(rms_norm_eps="x")), "rms_norm_eps must be a number from 1e-12 to 1, not 'x'"),
+    "layers as float": (edit_json("config.json", lambda c: c.update(num_hidden_layers=2.0)), "num_hidden_layers must be a whole number from 1 to 256, not 2.0"),
     "no tokenizer": (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer.json"),
     "WordPiece": (edit_json("tokenizer.json", lambda t: t["model"].update(type="WordPiece")), "model is 'WordPiece'"),
     "Metaspace": (edit_json("tokenizer.json", lambda t: t.update(pre_tokenizer={"type": "Metaspace"})),
@@ -299,7 +299,7 @@ HOSTILE_DIRECTORIES = {
                             "adds the non-special token '<|endoftext|>'"),
     "eos unknown": (edit_json("tokenizer_config.json", lambda t: t.update(eos_token="<|nope|>")), "eos_token '<|nope|>'"),
     "tokenizer.json a pipe": (lambda d: ((d / "tokenizer.json").unlink(), os.mkfifo(d / "tokenizer.json")),
-                              "tokenizer.json is not a regular file"),
+                              "tokenizer.json: a FIFO (named pipe), not a regular file"),
 }
 
 
@@ -337,14 +337,14 @@ T = _types()
 HOSTILE_METADATA = {
     "another architecture": (set_meta("general.architecture", "gemma", T.STRING), "architecture 'gemma' is not supported"),
     "block count as text": (set_meta("llama.block_count", "2", T.STRING), "llama.block_count is STRING, not int"),
-    "no blocks": (set_meta("llama.block_count", 0, T.UINT32), "llama.block_count is 0"),
-    "a billion blocks": (set_meta("llama.block_count", 10 ** 9, T.UINT32), "llama.block_count is 1000000000"),
-    "no heads": (set_meta("llama.attention.head_count", 0, T.UINT32), "head_count is 0"),
+    "no blocks": (set_meta("llama.block_count", 0, T.UINT32), "GGUF metadata: llama.block_count must be a whole number from 1 to 256, not 0"),
+    "a billion blocks": (set_meta("llama.block_count", 10 ** 9, T.UINT32), "llama.block_count must be a whole number from 1 to 256, not 1000000000"),
+    "no heads": (set_meta("llama.attention.head_count", 0, T.UINT32), "llama.attention.head_count must be a whole number from 1 to 2,000, not 0"),
     "heads not dividing": (set_meta("llama.attention.head_count_kv", 3, T.UINT32), "cannot share 3 key/value heads"),
-    "epsilon NaN": (set_meta("llama.attention.layer_norm_rms_epsilon", float("nan"), T.FLOAT32), "layer_norm_rms_epsilon is nan"),
-    "epsilon negative": (set_meta("llama.attention.layer_norm_rms_epsilon", -1e-5, T.FLOAT32), "must be a number above 0"),
-    "epsilon huge": (set_meta("llama.attention.layer_norm_rms_epsilon", 1e30, T.FLOAT32), "at most 1"),
-    "rope base infinite": (set_meta("llama.rope.freq_base", float("inf"), T.FLOAT32), "llama.rope.freq_base is inf"),
+    "epsilon NaN": (set_meta("llama.attention.layer_norm_rms_epsilon", float("nan"), T.FLOAT32), "layer_norm_rms_epsilon must be a number from 1e-12 to 1, not nan"),
+    "epsilon negative": (set_meta("llama.attention.layer_norm_rms_epsilon", -1e-5, T.FLOAT32), "layer_norm_rms_epsilon must be a number from 1e-12 to 1, not -"),
+    "epsilon huge": (set_meta("llama.attention.layer_norm_rms_epsilon", 1e30, T.FLOAT32), "layer_norm_rms_epsilon must be a number from 1e-12 to 1, not 1"),
+    "rope base infinite": (set_meta("llama.rope.freq_base", float("inf"), T.FLOAT32), "llama.rope.freq_base must be a number from 1 to 1e+12, not inf"),
     "no epsilon": (remove("llama.attention.layer_norm_rms_epsilon"), "has no llama.attention.layer_norm_rms_epsilon"),
     "rope scaling": (set_meta("llama.rope.scaling.type", "linear", T.STRING), "RoPE scaling 'linear'"),
     "partial rotation": (set_meta("llama.rope.dimension_count", 8, T.UINT32), "rope.dimension_count is 8"),
@@ -353,7 +353,7 @@ HOSTILE_METADATA = {
     "unknown split": (set_meta("tokenizer.ggml.pre", "llama-bpe", T.STRING), "pre-tokenizer 'llama-bpe' is not supported"),
     "no split named": (remove("tokenizer.ggml.pre"), "pre-tokenizer 'default' is not supported"),
     "vocabulary size differs": (set_meta("llama.vocab_size", 50000, T.UINT32), "llama.vocab_size is 50000"),
-    "bos out of range": (set_meta("tokenizer.ggml.bos_token_id", 60000, T.UINT32), "bos_token_id is 60000"),
+    "bos out of range": (set_meta("tokenizer.ggml.bos_token_id", 60000, T.UINT32), "bos_token_id must be a whole number from 0 to 299, not 60000"),
     "tokens as numbers": (set_meta("tokenizer.ggml.tokens", list(range(300)), T.ARRAY, T.UINT32), "tokens is ARRAY/UINT32, not str[]"),
     "user-defined token": (lambda meta, tensors: meta["tokenizer.ggml.token_type"][0].__setitem__(7, 4),
                            "token 7 ('(') is of type user-defined"),
@@ -411,8 +411,8 @@ def test_non_finite_weight_is_refused_when_read(tiny_parts, tmp_path):
     bad[3, 5] = np.nan
     tensors = {**tensors, "blk.1.ffn_gate.weight": (bad, "F32")}
     ck = resolve(str(write_gguf(tmp_path / "nan.gguf", meta, tensors)))
-    one_line_error(lambda: ck.tensors["layers.1.mlp.gate_proj.weight"], "layers.1.mlp.gate_proj.weight holds 1 values "
-                                                                          "that are not finite")
+    one_line_error(lambda: ck.tensors["layers.1.mlp.gate_proj.weight"],
+                   "tensor layers.1.mlp.gate_proj.weight holds NaN or infinite values")
 
 
 def test_damaged_files_are_one_line(tiny_gguf, tmp_path):
@@ -517,6 +517,9 @@ def test_tokenizer_rows(db, smollm_split, chat_model):
                          where m.name in (%s, %s) order by m.name""", [smollm_split, chat_model]).fetchall()
     assert rows == [(chat_model, "gpt2", 50256, 50256, False, ["<|endoftext|>"]),
                     (smollm_split, "smollm", 50256, 50256, False, ["<|endoftext|>"])]
+    shapes = db.execute("""select family, n_layer, n_embd, n_head, n_kv_head, n_inner, n_ctx, rope_theta, tied
+                           from gptsql.model where name = %s""", [chat_model]).fetchone()
+    assert shapes == ("llama", 2, 64, 4, 2, 176, 256, 10000.0, True)
 
 
 @pytest.mark.parametrize("name", CORPUS_FILES)
