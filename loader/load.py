@@ -141,9 +141,6 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     if dtype not in ("float32", "float16"):
         raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
     check_name(name)
-    if ck.config.family != "gpt2":
-        raise UserError(f"{ck.source}: the SQL engine does not run the {ck.config.family} family yet; "
-                        "nothing loaded")
     # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
     # vector column w for float32; position embeddings and norms are small and stay float32.
     big_column, vector_dtype = ("h", ">f2") if dtype == "float16" else ("w", ">f4")
