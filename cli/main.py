@@ -546,6 +546,9 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
 
 
 
+from .chat import chat  # noqa: E402  (after cli is defined)
+
+cli.add_command(chat)
 cli.add_command(runs)
 cli.add_command(trace)
 cli.add_command(attention)

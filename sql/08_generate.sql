@@ -4,13 +4,13 @@
 -- forward() (earlier places come from the KV cache) and chooses one more token.
 
 CREATE FUNCTION gptsql.start_run(model text, prompt text, max_tokens int DEFAULT 10,
-                                            temperature float8 DEFAULT 0, top_k int DEFAULT 0,
-                                            top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
-                                            record boolean DEFAULT true, kind text DEFAULT 'generate',
-                                            truncate_left boolean DEFAULT false,
-                                            allow_special boolean DEFAULT false,
-                                            OUT run_id bigint, OUT model_id int, OUT tokens int[],
-                                            OUT eot int)
+                                 temperature float8 DEFAULT 0, top_k int DEFAULT 0,
+                                 top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
+                                 record boolean DEFAULT true, kind text DEFAULT 'generate',
+                                 truncate_left boolean DEFAULT false,
+                                 allow_special boolean DEFAULT false,
+                                 OUT run_id bigint, OUT model_id int, OUT tokens int[],
+                                 OUT eot int)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     m gptsql.model;
@@ -44,7 +44,15 @@ BEGIN
         RAISE EXCEPTION 'top_p must be in (0, 1], got %', coalesce(top_p::text, 'NULL')
             USING HINT = 'sample among the most probable tokens whose probabilities add up to top_p; 1 keeps them all';
     END IF;
-    SELECT t.token INTO eot FROM gptsql.token t WHERE t.model_id = m.id AND t.bytes = '<|endoftext|>'::bytea;
+    IF temperature > 0 AND temperature < 1e-3 THEN
+        RAISE EXCEPTION 'temperature % is too small to divide logits by; give 0 (greedy) or at least 0.001', temperature
+            USING HINT = '0 always takes the most probable token; 0.7 to 1 samples; higher is more random';
+    END IF;
+    -- The token that ends a text (the model's eos: <|endoftext|> for GPT-2, <|im_end|> for SmolLM2);
+    -- a model made by hand may only spell it.
+    SELECT coalesce((SELECT k.eos FROM gptsql.tokenizer k WHERE k.model_id = m.id),
+                    (SELECT t.token FROM gptsql.token t WHERE t.model_id = m.id AND t.bytes = '<|endoftext|>'::bytea))
+    INTO   eot;
     room := m.n_ctx - max_tokens;
     -- No token is longer than the vocabulary's longest, so the prompt's bytes divided by that
     -- length bound its token count from below: a prompt that cannot fit is refused before it is
@@ -58,7 +66,8 @@ BEGIN
         END IF;
     END IF;
     IF prompt = '' THEN
-        tokens := ARRAY[eot];           -- GPT-2 starts a text after <|endoftext|>
+        -- a text's first token (GPT-2 starts a text after <|endoftext|>)
+        tokens := ARRAY[coalesce((SELECT k.bos FROM gptsql.tokenizer k WHERE k.model_id = m.id), eot)];
     ELSE
         tokens := gptsql.tokenize(prompt, m.name, allow_special, last => CASE WHEN truncate_left AND room > 0 THEN room END);
     END IF;
@@ -256,17 +265,20 @@ $$;
 
 -- The article's generation loop as one recursive query: each row of `generation` is one step,
 -- which feeds the token chosen by the row before. Returns the generated text (without the prompt).
+-- allow_special reads special tokens written in the prompt (<|im_start|>...) as those tokens.
 CREATE FUNCTION gptsql.generate(prompt text, max_tokens int DEFAULT 10,
-                                           temperature float8 DEFAULT 0, top_k int DEFAULT 0,
-                                           top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
-                                           model text DEFAULT NULL, record boolean DEFAULT true)
+                                temperature float8 DEFAULT 0, top_k int DEFAULT 0,
+                                top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
+                                model text DEFAULT NULL, record boolean DEFAULT true,
+                                allow_special boolean DEFAULT false, kind text DEFAULT 'generate')
 RETURNS text
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     s         record;
     generated int[];
 BEGIN
-    SELECT * INTO s FROM gptsql.start_run(model, prompt, max_tokens, temperature, top_k, top_p, seed, record);
+    SELECT * INTO s FROM gptsql.start_run(model, prompt, max_tokens, temperature, top_k, top_p, seed, record,
+                                          kind => kind, allow_special => allow_special);
     BEGIN
         WITH RECURSIVE generation AS (
                 SELECT  0 AS step, s.tokens AS context, s.tokens AS fresh, NULL::int AS token
@@ -287,6 +299,37 @@ BEGIN
     RETURN gptsql.detokenize(coalesce(generated, '{}'), model);
 END
 $$;
+
+-- A chat model's reply to a conversation: messages as a jsonb array of {"role", "content"} objects
+-- (system, user, assistant), laid out in the model's chat format (gptsql.chat_prompt, from its
+-- template) and generated until the model ends its turn. A recorded run of kind 'chat'.
+CREATE FUNCTION gptsql.chat(messages jsonb, max_tokens int DEFAULT 256, temperature float8 DEFAULT 0,
+                            top_k int DEFAULT 0, top_p float8 DEFAULT 1, seed bigint DEFAULT NULL,
+                            model text DEFAULT NULL, record boolean DEFAULT true)
+RETURNS text
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT  gptsql.generate(gptsql.chat_prompt(messages, model), max_tokens, temperature, top_k, top_p, seed,
+                            model, record, allow_special => true, kind => 'chat');
+END;
+
+-- What a chat run is fed after a reply to go on with a new user message: the rest of the
+-- assistant's suffix (after the stop token that ended the reply, when one did), the message in the
+-- user's prefix and suffix, then the generation prompt: the text chat_prompt lays out there.
+CREATE FUNCTION gptsql.chat_next(content text, model text DEFAULT NULL, ended_by_stop boolean DEFAULT true)
+RETURNS text
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT  CASE WHEN ended_by_stop AND starts_with(a.suffix, s.text) THEN substr(a.suffix, length(s.text) + 1)
+                 ELSE a.suffix END
+            || u.prefix || content || u.suffix || f.generation_prompt
+    FROM    gptsql.chat_format f
+    JOIN    gptsql.chat_role a ON a.model_id = f.model_id AND a.role = 'assistant'
+    JOIN    gptsql.chat_role u ON u.model_id = f.model_id AND u.role = 'user'
+    LEFT JOIN gptsql.tokenizer k ON k.model_id = f.model_id
+    LEFT JOIN gptsql.special_token s ON s.model_id = f.model_id AND s.token = k.eos
+    WHERE   f.model_id = gptsql.model_id(model);
+END;
 
 -- The end of a prediction: feed the prompt's last `tokens` (places start, ...; the places before
 -- them are in the cache, fed by feed()), record the distribution of the token after them, finish

