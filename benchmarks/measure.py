@@ -10,6 +10,7 @@ import numpy as np
 import psycopg
 
 from ..reference.gpt2 import GPT2
+from ..reference.llama import Llama
 
 Progress = Callable[[str], None]
 PROMPT_LEN, DECODE_TOKENS, CONTEXTS = 64, 32, (16, 128, 512, 1000)
@@ -114,7 +115,12 @@ def weights_pass(conn, model_id: int, n_embd: int, places: int = 1, repeats: int
     engine's statements run."""
     xs = np.random.default_rng(1).standard_normal((places, n_embd)).astype(np.float32)
     literal = "{" + ",".join('"[' + ",".join(f"{v:.6f}" for v in x) + ']"' for x in xs) + "}"
-    query = """select (select sum(coalesce(inner_product(q.xv, w), inner_product(q.xh, h)))
+    # A row narrower than n_embd (the Llama family's down projection reads a group of the MLP's
+    # hidden units) takes the first elements of x.
+    query = """select (select sum(coalesce(inner_product(case when vector_dims(w) = %(n)s then q.xv
+                                                             else subvector(q.xv, 1, vector_dims(w)) end, w),
+                                            inner_product(case when vector_dims(h) = %(n)s then q.xh
+                                                               else subvector(q.xh, 1, vector_dims(h)) end, h)))
                        from gptsql.linear, unnest(%(xs)s::vector[], %(xs)s::vector[]::halfvec[]) as q(xv, xh)
                        where model_id = %(m)s)
                     + (select sum(coalesce(inner_product(q.xv, w), inner_product(q.xv::halfvec, h)))
@@ -124,11 +130,11 @@ def weights_pass(conn, model_id: int, n_embd: int, places: int = 1, repeats: int
     with conn.transaction():
         conn.execute("set local max_parallel_workers_per_gather = 0")
         for _ in range(repeats + 1):            # the first pass warms the buffers
-            times.append(timed(lambda: conn.execute(query, {"xs": literal, "m": model_id}).fetchone())[0])
+            times.append(timed(lambda: conn.execute(query, {"xs": literal, "m": model_id, "n": n_embd}).fetchone())[0])
     return statistics.median(times[1:])
 
 
-def numpy_decode(ref: GPT2, tokens, n_new):
+def numpy_decode(ref: GPT2 | Llama, tokens, n_new):
     prefill, logits = timed(lambda: ref.forward(tokens))
     out, times = [int(np.argmax(logits[-1]))], []
     for _ in range(n_new - 1):
@@ -141,21 +147,31 @@ def numpy_decode(ref: GPT2, tokens, n_new):
 def torch_model(checkpoint, tensors: dict[str, np.ndarray]):
     try:
         import torch
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
         from transformers.utils import logging as hf_logging
     except ImportError:
         return None
     hf_logging.set_verbosity_error()    # its deprecation notes (past_key_values...) are not bench output
     c = checkpoint.config
-    config = GPT2Config(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, n_positions=c.n_ctx,
-                        vocab_size=c.n_vocab, layer_norm_epsilon=c.layer_norm_epsilon)
+    if c.family == "llama":
+        config = LlamaConfig(vocab_size=c.n_vocab, hidden_size=c.n_embd, intermediate_size=c.n_inner,
+                             num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+                             max_position_embeddings=c.n_ctx, rms_norm_eps=c.layer_norm_epsilon,
+                             rope_theta=c.rope_theta, tie_word_embeddings=c.tied)
+        kind, prefix, embedding = LlamaForCausalLM, "model.", "embed_tokens.weight"
+    else:
+        config = GPT2Config(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, n_positions=c.n_ctx,
+                            vocab_size=c.n_vocab, layer_norm_epsilon=c.layer_norm_epsilon)
+        kind, prefix, embedding = GPT2LMHeadModel, "transformer.", "wte.weight"
     # Built without weights and given the numpy arrays themselves (assign): one copy of the model in
     # memory for numpy and PyTorch, 3-6 GB for the large and xl shapes.
     with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
-    state = {f"transformer.{k}": torch.from_numpy(v) for k, v in tensors.items()}
-    state["lm_head.weight"] = state["transformer.wte.weight"]
+        model = kind(config)
+    state = {(k if k == "lm_head.weight" else prefix + k): torch.from_numpy(v) for k, v in tensors.items()}
+    state.setdefault("lm_head.weight", state[prefix + embedding])
     model.load_state_dict(state, strict=False, assign=True)
+    if c.family == "llama":      # the rotary buffers are not weights: made for the real device
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
     model.eval()
     torch.set_num_threads(2)
     return model
@@ -231,7 +247,10 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
 
     progress("numpy reference: same weights")
     tensors = dict(checkpoint.tensors)  # made once here (shapes over 400M are not kept by the load)
-    ref = GPT2(tensors, checkpoint.config.n_head, checkpoint.config.n_layer)
+    if checkpoint.config.family == "llama":
+        ref = Llama(tensors, checkpoint.config)
+    else:
+        ref = GPT2(tensors, checkpoint.config.n_head, checkpoint.config.n_layer)
     prefill, times, np_tokens = numpy_decode(ref, tokens, decode_tokens + 1)
     results["numpy"] = {"prefill_s": prefill, "decode_s": statistics.median(times), "tokens": np_tokens}
 

@@ -486,7 +486,8 @@ def check(ctx: Context, model, prompt, tokens):
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage of the benchmarked model.")
 @click.option("--shape", default="gpt2", show_default=True,
-              help="random:SHAPE to build: tiny, small, gpt2 (the 124M shape), gpt2-medium, gpt2-large, gpt2-xl.")
+              help="random:SHAPE to build: tiny, small, gpt2 (the 124M shape), gpt2-medium, gpt2-large, gpt2-xl; "
+                   "the Llama family: llama-tiny, smollm2 (SmolLM2-135M's shape).")
 @click.option("--decode-tokens", default=32, show_default=True, type=count(1), help="Greedy tokens for the decode median.")
 @click.option("--contexts", default="16,128,512,1000", show_default=True, type=IntList(),
               help="Context lengths for the time-per-token curve.")

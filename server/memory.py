@@ -100,16 +100,23 @@ def wte_bytes(rows: int, n_embd: int, dtype: str) -> int:
     return _table_bytes(rows, 16 + _vector_bytes(n_embd, dtype), 24)
 
 
-def linear_bytes(rows: int, n_embd: int, dtype: str) -> int:
-    """Disk of `rows` rows of gptsql.linear (one output unit's weights over an n_embd input slice)."""
-    return _table_bytes(rows, 44 + _vector_bytes(n_embd, dtype), 64)
+def linear_bytes(rows: int, width: int, dtype: str) -> int:
+    """Disk of `rows` rows of gptsql.linear (one output unit's weights over an input slice `width` wide)."""
+    return _table_bytes(rows, 44 + _vector_bytes(width, dtype), 64)
 
 
 def estimate_model_bytes(config, dtype: str) -> int:
     """Bytes the weight partitions of a model of this shape take on disk (what every token reads):
-    the token embeddings and the linear layers, one row per output unit and input slice."""
-    return (wte_bytes(config.n_vocab, config.n_embd, dtype)
-            + linear_bytes(config.n_layer * 12 * config.n_embd, config.n_embd, dtype))
+    the token embeddings (and an untied output layer) and the linear layers, one row per output unit
+    and input slice: q, k, v, the projection and the MLP's up (and gate) read n_embd, its down
+    projection mlp_groups slices of its hidden units."""
+    from ..loader.load import mlp_groups
+
+    c, groups = config, mlp_groups(config.n_inner)
+    wide = (c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_embd + (2 if c.family == "llama" else 1) * c.n_inner
+    return (wte_bytes(c.n_vocab, c.n_embd, dtype) * (1 if c.tied else 2)
+            + linear_bytes(c.n_layer * wide, c.n_embd, dtype)
+            + linear_bytes(c.n_layer * c.n_embd * groups, c.n_inner // groups, dtype))
 
 
 def estimate_load_bytes(config, dtype: str) -> int:

@@ -98,3 +98,10 @@ def test_greedy_generation_is_transformers(conn, llamas, run_cli, model):
             fresh = [token]
         conn.execute("select gptsql.finish_run(%s)", [run])
         assert got == want, shares
+
+
+def test_check_runs_the_llama_reference(llamas, run_cli):
+    """gptsql check reads a Llama back from its tables and runs the numpy Llama block beside SQL."""
+    for model in (TIED, UNTIED):
+        out = run_cli("check", "-m", model).stdout
+        assert out.rstrip().endswith(": same") and "max |Δlogit|" in out, out
