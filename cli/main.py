@@ -327,10 +327,16 @@ def unload(ctx: Context, name, yes):
 
 # -------------------------------------------------------------------------------- generation
 @cli.command()
-@click.argument("prompt")
+@click.argument("prompt", required=False)
 @click.option("-m", "--model", help="Model name (default: the most recently loaded).")
 @click.option("-n", "--max-tokens", default=20, show_default=True, type=count(0),
               help="How many tokens to generate.")
+@click.option("--batch", "batch_file", type=click.File("r", encoding="utf-8"),
+              help='Many prompts generated together: a file (or - for stdin) of JSON lines, each a prompt '
+                   '("text") or {"prompt": ..., and any of "max_tokens", "temperature", "top_k", "top_p", "seed"}; '
+                   'one JSON line out per line in.')
+@click.option("--batch-size", default=16, show_default=True, type=count(1),
+              help="With --batch: how many prompts share a pass over the weights.")
 @click.option("-t", "--temperature", default=0.8, show_default=True, type=Temperature(),
               help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
 @click.option("--top-k", default=0, show_default=True, type=count(0),
@@ -347,8 +353,8 @@ def unload(ctx: Context, name, yes):
 @workers_option
 @pass_ctx
 @friendly
-def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p, seed, truncate, no_record,
-             allow_special, no_prompt, workers):
+def generate(ctx: Context, prompt, model, max_tokens, batch_file, batch_size, temperature, top_k, top_p, seed,
+             truncate, no_record, allow_special, no_prompt, workers):
     """Print PROMPT and stream its continuation as the database produces it ("-" reads stdin;
     --no-prompt prints the continuation only).
 
@@ -356,6 +362,13 @@ def generate(ctx: Context, prompt, model, max_tokens, temperature, top_k, top_p,
     through every block with the KV cache and samples the next token. The run is recorded:
     explore it with `gptsql runs show` or in `gptsql db psql`.
     """
+    if (prompt is None) == (batch_file is None):
+        raise UserError("give a PROMPT, or --batch FILE with one JSON line a prompt (not both)")
+    if batch_file is not None:
+        from .batch import generate_batch
+
+        return generate_batch(ctx, batch_file, batch_size, model, dict(
+            max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed), not no_record, workers)
     prompt = read_prompt(prompt)
     from ..driver.generation import ensure_model
     from ..driver.shares import start_generation
@@ -547,9 +560,11 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
 
 
 
-from .chat import chat  # noqa: E402  (after cli is defined)
+from .batch import score  # noqa: E402  (after cli is defined)
+from .chat import chat  # noqa: E402
 
 cli.add_command(chat)
+cli.add_command(score)
 cli.add_command(runs)
 cli.add_command(trace)
 cli.add_command(attention)

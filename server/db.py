@@ -436,8 +436,13 @@ class Database:
                     f"cannot connect to {redact(dsn)}: {first_line(exc)} "
                     "(check --dsn / GPTSQL_DSN and that the server is running)"
                 ) from exc
+        # In a session of its own transactions: the install's DDL must be committed before the
+        # caller's first statement (another backend of a statement's shares would wait for it).
+        if not autocommit:
+            conn.autocommit = True
         install(conn)
         mark_orphaned_runs(conn)
+        conn.autocommit = autocommit
         return conn
 
     def _wait_for_connection(self, dsn: str, autocommit: bool, first: psycopg.OperationalError,
@@ -524,6 +529,7 @@ SQL_FILES = [
     "08_generate.sql",
     "09_runs.sql",
     "10_shares.sql",
+    "12_batch.sql",
 ]
 MIGRATIONS = "migrations.sql"
 

@@ -331,7 +331,7 @@ $$;
 CREATE TABLE IF NOT EXISTS gptsql.run (
     id           bigserial PRIMARY KEY,
     model_id     int NOT NULL REFERENCES gptsql.model ON DELETE CASCADE,
-    kind         text NOT NULL DEFAULT 'generate' CHECK (kind IN ('generate', 'predict', 'chat')),
+    kind         text NOT NULL DEFAULT 'generate' CHECK (kind IN ('generate', 'predict', 'chat', 'score')),
     prompt       text NOT NULL,
     max_tokens   int NOT NULL DEFAULT 0,
     temperature  float8 NOT NULL DEFAULT 0,

@@ -56,6 +56,21 @@ BEGIN ATOMIC
       AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model);
 END;
 
+-- The logit of one token after a hidden state: its row of the output layer alone.
+CREATE FUNCTION gptsql.logit_of(model int, hidden vector, token int)
+RETURNS float8
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT  coalesce(inner_product(hidden, o.w), inner_product(hidden::halfvec, o.h))
+    FROM    (SELECT wte.w, wte.h FROM gptsql.wte
+             WHERE  wte.model_id = model AND wte.token = logit_of.token
+               AND  (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
+             UNION ALL
+             SELECT out.w, out.h FROM gptsql.lm_head out
+             WHERE  out.model_id = model AND out.token = logit_of.token
+               AND  NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model)) AS o;
+END;
+
 -- A share's answer for one hidden state: its best logits (recorded_candidates of them), their peak,
 -- its softmax sums relative to that peak (plain, and at the temperature when sampling), its
 -- Gumbel-max candidate (argmax of logit / T + G, G a hash of u and the token), and its `keep` best

@@ -186,33 +186,80 @@ BEGIN ATOMIC
     SELECT CASE WHEN r.seed IS NULL THEN random() ELSE gptsql.uniform(r.seed, place) END;
 END;
 
+-- One step of several runs of one model at once (a batch): run runs[i] is fed the next counts[i]
+-- of `tokens` (the places after those it has computed), all of them through every block in one
+-- pass over the weights, and chooses the token after them. One row per run, in the batch's order.
+CREATE FUNCTION gptsql.steps(runs bigint[], tokens int[], counts int[])
+RETURNS TABLE (run bigint, token int, bytes bytea, probability float8, logit float8)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    began    timestamptz := clock_timestamp();
+    model    int;
+    r        gptsql.run;
+    fed      int[];
+    start    int;
+    offset_  int := 0;
+    places   int[] := '{}';
+    owners   bigint[] := '{}';
+    records  boolean[] := '{}';
+    lasts    int[] := '{}';     -- where each run's last place is in the batch
+    shares   int;
+    hidden   vector[];
+    c        record;
+BEGIN
+    IF runs IS NULL OR cardinality(runs) = 0 OR cardinality(runs) <> cardinality(counts)
+       OR cardinality(tokens) IS DISTINCT FROM (SELECT sum(n)::int FROM unnest(counts) AS n) THEN
+        RAISE EXCEPTION 'a batch step needs runs, their tokens one after the other, and how many each run is fed'
+            USING HINT = 'gptsql.steps(ARRAY[run, ...], ARRAY[its tokens..., the next run''s...], ARRAY[count, ...])';
+    END IF;
+    FOR i IN 1 .. cardinality(runs) LOOP
+        fed := tokens[offset_ + 1 : offset_ + counts[i]];
+        SELECT coalesce(max(k.place) + 1, 0) INTO start
+        FROM   gptsql.kv_cache k WHERE k.run_id = runs[i] AND k.block = 0 AND k.head = 0;
+        r := gptsql.check_step(runs[i], fed, start);
+        IF model IS DISTINCT FROM r.model_id AND model IS NOT NULL THEN
+            RAISE EXCEPTION 'run % is of another model than run %: a batch runs one model', runs[i], runs[1];
+        END IF;
+        model := r.model_id;
+        PERFORM gptsql.record_fed(runs[i], fed, start);
+        places := places || ARRAY(SELECT generate_series(start, start + counts[i] - 1));
+        owners := owners || array_fill(runs[i], ARRAY[counts[i]]);
+        records := records || array_fill(r.record, ARRAY[counts[i]]);
+        offset_ := offset_ + counts[i];
+        lasts := lasts || offset_;
+    END LOOP;
+    shares := gptsql.shares(model);
+    hidden := gptsql.forward(model, owners, places, tokens, records, shares);
+    FOR i IN 1 .. cardinality(runs) LOOP
+        SELECT * INTO r FROM gptsql.run rr WHERE rr.id = runs[i];
+        SELECT * INTO c
+        FROM   gptsql.choose(model, hidden[lasts[i]], r.temperature, r.top_k, r.top_p,
+                             gptsql.draw(r, places[lasts[i]] + 1), shares);
+        INSERT INTO gptsql.run_token (run_id, place, token, is_prompt, probability, logit, elapsed_ms)
+        VALUES (runs[i], places[lasts[i]] + 1, c.token, false, c.probability, c.logit,
+                extract(epoch FROM clock_timestamp() - began) * 1000);
+        IF r.record THEN
+            INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
+            SELECT  runs[i], places[lasts[i]], n, t, l, p
+            FROM    unnest(c.top_tokens, c.top_logits, c.top_probabilities) WITH ORDINALITY AS b(t, l, p, n);
+        END IF;
+        RETURN QUERY
+            SELECT runs[i], c.token, t.bytes, c.probability, c.logit
+            FROM   gptsql.token t
+            WHERE  t.model_id = model AND t.token = c.token;
+    END LOOP;
+END
+$$;
+
 -- One step: feed `tokens` (the places start, start + 1, ...) and choose the token after them.
 CREATE FUNCTION gptsql.step(run bigint, tokens int[], start int)
 RETURNS TABLE (token int, bytes bytea, probability float8, logit float8)
 LANGUAGE plpgsql VOLATILE AS $$
-DECLARE
-    r        gptsql.run := gptsql.check_step(run, tokens, start);
-    shares   int := gptsql.shares(r.model_id);
-    c        record;
-    place    int := start + cardinality(tokens);
-    began    timestamptz := clock_timestamp();
 BEGIN
-    PERFORM gptsql.record_fed(run, tokens, start);
-    SELECT * INTO c
-    FROM   gptsql.choose(r.model_id, gptsql.forward(run, tokens, start, shares), r.temperature, r.top_k, r.top_p,
-                         gptsql.draw(r, place), shares);
-    INSERT INTO gptsql.run_token (run_id, place, token, is_prompt, probability, logit, elapsed_ms)
-    VALUES (run, place, c.token, false, c.probability, c.logit,
-            extract(epoch FROM clock_timestamp() - began) * 1000);
-    IF r.record THEN
-        INSERT INTO gptsql.step_logit (run_id, place, rank, token, logit, probability)
-        SELECT  run, place - 1, n, t, l, p
-        FROM    unnest(c.top_tokens, c.top_logits, c.top_probabilities) WITH ORDINALITY AS b(t, l, p, n);
-    END IF;
+    PERFORM gptsql.check_step(run, tokens, start);      -- start where the run's cache ends
     RETURN QUERY
-        SELECT c.token, t.bytes, c.probability, c.logit
-        FROM   gptsql.token t
-        WHERE  t.model_id = r.model_id AND t.token = c.token;
+        SELECT s.token, s.bytes, s.probability, s.logit
+        FROM   gptsql.steps(ARRAY[run], tokens, ARRAY[cardinality(tokens)]) AS s;
 END
 $$;
 

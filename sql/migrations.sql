@@ -41,9 +41,10 @@ BEGIN
     ALTER TABLE gptsql.norm ALTER COLUMN beta DROP NOT NULL;                  -- RMS norms have none
     ALTER TABLE gptsql.linear DROP CONSTRAINT IF EXISTS linear_name_check;   -- c_up came
     IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'run_kind_check'
-                   AND pg_get_constraintdef(oid) LIKE '%chat%') THEN          -- chat runs came
+                   AND pg_get_constraintdef(oid) LIKE '%score%') THEN         -- chat and score runs came
         ALTER TABLE gptsql.run DROP CONSTRAINT IF EXISTS run_kind_check;
-        ALTER TABLE gptsql.run ADD CONSTRAINT run_kind_check CHECK (kind IN ('generate', 'predict', 'chat'));
+        ALTER TABLE gptsql.run ADD CONSTRAINT run_kind_check
+            CHECK (kind IN ('generate', 'predict', 'chat', 'score'));
     END IF;
     IF to_regclass('gptsql.kv_cache') IS NOT NULL THEN
         ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;
