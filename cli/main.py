@@ -362,8 +362,11 @@ def generate(ctx: Context, prompt, model, max_tokens, batch_file, batch_size, te
     through every block with the KV cache and samples the next token. The run is recorded:
     explore it with `gptsql runs show` or in `gptsql db psql`.
     """
-    if (prompt is None) == (batch_file is None):
-        raise UserError("give a PROMPT, or --batch FILE with one JSON line a prompt (not both)")
+    if prompt is None and batch_file is None:
+        raise UserError("Missing argument 'PROMPT': give a prompt, or --batch FILE of JSON lines "
+                        "(see gptsql generate --help)")
+    if prompt is not None and batch_file is not None:
+        raise UserError("give a PROMPT or --batch FILE, not both (see gptsql generate --help)")
     if batch_file is not None:
         from .batch import generate_batch
 
