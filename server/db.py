@@ -524,6 +524,7 @@ SQL_FILES = [
     "08_generate.sql",
     "09_runs.sql",
     "10_shares.sql",
+    "11_explore.sql",
 ]
 MIGRATIONS = "migrations.sql"
 
