@@ -428,6 +428,7 @@ BEGIN ATOMIC
             UNION ALL
             SELECT  3, 'up: c_up', place, NULL, NULL, up.units
             FROM    up
+            WHERE   up.units IS NOT NULL
             UNION ALL
             SELECT  4, CASE WHEN config.family = 'llama' THEN 'hidden units: silu(gate) × up'
                             ELSE 'hidden units after GELU' END, place, NULL, NULL, activated.units
