@@ -119,7 +119,8 @@ CREATE FUNCTION gptsql.rounded(x float8[], digits int)
 RETURNS numeric[]
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
-    SELECT  ARRAY(SELECT round(v::numeric, digits) FROM unnest(x) WITH ORDINALITY AS t(v, n) ORDER BY n);
+    SELECT  ARRAY(SELECT round(v::numeric, digits) FROM unnest(x) WITH ORDINALITY AS t(v, n) ORDER BY n)
+    WHERE   x IS NOT NULL;
 END;
 
 -- The run's tokens: id, piece, bytes, and whether the blocks read them (the last chosen is not).

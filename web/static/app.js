@@ -948,13 +948,13 @@ async function viewLens(run, first, last) {
       box.replaceChildren(sqlBox({ sql: lens0.whole_sql, rows: allRows }, false, " (the page asks for it a block at a time)"));
     } catch (exc) { if (exc.name !== "AbortError") box.replaceChildren(errorBox(exc.message)); }
   }, 0);
-  return [
-    card([`Logit lens of run ${run} `, el("span", { class: "muted", text: "what the model would say if it stopped after each block" })],
-      window_, el("div", { class: "scroll" }, table),
-      el("p", { class: "muted", text: "Framed: the token that actually came next. A cell opens that place inside that block." }), box),
-    card(["Residual stream ", el("span", { class: "muted", text: "its length (L2 norm) through the blocks, one line per place" })],
-      normsChart(records(norms)), sqlBox(norms)),
-  ];
+  const lensCard = card([`Logit lens of run ${run} `, el("span", { class: "muted", text: "what the model would say if it stopped after each block" })],
+    window_, el("div", { class: "scroll" }, table),
+    el("p", { class: "muted", text: "Framed: the token that actually came next. A cell opens that place inside that block." }), box);
+  const normsCard = card(["Residual stream ", el("span", { class: "muted", text: "its length (L2 norm) through the blocks, one line per place" })],
+    normsChart(records(norms)), sqlBox(norms));
+  lensCard.id = "lens-card"; normsCard.id = "norms-card";
+  return [lensCard, normsCard];
 }
 
 function normsChart(rows) {
@@ -1077,7 +1077,7 @@ async function viewModel(name) {
   }
   return [card(["The model ", picker], kv, sqlBox(models)),
           card(["One place through the model ", el("span", { class: "muted", text: "each part names the SQL function that computes it and links to its file" })],
-            el("div", { class: "scroll" }, flow),
+            flow,
             // The default path (workers, one per core) splits each block's heads and units over several
             // backends: the same math by other functions, in one file of its own.
             el("p", { class: "muted", id: "shards" }, "Each block's heads, MLP units and the vocabulary are shared out over the session's backends (one per core by default: share 0 on its own backend, the others through dblink) by ",
