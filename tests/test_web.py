@@ -234,6 +234,17 @@ def test_attention_at_200_places_stays_readable(server, browser, db, run_cli):
         scrolls = driver.execute_script("const b = arguments[0].parentElement; "
                                         "return b.scrollWidth > b.clientWidth && getComputedStyle(b).overflowX;", big)
         assert scrolls in ("auto", "scroll"), scrolls
+        # Scrolled to its far corner, the map keeps its labels in view: the queries' on the left, the
+        # keys' on top (before, they were drawn on the map and scrolled away with it).
+        seen = driver.execute_script("""
+            const box = arguments[0].parentElement;
+            box.scrollLeft = box.scrollWidth; box.scrollTop = box.scrollHeight;
+            const frame = box.getBoundingClientRect();
+            const rect = (id) => document.getElementById(id).getBoundingClientRect();
+            const [queries, keys] = [rect('head-queries'), rect('head-keys')];
+            return { scrolled: box.scrollLeft > 0 && box.scrollTop > 0,
+                     queries: Math.abs(queries.left - frame.left) < 2, keys: Math.abs(keys.top - frame.top) < 2 };""", big)
+        assert seen == {"scrolled": True, "queries": True, "keys": True}, seen
     finally:
         run_cli("unload", "web-small", "--yes")
 

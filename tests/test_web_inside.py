@@ -225,9 +225,16 @@ def test_the_step_tab_opens_a_step_the_current_run_has(server, browser, tiny):  
     step 5, "run N has no step 5")."""
     driver = browser
     first = generate(driver, server, tiny, max_tokens=5, temperature=0)
-    driver.get(f"{server}#step/{first}/5")
+    driver.execute_script(f"location.hash = '#step/{first}/5'")
     wait(driver, lambda d: css(d, "#bars .p-at-t"))
-    second = generate(driver, server, tiny, max_tokens=2, temperature=0)
+    css(driver, '#nav a[data-view="generate"]')[0].click()     # in the same page, as a user goes on
+    wait(driver, lambda d: css(d, "#max_tokens"))
+    css(driver, "#max_tokens")[0].clear()
+    css(driver, "#max_tokens")[0].send_keys("2")
+    css(driver, "#go")[0].click()
+    wait(driver, lambda d: "done" in css(d, "#gen-status")[0].text)
+    second = int(css(driver, "#current-run a")[0].text.lstrip("#"))
+    assert second != first
     css(driver, '#nav a[data-view="step"]')[0].click()
     wait(driver, lambda d: css(d, "#bars .p-at-t") or css(d, ".error:not(:empty)"))
     assert not css(driver, ".error:not(:empty)"), css(driver, ".error")[0].text
@@ -256,12 +263,13 @@ def test_a_token_clicked_while_streaming_opens_its_step_and_the_run_goes_on(serv
         css(driver, "#tokens .tok")[0].click()
         wait(driver, lambda d: css(d, "#bars .p-at-t"))
         assert driver.current_url.endswith(f"#step/{run}/1")
-        assert "generating" in driver.find_element("id", "live").text or "tokens" in driver.find_element("id", "live").text
+        live = css(driver, "#live")                          # the header says it goes on
     finally:
         holder.close()
     status = lambda: db.execute("select status, generated_tokens from gptsql.runs where run = %s", [run]).fetchone()  # noqa: E731
     assert wait_for(lambda: status()[0] != "running", 120)
     assert status() == ("done", 12)
+    assert live and f"run {run}" in live[0].text
     driver.get(f"{server}#generate")                         # the generation's view, as it was left
     wait(driver, lambda d: css(d, "#gen-status") and "done" in css(d, "#gen-status")[0].text)
 
