@@ -414,7 +414,9 @@ def test_readme_has_the_explorer_section_and_its_pictures():
                    "gptsql db psql", "chromium-driver", "ten stored logits"]:
         assert needed in section, f"the Explorer section does not say {needed!r}"
     pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", section)
-    assert len(pictures) == 2 and all((REPO / p).is_file() for p in pictures)
+    assert len(pictures) == 3 and all((REPO / p).is_file() for p in pictures)
+    assert "docs/explorer-inside.png" in pictures, "a picture of the inside of a block"
+    assert "(docs/explorer.md)" in section and (REPO / "docs/explorer.md").is_file()
 
 
 def test_serve_on_a_port_in_use_is_one_line(run_cli):

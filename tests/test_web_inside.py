@@ -5,7 +5,6 @@ the keyboard, and the bugs of the issue stay fixed (each test here failed before
 Same browser, server and helpers as tests/test_web.py."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

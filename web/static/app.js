@@ -420,11 +420,12 @@ function samplingTable(panel, info, temperature) {
 // A heat map of numbers (rows of cells; NULL drawn hatched: the causal mask's −∞), its value under
 // the pointer or the keyboard cursor (arrow keys) in a readout line. Diverging colours (red above
 // 0, blue below) scaled to the largest |value|, or weights (0 to 1) in the page's blue.
-function heat(rows, { label, cellLabel, weights = false, maxWidth = 900, what = "", square = false }) {
+function heat(rows, { label, cellLabel, weights = false, maxWidth = 900, what = "", square = false, span = 0 }) {
   const n = rows.length, cols = Math.max(...rows.map((r) => r.length), 1);
   const top = weights ? 1 : Math.max(1e-12, ...rows.flat().filter((v) => v !== null).map((v) => Math.abs(v)));
   const mask = rows.flat().every((v) => v === null || v === 0);     // the causal mask: 0 or −∞
-  const cell = Math.max(2, Math.min(square ? 8 : 16, Math.floor(maxWidth / cols)));
+  // span: the columns the cells are sized for (strips over places share one scale: the run's places)
+  const cell = Math.max(2, Math.min(square ? 8 : 16, Math.floor(maxWidth / Math.max(cols, span))));
   // A vector's rows are square cells; a matrix of many places fits about 400 px; a lone row is a band.
   const height = square ? cell : n > 1 ? Math.max(2, Math.min(12, cell, Math.floor(400 / n))) : Math.max(10, Math.min(18, cell * 2));
   const canvas = el("canvas", { class: "strip", tabindex: "0", role: "img", "data-rows": n, "data-cols": cols,
@@ -501,6 +502,7 @@ function drawStage(panel, pieces) {
   }
   const out = el("div", { class: "stage-body" });
   const placeName = (p) => `place ${p} “${visible(pieces?.[p] ?? "")}”`;
+  const span = Math.max(0, ...groups.filter((g) => g.rows[0].vals === null && g.rows.length > 1).map((g) => g.rows.length));
   for (const g of groups) {
     const first = g.rows[0];
     let drawn;
@@ -518,7 +520,7 @@ function drawStage(panel, pieces) {
         el("span", { class: "mono", text: fmt(first.value) }));
     } else {
       drawn = heat([g.rows.map((r) => r.value)], { label: `${g.what} (places ${g.rows[0].at_place} to ${g.rows[g.rows.length - 1].at_place})`,
-        what: `${g.step}`, maxWidth: width, weights: /weight/.test(g.what),
+        what: `${g.step}`, maxWidth: width, weights: /weight/.test(g.what), span,
         cellLabel: (_r, c) => placeName(g.rows[c].at_place) });
     }
     out.append(drawn);
