@@ -262,13 +262,13 @@ def test_a_token_clicked_while_streaming_opens_its_step_and_the_run_goes_on(serv
         css(driver, "#tokens .tok")[0].click()
         wait(driver, lambda d: css(d, "#bars .p-at-t"))
         assert driver.current_url.endswith(f"#step/{run}/1")
-        live = css(driver, "#live")                          # the header says it goes on
+        said = [e.text for e in css(driver, "#live")]       # the header says it goes on
     finally:
         holder.close()
     status = lambda: db.execute("select status, generated_tokens from gptsql.runs where run = %s", [run]).fetchone()  # noqa: E731
     assert wait_for(lambda: status()[0] != "running", 120)
     assert status() == ("done", 12)
-    assert live and f"run {run}" in live[0].text
+    assert said and f"run {run}" in said[0], said
     driver.get(f"{server}#generate")                         # the generation's view, as it was left
     wait(driver, lambda d: css(d, "#gen-status") and "done" in css(d, "#gen-status")[0].text)
 
@@ -432,3 +432,32 @@ def test_tokens_thumbnails_and_lens_cells_from_the_keyboard(server, browser, sam
     ActionChains(driver).send_keys(Keys.ENTER).perform()
     wait(driver, lambda d: css(d, ".card.stage"))
     assert f"#inside/{run}/{place}/{block}/" in driver.current_url
+
+
+def test_the_inside_panels_refuse_bad_addresses_in_one_line(server, sampled_run):  # noqa: F811
+    """Every parameter of the inside panels is checked, refused in one line in the page's words."""
+    from test_web import ask
+
+    run = sampled_run
+    places = ask(server, f"/api/runs/{run}/inside")[1]["rows"][0][-1]
+    bad = {f"/api/runs/{run}/inside/{places}/embedding": f"place must be between 0 and {places - 1}",
+           f"/api/runs/{run}/inside/-1/embedding": "place must be between 0 and",
+           f"/api/runs/{run}/inside/x/embedding": "place is a whole number, not 'x'",
+           f"/api/runs/{run}/inside/0/norm/ln_3?block=0": "a norm is one of ln_1, ln_2, ln_f, not 'ln_3'",
+           f"/api/runs/{run}/inside/0/norm/ln_1": "block is missing",
+           f"/api/runs/{run}/inside/0/norm/ln_1?block=2": "block must be between 0 and 1",
+           f"/api/runs/{run}/inside/0/attention/0/4": "head must be between 0 and 3",
+           f"/api/runs/{run}/inside/0/mlp/9": "block must be between 0 and 1",
+           f"/api/runs/{run}/inside/0/projection/-1": "block must be between 0 and 1",
+           f"/api/runs/{run}/inside/0/sampling?temperature=nan": "Temperature: temperature must be a number >= 0",
+           f"/api/runs/{run}/inside/0/sampling?top_p=2": "Top-p:",
+           f"/api/runs/{run}/inside/0/sampling?top_k=-3": "Top-k:",
+           f"/api/runs/{run}/inside/0/lens?first_block=1&last_block=0": "blocks must be between 0 and 1",
+           f"/api/runs/{run}/attention?block=5": "block must be between 0 and 1",
+           f"/api/runs/{run}/lens?block=7": "block must be between 0 and 1",
+           "/api/runs/999999/inside": "there is no run 999999"}
+    for path, needle in bad.items():
+        status, answer = ask(server, path)
+        assert status == 400 and needle in answer["error"], (path, status, answer)
+        assert "\n" not in answer["error"] and "--" not in answer["error"], answer
+    assert ask(server, f"/api/runs/{run}/inside/0/sampling?temperature=0&top_k=3&top_p=0.5")[0] == 200

@@ -41,7 +41,7 @@ NORMS = ("ln_1", "ln_2", "ln_f")
 # The CLI's flags in the engine's hints, said as the page's own controls (the page has no flags).
 PAGE_WORDS = [
     (re.compile(r"--truncate left"), "the box “Keep the end of a long prompt”"),
-    (re.compile(r"(--max-tokens|-n)\b"), "Max tokens"),
+    (re.compile(r"--max-tokens\b"), "Max tokens"),
     (re.compile(r"--temperature\b"), "Temperature"),
     (re.compile(r"--top-k\b"), "Top-k"),
     (re.compile(r"--top-p\b"), "Top-p"),

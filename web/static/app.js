@@ -653,7 +653,7 @@ async function lensAt(body, c) {
 }
 
 async function insideContext(run, place, block, head) {
-  run = run ?? (await latestRun());
+  run = run ?? state.run ?? (await recordedRun());
   setRun(run);
   const [info, tokens] = await Promise.all([api(`/api/runs/${run}/inside`), api(`/api/runs/${run}/inside/tokens`)]);
   const i = records(info)[0];
@@ -730,8 +730,10 @@ async function viewTour(n) {
   const stage = STAGES.find((s) => s.key === chapter.stage);
   let c;
   try {
-    const run = state.run ?? (await recordedRun());
-    c = await insideContext(run, state.place ?? (await tourPlace(run)), undefined, undefined);
+    let run = state.run ?? (await recordedRun());
+    // The run in view, if it kept its activations; else the newest that did.
+    if (!records(await api(`/api/runs/${run}`))[0].recorded) run = await recordedRun();
+    c = await insideContext(run, state.run === run && state.place !== null ? state.place : await tourPlace(run), undefined, undefined);
   }
   catch (exc) { if (exc.name === "AbortError") throw exc; throw new Error(`the walkthrough shows a recorded run: ${exc.message}`); }
   const k = stageCard(stage, c);
