@@ -38,20 +38,25 @@ def recorded(database, db, hf_model):
 
 @pytest.fixture(scope="module")
 def reference(hf_model, recorded):
-    """transformers' hidden states: hidden[b] is the input of block b (hidden[n_layer]: ln_f's input)."""
+    """transformers' numbers on the run's tokens: hidden[b] is the input of block b (hidden[n_layer]:
+    ln_f's input), attended[b] block b's attention output (taken by a hook: the model passes its
+    attention the causal mask, whichever implementation the model was set to), and the logits."""
     _run, read, _generated, _n = recorded
+    attended = {}
+    hooks = [block.attn.register_forward_hook(lambda m, a, out, b=b: attended.__setitem__(b, out[0][0]))
+             for b, block in enumerate(hf_model.transformer.h)]
+    try:
+        with torch.no_grad():
+            out = hf_model(torch.tensor([read]), output_hidden_states=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    hidden = [h[0] for h in out.hidden_states[:-1]]       # the last one is after ln_f
+    last = hf_model.transformer.h[-1]
     with torch.no_grad():
-        out = hf_model(torch.tensor([read]), output_hidden_states=True)
-        hidden = list(out.hidden_states[:-1])            # the last one is after ln_f
-        last = hf_model.transformer.h[-1]
-        a = hidden[-1] + last.attn(last.ln_1(hidden[-1]))[0]
+        a = hidden[-1] + attended[len(hidden) - 1]
         hidden.append(a + last.mlp(last.ln_2(a)))
-    return [h[0] for h in hidden], out.logits[0].double().numpy()
-
-
-def attention(blk, x):
-    """A block's attention on one sequence of places (transformers wants a batch)."""
-    return blk.attn(x.unsqueeze(0))[0][0]
+    return hidden, out.logits[0].double().numpy(), attended
 
 
 def stage(db, function: str, *args) -> dict:
@@ -87,7 +92,7 @@ def places(recorded):
 
 def test_embeddings_are_wte_and_wpe(db, hf_model, recorded, reference):
     run, read, _gen, _n = recorded
-    hidden, _ = reference
+    hidden, _logits, _attended = reference
     wte, wpe = hf_model.transformer.wte.weight, hf_model.transformer.wpe.weight
     for place in places(recorded):
         found = stage(db, "explore_embedding(%s, %s)", run, place)
@@ -101,7 +106,7 @@ def test_embeddings_are_wte_and_wpe(db, hf_model, recorded, reference):
 @pytest.mark.parametrize("norm", ["ln_1", "ln_2", "ln_f"])
 def test_each_norm_its_statistics_and_output(db, hf_model, recorded, reference, norm):
     run, _read, _gen, _n = recorded
-    hidden, _ = reference
+    hidden, _logits, attended = reference
     blocks = [None] if norm == "ln_f" else range(len(hf_model.transformer.h))
     for block in blocks:
         if norm == "ln_f":
@@ -110,8 +115,7 @@ def test_each_norm_its_statistics_and_output(db, hf_model, recorded, reference, 
             module, x = hf_model.transformer.h[block].ln_1, hidden[block]
         else:
             blk = hf_model.transformer.h[block]
-            with torch.no_grad():
-                x = hidden[block] + attention(blk, blk.ln_1(hidden[block]))
+            x = hidden[block] + attended[block]
             module = blk.ln_2
         for place in places(recorded):
             found = stage(db, "explore_norm(%s, %s, %s, %s)", run, place, norm, block)
@@ -135,14 +139,14 @@ def test_a_heads_queries_keys_values_scores_and_weights(db, hf_model, recorded, 
     weighted values and their share of the projection; the shares of all heads and the projection's
     bias add up to the attention output the run recorded."""
     run, read, _gen, _n = recorded
-    hidden, _ = reference
+    hidden, _logits, attended = reference
     n_embd, n_head = hf_model.config.n_embd, hf_model.config.n_head
     d = n_embd // n_head
     for block, blk in enumerate(hf_model.transformer.h):
         with torch.no_grad():
             x = blk.ln_1(hidden[block])
             q, k, v = blk.attn.c_attn(x).split(n_embd, dim=-1)
-            attention_output = tensor(attention(blk, x))
+        attention_output = tensor(attended[block])
         for place in places(recorded):
             shares = np.zeros(n_embd)
             for head in range(n_head):
@@ -177,10 +181,10 @@ def test_a_heads_queries_keys_values_scores_and_weights(db, hf_model, recorded, 
 
 def test_the_mlps_hidden_units(db, hf_model, recorded, reference):
     run, _read, _gen, _n = recorded
-    hidden, _ = reference
+    hidden, _logits, attended = reference
     for block, blk in enumerate(hf_model.transformer.h):
         with torch.no_grad():
-            a = hidden[block] + attention(blk, blk.ln_1(hidden[block]))
+            a = hidden[block] + attended[block]
             x = blk.ln_2(a)
             pre = blk.mlp.c_fc(x)
             post = blk.mlp.act(pre)
@@ -204,7 +208,7 @@ def test_the_mlps_hidden_units(db, hf_model, recorded, reference):
 
 def test_the_logit_lens(db, hf_model, recorded, reference):
     run, read, _gen, _n = recorded
-    hidden, _ = reference
+    hidden, _logits, _attended = reference
     wte = tensor(hf_model.transformer.wte.weight)
     n_layer = len(hf_model.transformer.h)
     lens = db.execute("select block, place, rank, token, probability, is_next from gptsql.explore_lens(%s, 3, 5, 0, %s, 2)",
@@ -238,7 +242,7 @@ def test_the_sampling_cut_and_the_draw(db, hf_model, recorded, reference):
     draw with the run's seed: the token the run went on with. At a temperature asked for instead,
     the cut moves."""
     run, read, generated, n_prompt = recorded
-    _hidden, logits = reference
+    _hidden, logits, _attended = reference
     for place in range(n_prompt - 1, len(read)):
         rows = db.execute("select * from gptsql.explore_sampling(%s, %s)", [run, place]).fetchall()
         top = logits[place]

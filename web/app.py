@@ -47,7 +47,6 @@ PAGE_WORDS = [
     (re.compile(r"--top-p\b"), "Top-p"),
     (re.compile(r"--seed\b"), "Seed"),
     (re.compile(r"--places? [^ ,;)]*"), "the place"),
-    (re.compile(r"--workers \d+"), "gptsql serve --workers N"),
 ]
 
 
