@@ -529,6 +529,7 @@ SQL_FILES = [
     "08_generate.sql",
     "09_runs.sql",
     "10_shares.sql",
+    "11_explore.sql",
     "12_batch.sql",
 ]
 MIGRATIONS = "migrations.sql"

@@ -153,7 +153,7 @@ def test_a_step_and_its_temperature_slider(server, browser, run_cli, tiny):
     from selenium.webdriver.common.keys import Keys
 
     driver = browser
-    run = generate(driver, server, tiny, max_tokens=5, temperature=0)
+    run = generate(driver, server, tiny, max_tokens=5, temperature=1, top_k=5, seed=3)
     css(driver, "#tokens .tok")[2].click()                      # the third generated token
     wait(driver, lambda d: css(d, "#bars .p-at-t"))
     assert driver.current_url.endswith(f"#step/{run}/3")
@@ -164,6 +164,7 @@ def test_a_step_and_its_temperature_slider(server, browser, run_cli, tiny):
                      for b in css(driver, "#bars .bar")]
     widths = width()
     slider = css(driver, "#temperature-slider")[0]
+    assert css(driver, "#temperature-value")[0].text == "1.00", "the run's own temperature"
     for _ in range(10):
         slider.send_keys(Keys.ARROW_LEFT)                        # 1.0 -> 0.5
     wait(driver, lambda d: css(d, "#temperature-value")[0].text == "0.50"
@@ -233,6 +234,17 @@ def test_attention_at_200_places_stays_readable(server, browser, db, run_cli):
         scrolls = driver.execute_script("const b = arguments[0].parentElement; "
                                         "return b.scrollWidth > b.clientWidth && getComputedStyle(b).overflowX;", big)
         assert scrolls in ("auto", "scroll"), scrolls
+        # Scrolled to its far corner, the map keeps its labels in view: the queries' on the left, the
+        # keys' on top (before, they were drawn on the map and scrolled away with it).
+        seen = driver.execute_script("""
+            const box = arguments[0].parentElement;
+            box.scrollLeft = box.scrollWidth; box.scrollTop = box.scrollHeight;
+            const frame = box.getBoundingClientRect();
+            const rect = (id) => document.getElementById(id).getBoundingClientRect();
+            const [queries, keys] = [rect('head-queries'), rect('head-keys')];
+            return { scrolled: box.scrollLeft > 0 && box.scrollTop > 0,
+                     queries: Math.abs(queries.left - frame.left) < 2, keys: Math.abs(keys.top - frame.top) < 2 };""", big)
+        assert seen == {"scrolled": True, "queries": True, "keys": True}, seen
     finally:
         run_cli("unload", "web-small", "--yes")
 
@@ -246,8 +258,8 @@ def test_the_runs_the_lens_and_the_model(server, browser, tiny, db):
     listed = [int(tr.get_attribute("data-run")) for tr in css(driver, "#runs tr[data-run]")]
     assert listed[:2] == [run, earlier] and listed == sorted(listed, reverse=True), "newest first"
     driver.get(f"{server}#lens/{run}")
-    wait(driver, lambda d: css(d, "#lens td") and css(d, "#norms polyline"))
-    lens = db.execute(panel_sql(driver)).fetchall()
+    wait(driver, lambda d: css(d, "#lens-card details.sql") and css(d, "#norms polyline"))
+    lens = db.execute(panel_sql(driver, "#lens-card")).fetchall()
     cells = [td.text.split("\n") for td in css(driver, "#lens td")]
     assert [float(c[1]) for c in cells] == [round(float(r[4]), 3) for r in lens]
     assert [c[0] for c in cells] == [visible(r[3]) for r in lens], "the top piece of each block and place"
@@ -402,7 +414,9 @@ def test_readme_has_the_explorer_section_and_its_pictures():
                    "gptsql db psql", "chromium-driver", "ten stored logits"]:
         assert needed in section, f"the Explorer section does not say {needed!r}"
     pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", section)
-    assert len(pictures) == 2 and all((REPO / p).is_file() for p in pictures)
+    assert len(pictures) == 3 and all((REPO / p).is_file() for p in pictures)
+    assert "docs/explorer-inside.png" in pictures, "a picture of the inside of a block"
+    assert "(docs/explorer.md)" in section and (REPO / "docs/explorer.md").is_file()
 
 
 def test_serve_on_a_port_in_use_is_one_line(run_cli):
@@ -450,8 +464,8 @@ def test_every_panels_query_pasted_into_psql_returns_its_rows(server, browser, t
     run = generate(driver, server, tiny, max_tokens=3, temperature=0)
     driver.execute_cdp_cmd("Browser.grantPermissions", {"origin": server.rstrip("/"),
                                                         "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
-    views = {f"#run/{run}": 2, f"#step/{run}/2": 1, f"#attention/{run}": 2, f"#lens/{run}": 2,
-             f"#model/{tiny}": 2, "#runs": 1}
+    views = {f"#run/{run}": 2, f"#step/{run}/2": 2, f"#attention/{run}": 2, f"#lens/{run}": 2,
+             f"#model/{tiny}": 2, "#runs": 1, f"#inside/{run}/3/1/2": 11, "#tour/4": 1}
     for view, panels in views.items():
         driver.get(f"{server}{view}")
         wait(driver, lambda d: len(css(d, "details.sql")) == panels)
@@ -501,7 +515,7 @@ def test_the_residual_norms_are_the_querys(server, browser, db, tiny):
     run = generate(driver, server, tiny, max_tokens=4, temperature=0)
     driver.get(f"{server}#lens/{run}")
     wait(driver, lambda d: css(d, "#norms polyline"))
-    norms_sql = css(driver, "pre.sql-text")[1].get_attribute("textContent").rstrip().rstrip(";")
+    norms_sql = panel_sql(driver, "#norms-card")
     expected = {}
     for block, place, _piece, after_attention, after_mlp in db.execute(norms_sql):
         expected.setdefault(place, []).extend([float(after_attention), float(after_mlp)])

@@ -10,6 +10,8 @@ from __future__ import annotations
 import codecs
 import contextlib
 import json
+import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,9 +33,28 @@ from . import queries
 from .gate import Gate
 
 STATIC = Path(__file__).parent / "static"
-GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "seed")
+GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "truncate")
 LABELS = {"max_tokens": "Max tokens", "temperature": "Temperature", "top_k": "Top-k", "top_p": "Top-p",
-          "seed": "Seed"}     # as the page labels the fields
+          "seed": "Seed", "truncate": "Keep the end of a long prompt"}     # as the page labels the fields
+NORMS = ("ln_1", "ln_2", "ln_f")
+
+# The CLI's flags in the engine's hints, said as the page's own controls (the page has no flags).
+PAGE_WORDS = [
+    (re.compile(r"--truncate left"), "the box “Keep the end of a long prompt”"),
+    (re.compile(r"--max-tokens\b"), "Max tokens"),
+    (re.compile(r"--temperature\b"), "Temperature"),
+    (re.compile(r"--top-k\b"), "Top-k"),
+    (re.compile(r"--top-p\b"), "Top-p"),
+    (re.compile(r"--seed\b"), "Seed"),
+    (re.compile(r"--places? [^ ,;)]*"), "the place"),
+]
+
+
+def page_words(message: str) -> str:
+    """A message of the CLI or the engine in the page's words: its controls, not the CLI's flags."""
+    for flag, control in PAGE_WORDS:
+        message = flag.sub(control, message)
+    return message
 
 
 @dataclass
@@ -73,7 +94,7 @@ def integer(request: Request, name: str, default: int | None = None) -> int:
 
 
 class Explorer:
-    LENS_SCANS = 36  # the lens's default window: about this many vocabulary scans (~10 s on GPT-2 124M)
+    LENS_SCANS = 12  # the lens's default window: about this many vocabulary scans (one place of GPT-2 124M)
     LENS_MAX_SCANS = 96  # the widest window a request may ask for (~30 s on GPT-2 124M)
     RUNS_LIMIT = 1000    # runs listed at most
     POOL_SIZE = 8        # panels computed at once; the others wait for a connection
@@ -84,6 +105,11 @@ class Explorer:
     def __init__(self, db, rules: CliRules, workers: int | None = None, host: str = "127.0.0.1", port: int = 8000):
         self.db, self.rules, self.workers = db, rules, workers
         self.host, self.port = host, port   # who the gate lets in (gate.py)
+        # Ctrl-C: set, and every connection in use (a panel's, a generation's) has its statement
+        # cancelled, so that the server stops at once rather than after the generations' last token.
+        self.stopping = threading.Event()
+        self.busy: set[psycopg.Connection] = set()
+        self.busy_lock = threading.Lock()
         # Bounded, each connection checked before it is handed out (see check), idle ones closed
         # after a minute.
         self.pool = ConnectionPool(db.dsn(), min_size=1, max_size=self.POOL_SIZE, timeout=self.POOL_WAIT_S,
@@ -118,15 +144,17 @@ class Explorer:
         try:
             return 200, fn(conn, request)
         except UserError as exc:
-            return 400, {"error": str(exc)}
+            return 400, {"error": page_words(str(exc))}
         except psycopg.errors.QueryCanceled:
             return 503, {"error": f"the query took longer than {self.STATEMENT_TIMEOUT_S} s and was stopped: "
                                   "ask for less (a smaller window of places), or explore the run in gptsql db psql"}
         except psycopg.Error as exc:
+            if self.stopping.is_set():
+                return 503, {"error": "gptsql serve is stopping (Ctrl-C); start it again, then reload the page"}
             if conn.broken or conn.closed:
-                return 503, {"error": f"lost the database connection ({self.rules.error_message(exc)}); "
+                return 503, {"error": f"lost the database connection ({page_words(self.rules.error_message(exc))}); "
                                       "reload the page to try again"}
-            return 400, {"error": self.rules.error_message(exc)}
+            return 400, {"error": page_words(self.rules.error_message(exc))}
 
     async def on_connection(self, request: Request, work: Callable[[psycopg.Connection], tuple[int, dict]]):
         """work(conn) in a worker thread on a pooled connection. A client that goes away meanwhile
@@ -142,6 +170,7 @@ class Explorer:
             return 503, {"error": f"the database gave the explorer no connection within {self.POOL_WAIT_S} s "
                                   f"({self.POOL_SIZE} panels at once at most, or the server is down); try again"}
         gone = False
+        self.using(conn)
 
         async def cancel_when_gone():
             nonlocal gone
@@ -158,10 +187,28 @@ class Explorer:
                 finally:
                     watching.cancel_scope.cancel()
         finally:
+            self.done_with(conn)
             if gone:
                 conn.close()
             await run_in_threadpool(self.pool.putconn, conn)
         return result
+
+    def using(self, conn: psycopg.Connection) -> None:
+        with self.busy_lock:
+            self.busy.add(conn)
+
+    def done_with(self, conn: psycopg.Connection) -> None:
+        with self.busy_lock:
+            self.busy.discard(conn)
+
+    def stop(self) -> None:
+        """Ctrl-C: no more work; every statement running for a panel or a generation is cancelled
+        (a generation then ends its run as interrupted and its stream says so)."""
+        self.stopping.set()
+        with self.busy_lock:
+            busy = list(self.busy)
+        for conn in busy:
+            conn.cancel_safe(timeout=5)
 
     def option(self, name: str, raw: str | None):
         """A generate option from the page, converted (and refused) by the CLI's own click option;
@@ -174,7 +221,7 @@ class Explorer:
         try:
             return param.type_cast_value(ctx, raw)
         except click.BadParameter as exc:
-            raise UserError(f"{LABELS[name]}: {exc.message}") from None
+            raise UserError(f"{LABELS[name]}: {page_words(exc.message)}") from None
 
     # ------------------------------------------------------------------------- checks
     @staticmethod
@@ -188,8 +235,8 @@ class Explorer:
     def recorded(cls, conn, run: int) -> dict:
         info = cls.run_row(conn, run)["row"]
         if not info["recorded"]:
-            raise UserError(f"run {run} was generated with --no-record: it kept no activations; "
-                            "run the prompt again without --no-record")
+            raise UserError(f"run {run} kept no activations: it was generated with recording off; "
+                            "generate it again here (the page records every run)")
         return info
 
     @staticmethod
@@ -198,6 +245,43 @@ class Explorer:
         if row is None:
             raise UserError(f'no model "{model}" is loaded; `gptsql models` lists them')
         return row
+
+    @staticmethod
+    def places(conn, run: int) -> int:
+        """How many places of a run went through the blocks (the last token chosen is never read)."""
+        return conn.execute("select count(*) from gptsql.residual where run_id = %s and block = 0", [run]).fetchone()[0]
+
+    def explorable(self, conn, request: Request) -> tuple[int, dict, int]:
+        """The run of the URL, recorded and with activations: (run, its row, places read)."""
+        run = run_id(conn, request)
+        info = self.recorded(conn, run)
+        n = self.places(conn, run)
+        if n < 1:
+            raise UserError(f"run {run} recorded no activations (nothing went through the blocks: "
+                            f"status {info['status']}, {info['generated_tokens']} tokens generated)")
+        return run, info, n
+
+    def at_place(self, conn, request: Request) -> tuple[int, dict, int]:
+        """The run and the place of the URL, checked: (run, its row, place)."""
+        run, info, n = self.explorable(conn, request)
+        place = integer(request, "place")
+        if not 0 <= place < n:
+            raise UserError(f"place must be between 0 and {n - 1} (the places run {run} read), not {place}")
+        return run, info, place
+
+    def block_of(self, conn, request: Request, info: dict, name: str = "block") -> int:
+        n_layer, _ = self.shape(conn, info["model"])
+        block = integer(request, name)
+        if not 0 <= block < n_layer:
+            raise UserError(f"block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks), not {block}")
+        return block
+
+    def head_of(self, conn, request: Request, info: dict) -> int:
+        _, n_head = self.shape(conn, info["model"])
+        head = integer(request, "head")
+        if not 0 <= head < n_head:
+            raise UserError(f"head must be between 0 and {n_head - 1} (the model has {n_head} heads), not {head}")
+        return head
 
     # ------------------------------------------------------------------------- panels
     def models(self, conn, request):
@@ -232,14 +316,25 @@ class Explorer:
         return queries.read(conn, queries.STEP, {"run": run, "step": step, "temperature": temperature})
 
     def attention(self, conn, request):
+        """The thumbnails of one block (?block=B), or of every block; with the query of every block,
+        which the page shows (it asks for them a block at a time)."""
         run = run_id(conn, request)
         info = self.recorded(conn, run)
         pixels = integer(request, "pixels", 32)
         if not 4 <= pixels <= 256:
             raise UserError(f"pixels must be between 4 and 256, not {pixels}")
         n_layer, n_head = self.shape(conn, info["model"])
-        found = queries.read(conn, queries.ATTENTION_GRID, {"run": run, "pixels": pixels})
-        return {**found, "n_layer": n_layer, "n_head": n_head}
+        block = self.block_of(conn, request, info) if request.query_params.get("block") else None
+        params = {"run": run, "block": block, "pixels": pixels}
+        found = queries.read(conn, queries.ATTENTION_GRID, params)
+        return {**found, "n_layer": n_layer, "n_head": n_head, **self.kv_heads(conn, info["model"]),
+                "whole_sql": queries.filled(conn, queries.ATTENTION_GRID, {**params, "block": None})}
+
+    @staticmethod
+    def kv_heads(conn, model: str) -> dict:
+        family, n_kv_head = conn.execute("select family, n_kv_head from gptsql.model where name = %s",
+                                         [model]).fetchone()
+        return {"family": family, "n_kv_head": n_kv_head}
 
     def head(self, conn, request):
         run, block, head = run_id(conn, request), integer(request, "block"), integer(request, "head")
@@ -252,12 +347,9 @@ class Explorer:
         return queries.read(conn, queries.ATTENTION_HEAD, {"run": run, "block": block, "head": head})
 
     def lens(self, conn, request):
-        run = run_id(conn, request)
-        info = self.recorded(conn, run)
-        n = info["prompt_tokens"] + info["generated_tokens"] - 1  # places that went through the blocks
-        if n < 1:
-            raise UserError(f"run {run} recorded no activations (nothing went through the blocks: "
-                            f"status {info['status']}, {info['generated_tokens']} tokens generated)")
+        """The logit lens over a window of places, of one block (?block=B) or of every block; with
+        the query of every block, which the page shows (it asks for them a block at a time)."""
+        run, info, n = self.explorable(conn, request)
         n_layer, _ = self.shape(conn, info["model"])
         last = integer(request, "last", n - 1)
         first = integer(request, "first", max(0, last + 1 - max(1, self.LENS_SCANS // n_layer)))
@@ -269,12 +361,73 @@ class Explorer:
             raise UserError(f"places {first} to {last} are too many at once: on this model the lens shows at most "
                             f"{widest} place{'s' * (widest != 1)} at a time (one scan of the vocabulary per block "
                             f"and place); ask for {last + 1 - widest} to {last}, or another window that wide")
-        return {**queries.read(conn, queries.LOGIT_LENS, {"run": run, "first": first, "last": last}), "places": n}
+        every = {"run": run, "first": first, "last": last, "first_block": 0, "last_block": n_layer - 1}
+        params = every
+        if request.query_params.get("block"):
+            block = self.block_of(conn, request, info)
+            params = {**every, "first_block": block, "last_block": block}
+        return {**queries.read(conn, queries.LOGIT_LENS, params), "places": n, "n_layer": n_layer,
+                "first": first, "last": last, "whole_sql": queries.filled(conn, queries.LOGIT_LENS, every)}
 
     def norms(self, conn, request):
         run = run_id(conn, request)
         self.recorded(conn, run)
         return queries.read(conn, queries.RESIDUAL_NORMS, {"run": run})
+
+    # ------------------------------------------------------------- inside one place of a run
+    def inside(self, conn, request):
+        run, _info, _n = self.explorable(conn, request)
+        return queries.read(conn, queries.INSIDE, {"run": run})
+
+    def inside_tokens(self, conn, request):
+        run, _info, _n = self.explorable(conn, request)
+        return queries.read(conn, queries.INSIDE_TOKENS, {"run": run})
+
+    def embedding(self, conn, request):
+        run, _info, place = self.at_place(conn, request)
+        return queries.read(conn, queries.EMBEDDING, {"run": run, "place": place})
+
+    def norm(self, conn, request):
+        run, info, place = self.at_place(conn, request)
+        norm = request.path_params["norm"]
+        if norm not in NORMS:
+            raise UserError(f"a norm is one of {', '.join(NORMS)}, not {norm!r}")
+        block = None if norm == "ln_f" else self.block_of(conn, request, info)
+        return queries.read(conn, queries.NORM, {"run": run, "place": place, "norm": norm, "block": block})
+
+    def inside_head(self, conn, request):
+        run, info, place = self.at_place(conn, request)
+        block, head = self.block_of(conn, request, info), self.head_of(conn, request, info)
+        return queries.read(conn, queries.HEAD, {"run": run, "place": place, "block": block, "head": head})
+
+    def projection(self, conn, request):
+        run, info, place = self.at_place(conn, request)
+        return queries.read(conn, queries.PROJECTION, {"run": run, "place": place,
+                                                       "block": self.block_of(conn, request, info)})
+
+    def mlp(self, conn, request):
+        run, info, place = self.at_place(conn, request)
+        return queries.read(conn, queries.MLP, {"run": run, "place": place, "block": self.block_of(conn, request, info)})
+
+    def sampling(self, conn, request):
+        """The next token after a place, at the run's temperature, top-k and top-p, or at those asked."""
+        run, info, place = self.at_place(conn, request)
+        asked = {name: self.option(name, request.query_params.get(name) or str(info[name]))
+                 for name in ("temperature", "top_k", "top_p")}
+        return queries.read(conn, queries.SAMPLING, {"run": run, "place": place, **asked})
+
+    def lens_at(self, conn, request):
+        """The lens at one place, blocks first_block .. last_block (every block by default)."""
+        run, info, place = self.at_place(conn, request)
+        n_layer, _ = self.shape(conn, info["model"])
+        first, last = integer(request, "first_block", 0), integer(request, "last_block", n_layer - 1)
+        if not 0 <= first <= last < n_layer:
+            raise UserError(f"blocks must be between 0 and {n_layer - 1}, the first not after the last; "
+                            f"not {first} to {last}")
+        params = {"run": run, "place": place, "first_block": first, "last_block": last}
+        return {**queries.read(conn, queries.LENS_AT, params),
+                "whole_sql": queries.filled(conn, queries.LENS_AT, {**params, "first_block": 0,
+                                                                     "last_block": n_layer - 1})}
 
     # ---------------------------------------------------------------------- generation
     async def generate(self, request: Request):
@@ -319,19 +472,31 @@ class Explorer:
         conn = gen = None
         try:
             conn = self.db.connect()
+            self.using(conn)
+            if self.stopping.is_set():
+                raise Stopping
             gen = start_generation(self.db, conn, self.workers, model, prompt, options["max_tokens"],
                                    options["temperature"], options["top_k"], options["top_p"], options["seed"],
-                                   record=True)
+                                   record=True, truncate_left=options["truncate"] == "left")
             yield event("start", {"run": gen.run_id, "prompt": prompt, "prompt_tokens": len(gen.prompt_tokens)})
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             for step, (token, raw, probability) in enumerate(gen.steps(), start=1):
                 yield event("token", {"step": step, "token": token, "text": decoder.decode(raw),
                                       "probability": probability})
+                if self.stopping.is_set():
+                    raise Stopping
             yield event("done", {"run": gen.run_id, "tokens": gen.generated})
         except UserError as exc:
-            yield event("error", {"message": str(exc)})
-        except psycopg.Error as exc:
-            message = self.rules.error_message(exc)
+            yield event("error", {"message": page_words(str(exc))})
+        except (Stopping, psycopg.Error) as exc:
+            if self.stopping.is_set():
+                if gen is not None:
+                    gen.stop("interrupted")
+                where = f": run {gen.run_id} is marked interrupted" if gen is not None else ""
+                yield event("error", {"message": f"gptsql serve was stopped (Ctrl-C){where}; start it again, "
+                                                 "then reload the page"})
+                return
+            message = page_words(self.rules.error_message(exc))
             if gen is not None:
                 gen.stop("failed", message)
             yield event("error", {"message": message})
@@ -339,6 +504,7 @@ class Explorer:
             if gen is not None:
                 gen.stop("interrupted")
             if conn is not None:
+                self.done_with(conn)
                 conn.close()
 
     # --------------------------------------------------------------------------- files
@@ -375,6 +541,15 @@ class Explorer:
             Route("/api/runs/{run}/attention/{block}/{head}", p(self.head)),
             Route("/api/runs/{run}/lens", p(self.lens)),
             Route("/api/runs/{run}/norms", p(self.norms)),
+            Route("/api/runs/{run}/inside", p(self.inside)),
+            Route("/api/runs/{run}/inside/tokens", p(self.inside_tokens)),
+            Route("/api/runs/{run}/inside/{place}/embedding", p(self.embedding)),
+            Route("/api/runs/{run}/inside/{place}/norm/{norm}", p(self.norm)),
+            Route("/api/runs/{run}/inside/{place}/attention/{block}/{head}", p(self.inside_head)),
+            Route("/api/runs/{run}/inside/{place}/projection/{block}", p(self.projection)),
+            Route("/api/runs/{run}/inside/{place}/mlp/{block}", p(self.mlp)),
+            Route("/api/runs/{run}/inside/{place}/sampling", p(self.sampling)),
+            Route("/api/runs/{run}/inside/{place}/lens", p(self.lens_at)),
             Route("/api/generate", self.generate, methods=["GET", "POST"]),
         ]
         return Starlette(routes=routes, lifespan=self.lifespan,
@@ -387,6 +562,10 @@ class Explorer:
             yield
         finally:
             await run_in_threadpool(self.pool.close)
+
+
+class Stopping(Exception):
+    """gptsql serve is stopping (Ctrl-C): a generation ends at its next step."""
 
 
 async def until_gone(request: Request, events: Iterator[str]):
@@ -455,4 +634,13 @@ def serve(db, rules: CliRules, host: str, port: int, workers: int | None = None,
             announce(f"http://{shown}:{port_bound}/")
 
     server.startup = startup
+    exiting = server.handle_exit
+
+    def handle_exit(sig, frame):
+        # Before uvicorn waits for the open connections: a streaming generation is one of them, and
+        # would otherwise run to its last token first.
+        threading.Thread(target=explorer.stop, daemon=True).start()
+        exiting(sig, frame)
+
+    server.handle_exit = handle_exit
     server.run()

@@ -2,7 +2,8 @@
 
 Each panel shows its query with the parameters filled in (psycopg's own quoting, ClientCursor.mogrify),
 so what the page shows is what `gptsql db psql` returns for the pasted text. Everything reads the
-views of sql/09_runs.sql; the queries are written like the engine's: one CTE per step.
+views of sql/09_runs.sql and the functions of sql/11_explore.sql (one place of a run, stage by
+stage); the queries are written like the engine's: one CTE per step.
 """
 from __future__ import annotations
 
@@ -57,43 +58,29 @@ SELECT  rank, token, piece, after_piece, place, round(logit::numeric, 4) AS logi
 FROM    reshaped
 ORDER BY rank"""
 
-# All heads of all blocks, small: each map cut into squares of `width` places a side (at most
-# `pixels` squares across), a square showing its strongest weight, so a sharp look stays visible.
+# All heads of a block (of every block when block is NULL), small: each map cut into squares of
+# `width` places a side (at most `pixels` squares across), a square showing its strongest weight, so
+# a sharp look stays visible. The page asks for one block at a time and draws each as it comes.
 ATTENTION_GRID = """\
-WITH places AS (                -- places that went through the blocks: the last token is never read back
-        SELECT  count(*) - 1 AS n
-        FROM    gptsql.run_tokens
-        WHERE   run = %(run)s
-), binning AS (                 -- places per square of a thumbnail
-        SELECT  greatest(1, ceil(n / %(pixels)s::float8))::int AS width
-        FROM    places
-), squares AS (
-        SELECT  a.block, a.head, a.query_place / b.width AS query_square, a.key_place / b.width AS key_square,
-                max(a.weight) AS weight
-        FROM    gptsql.attention_weights a
-        CROSS JOIN binning b
-        WHERE   a.run = %(run)s
-        GROUP BY 1, 2, 3, 4
-)
-SELECT  block, head, query_square, array_agg(round(weight::numeric, 3) ORDER BY key_square) AS weights
-FROM    squares
-GROUP BY block, head, query_square
+SELECT  block, head, query_square, gptsql.rounded(weights, 3) AS weights
+FROM    gptsql.explore_attention_grid(%(run)s, %(block)s, %(pixels)s)
 ORDER BY block, head, query_square"""
 
 ATTENTION_HEAD = """\
-SELECT  query_place, query_piece, array_agg(round(weight::numeric, 4) ORDER BY key_place) AS weights
-FROM    gptsql.attention_weights
-WHERE   run = %(run)s AND block = %(block)s AND head = %(head)s
-GROUP BY query_place, query_piece
-ORDER BY query_place"""
+SELECT  a.place AS query_place, tok.piece AS query_piece, gptsql.rounded(a.weights, 4) AS weights
+FROM    gptsql.attention_row a
+JOIN    gptsql.run r ON r.id = a.run_id
+JOIN    gptsql.run_token rt ON rt.run_id = a.run_id AND rt.place = a.place
+JOIN    gptsql.token tok ON tok.model_id = r.model_id AND tok.token = rt.token
+WHERE   a.run_id = %(run)s AND a.block = %(block)s AND a.head = %(head)s
+ORDER BY a.place"""
 
-# One vocabulary scan per block and place: a window of places, not the whole run, on big models.
+# One vocabulary scan per block and place (sql/11_explore.sql's explore_top_tokens): a window of
+# places, asked for a block at a time.
 LOGIT_LENS = """\
-SELECT  lens.block, lens.place, lens.piece, lens.predicted_piece,
-        round(lens.probability::numeric, 4) AS probability, lens.is_next
-FROM    generate_series(%(first)s::int, %(last)s::int) AS at(place)
-CROSS JOIN LATERAL gptsql.logit_lens(%(run)s, 1, at.place) AS lens
-ORDER BY lens.block, lens.place"""
+SELECT  block, place, piece, predicted_piece, round(probability::numeric, 4) AS probability, is_next
+FROM    gptsql.explore_lens(%(run)s, %(first)s, %(last)s, %(first_block)s, %(last_block)s)
+ORDER BY block, place"""
 
 RESIDUAL_NORMS = """\
 SELECT  block, place, piece, round(norm_after_attention::numeric, 3) AS norm_after_attention,
@@ -103,9 +90,11 @@ WHERE   run = %(run)s
 ORDER BY block, place"""
 
 MODELS = """\
-SELECT  name, source, n_layer, n_embd, n_head, n_ctx, n_vocab, n_params, bytes, loaded_at
-FROM    gptsql.model_size
-ORDER BY loaded_at DESC"""
+SELECT  s.name, s.source, m.family, s.n_layer, s.n_embd, s.n_head, m.n_kv_head, m.n_inner, s.n_ctx, s.n_vocab,
+        s.n_params, s.bytes, s.loaded_at
+FROM    gptsql.model_size s
+JOIN    gptsql.model m ON m.name = s.name
+ORDER BY s.loaded_at DESC"""
 
 # Parameters counted from the stored rows: how many rows each part has (an index-only count) times
 # the width of one of them, plus a linear layer's biases, kept once per output unit (on part 0);
@@ -152,6 +141,49 @@ FROM    every_part
 ORDER BY part"""
 
 
+# ------------------------------------------------------------------ inside one place of a run
+# A recorded run's shape and where it can be explored: the model's family and sizes, and how many
+# places went through the blocks (sql/11_explore.sql's explore_run checks the run).
+INSIDE = """\
+SELECT  r.run, r.model, r.kind, r.prompt, r.temperature, r.top_k, r.top_p, r.seed, c.family, c.n_layer, c.n_head,
+        c.n_kv_head, c.head_dim, c.n_embd, c.n_inner, c.places
+FROM    gptsql.runs r
+CROSS JOIN LATERAL gptsql.explore_run(r.run, 0) AS c
+WHERE   r.run = %(run)s"""
+
+INSIDE_TOKENS = """\
+SELECT  place, token, piece, bytes, is_prompt, round(probability::numeric, 4) AS probability, read
+FROM    gptsql.explore_tokens(%(run)s)
+ORDER BY place"""
+
+
+def stage(call: str) -> str:
+    """A stage function's rows (sql/11_explore.sql), numbers rounded, in the function's order."""
+    return f"""\
+SELECT  step, what, at_place, unit, round(value::numeric, 4) AS value, gptsql.rounded(vals, 4) AS vals
+FROM    gptsql.{call} WITH ORDINALITY AS s(step, what, at_place, unit, value, vals, n)
+ORDER BY n"""
+
+
+EMBEDDING = stage("explore_embedding(%(run)s, %(place)s)")
+NORM = stage("explore_norm(%(run)s, %(place)s, %(norm)s, %(block)s)")
+HEAD = stage("explore_attention(%(run)s, %(place)s, %(block)s, %(head)s)")
+PROJECTION = stage("explore_projection(%(run)s, %(place)s, %(block)s)")
+MLP = stage("explore_mlp(%(run)s, %(place)s, %(block)s)")
+
+SAMPLING = """\
+SELECT  rank, token, piece, round(logit::numeric, 4) AS logit, round(probability::numeric, 4) AS probability,
+        round(p_at_temperature::numeric, 4) AS p_at_temperature, round(cumulative::numeric, 4) AS cumulative,
+        kept, round(p_drawn::numeric, 4) AS p_drawn, drawn, next
+FROM    gptsql.explore_sampling(%(run)s, %(place)s, %(temperature)s, %(top_k)s, %(top_p)s)
+ORDER BY rank"""
+
+LENS_AT = """\
+SELECT  block, rank, predicted_piece, round(probability::numeric, 4) AS probability, is_next
+FROM    gptsql.explore_lens(%(run)s, %(place)s, %(place)s, %(first_block)s, %(last_block)s, 3)
+ORDER BY block, rank"""
+
+
 def plain(value):
     """A value as JSON can carry it (numerics as numbers, times as ISO text)."""
     if isinstance(value, decimal.Decimal):
@@ -162,7 +194,7 @@ def plain(value):
         return value.isoformat()
     if isinstance(value, list):
         return [plain(v) for v in value]
-    if isinstance(value, memoryview):
+    if isinstance(value, (bytes, memoryview)):
         return bytes(value).hex()
     return value
 
