@@ -305,3 +305,28 @@ def test_a_run_without_records_is_refused(db, hf_model):
     run = db.execute("select max(id) from gptsql.run").fetchone()[0]
     with pytest.raises(psycopg.errors.RaiseException, match=f"run {run} kept no activations"):
         db.execute("select * from gptsql.explore_embedding(%s, 0)", [run])
+
+
+def test_a_llama_runs_stages_match_what_it_recorded(database, db, run_cli, hf_llama):
+    """The Llama family (grouped-query attention: 4 query heads on 2 key/value heads; rotary
+    embeddings; RMS norms; SwiGLU): each query head's recomputed weights equal the weights the run
+    recorded, every head's share of the projection adds up to the recorded attention output, and the
+    MLP's stage runs."""
+    run_cli("load", str(hf_llama[0]), "--name", "explore-llama", "--replace")
+    gen = start_generation(database, db, 1, "explore-llama", PROMPT, 3, record=True, temperature=0)
+    for _ in gen.steps():
+        pass
+    run, n_head = gen.run_id, hf_llama[1].config.num_attention_heads
+    last = len(gen.prompt_tokens) + 1
+    for block in range(hf_llama[1].config.num_hidden_layers):
+        for place in (0, 5, last):
+            shares = 0
+            for head in range(n_head):
+                found = stage(db, "explore_attention(%s, %s, %s, %s)", run, place, block, head)
+                close(np.array([r[2] for r in found[7][1]]), np.array([r[2] for r in found[8][1]]),
+                      f"head {head}'s weights against the recorded ones", rtol=1e-5)
+                shares = shares + vector(found, 10)
+            projection = stage(db, "explore_projection(%s, %s, %s)", run, place, block)
+            close(shares, vector(projection, 2), "every head's share: the recorded attention output")
+            assert stage(db, "explore_mlp(%s, %s, %s)", run, place, block)
+    assert stage(db, "explore_norm(%s, %s, %s, %s)", run, 5, "ln_1", 0)
