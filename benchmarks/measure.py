@@ -195,7 +195,7 @@ def torch_decode(model, tokens, n_new):
 
 def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, decode_tokens: int = DECODE_TOKENS,
         shape: str = "gpt2", progress: Progress = lambda s: None, checkpoint=None, workers: int = 1,
-        connect=None, prompt_lengths=PROMPT_LENGTHS) -> dict:
+        connect=None, prompt_lengths=PROMPT_LENGTHS, batch_sizes=(1, 4, 16), score_texts=(16, 32)) -> dict:
     from ..reference.check import sql_logits
     from ..loader.load import load
     from ..loader.sources import random_model
@@ -287,6 +287,11 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
     results["ratios"]["decode_sql_over_numpy"] = results["sql"]["decode_s"] / results["numpy"]["decode_s"]
     results["ratios"]["prefill_sql_over_numpy"] = results["sql"]["prefill_s"] / results["numpy"]["prefill_s"]
 
+    if batch_sizes:
+        results["batches"] = batches(conn, name, batch_sizes, max(workers, 1), model, progress)
+    if score_texts:
+        results["scoring"] = scoring(conn, name, *score_texts, max(workers, 1), progress)
+
     tokenizer = tokenizer_speed(conn, name, progress)
     if tokenizer:
         results["tokenizer"] = tokenizer
@@ -316,6 +321,86 @@ def side_by_side(conn, name: str, model_id: int, tokens: list[int], decode_token
             figures[f"{who}_{key}"] = statistics.median(r[key] for r in figures[who])
     figures["tokens_same"] = all(r["tokens"] == figures["one"][0]["tokens"] for r in figures["one"] + figures["workers"])
     return figures
+
+
+BATCH_PROMPT = 16    # tokens of each prompt of a batch
+BATCH_STEPS = 8      # greedy steps of a batch, after the one that reads the prompts
+
+
+def sql_batch(conn, name: str, size: int, workers: int) -> tuple[float, list[list[int]]]:
+    """Seconds per generated token when `size` runs step together (gptsql.steps), the prompts'
+    step not counted, on `workers` shares; and each run's greedy tokens."""
+    conn.execute("select set_config('gptsql.shares', %s, false)", [str(workers)])
+    runs = [conn.execute("select run_id from gptsql.start_run(%s, '', %s, record => false)",
+                         [name, BATCH_STEPS + 1]).fetchone()[0] for _ in range(size)]
+    conn.execute("delete from gptsql.run_token where run_id = any(%s)", [runs])   # the '' prompt's token
+    fed = [prompt_tokens(BATCH_PROMPT, seed=100 + i) for i in range(size)]
+    out: list[list[int]] = [[] for _ in runs]
+    elapsed = 0.0
+    for step in range(BATCH_STEPS + 1):
+        spent, rows = timed(lambda: conn.execute("select token from gptsql.steps(%s, %s, %s)",
+                                                 [runs, [t for f in fed for t in f], [len(f) for f in fed]]).fetchall())
+        if step:
+            elapsed += spent
+        fed = [[token] for (token,) in rows]
+        for o, (token,) in zip(out, rows):
+            o.append(token)
+    for run in runs:
+        conn.execute("select gptsql.finish_run(%s)", [run])
+    return elapsed / (size * BATCH_STEPS), out
+
+
+def torch_batch(model, size: int) -> tuple[float, list[list[int]]]:
+    import torch
+
+    with torch.no_grad():
+        tokens = torch.tensor([prompt_tokens(BATCH_PROMPT, seed=100 + i) for i in range(size)])
+        out = model(tokens, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        generated, elapsed = [nxt], 0.0
+        for _ in range(BATCH_STEPS):
+            spent, out = timed(lambda: model(nxt, past_key_values=past, use_cache=True))
+            elapsed += spent
+            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            generated.append(nxt)
+    return elapsed / (size * BATCH_STEPS), torch.cat(generated, 1).tolist()
+
+
+def batches(conn, name: str, sizes, workers: int, model, progress: Progress) -> dict:
+    """Per generated token, batches of each size beside one sequence, SQL and PyTorch, and whether
+    each sequence of a batch chose the tokens it chooses alone."""
+    figures: dict = {}
+    alone = {}
+    for size in sizes:
+        progress(f"SQL: a batch of {size}, {BATCH_STEPS} greedy steps together ({workers} shares)")
+        per_token, out = sql_batch(conn, name, size, workers)
+        for i, tokens in enumerate(out):
+            alone.setdefault(i, tokens)
+        figures[size] = {"sql_per_token_s": per_token,
+                         "same_as_alone": all(tokens == alone[i] for i, tokens in enumerate(out))}
+        if model is not None:
+            progress(f"PyTorch: a batch of {size}")
+            figures[size]["torch_per_token_s"] = torch_batch(model, size)[0]
+    one = figures[min(sizes)]["sql_per_token_s"]
+    for size in sizes:
+        figures[size]["sql_over_one"] = figures[size]["sql_per_token_s"] / one
+    return figures
+
+
+def scoring(conn, name: str, n_texts: int, length: int, workers: int, progress: Progress) -> dict:
+    """Tokens scored per second by gptsql.score: all the texts in one call, then one call each."""
+    conn.execute("select set_config('gptsql.shares', %s, false)", [str(workers)])
+    texts = [conn.execute("select gptsql.detokenize(%s, %s)", [prompt_tokens(length, seed=500 + i), name]).fetchone()[0]
+             for i in range(n_texts)]
+    progress(f"SQL: scoring {n_texts} texts of {length} tokens in one call")
+    together, rows = timed(lambda: conn.execute("select tokens from gptsql.score(%s, %s)", [texts, name]).fetchall())
+    scored = sum(max(t - 1, 0) for (t,) in rows)
+    progress(f"SQL: scoring the {n_texts} texts one call each")
+    apart, _ = timed(lambda: [conn.execute("select tokens from gptsql.score(%s, %s)", [[t], name]).fetchall()
+                              for t in texts])
+    return {"texts": n_texts, "length": length, "tokens_scored": scored,
+            "together_tokens_per_s": scored / together, "apart_tokens_per_s": scored / apart,
+            "together_over_apart": apart / together}
 
 
 def tokenizer_speed(conn, model: str, progress: Progress) -> dict | None:

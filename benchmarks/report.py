@@ -60,6 +60,19 @@ def render(r: dict, console: Console | None = None) -> None:
                           "", ms(torch.get(floor)), versus_torch, "")
         table.add_row(f"greedy tokens: {w['n']} workers same as one", "yes" if w["tokens_same"] else "NO",
                       "", "", "", "")
+    for size, b in r.get("batches", {}).items():
+        table.add_row(f"batch of {size}: per generated token ({b['sql_over_one']:.2f}× one sequence's)",
+                      ms(b["sql_per_token_s"]), "", ms(b.get("torch_per_token_s")),
+                      f"{b['sql_per_token_s'] / b['torch_per_token_s']:.1f}×" if "torch_per_token_s" in b else "", "")
+    if r.get("batches"):
+        same = all(b["same_as_alone"] for b in r["batches"].values())
+        table.add_row("greedy tokens: each sequence of a batch as alone", "yes" if same else "NO", "", "", "", "")
+    s = r.get("scoring")
+    if s:
+        table.add_row(f"scoring {s['texts']} texts of {s['length']} tokens together (tokens/s)",
+                      f"{s['together_tokens_per_s']:,.1f}", "", "", "", "")
+        table.add_row(f"  one call each (tokens/s; together: {s['together_over_apart']:.2f}×)",
+                      f"{s['apart_tokens_per_s']:,.1f}", "", "", "", "")
     fidelity = r.get("fidelity")
     if fidelity:
         table.add_row("max |Δlogit| vs float32 PyTorch", f"{fidelity['max_abs_logit_error']:.2e}", "", "", "", "")

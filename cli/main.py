@@ -509,6 +509,10 @@ def check(ctx: Context, model, prompt, tokens):
               help="Context lengths for the time-per-token curve.")
 @click.option("--prompts", default="64,256,1000", show_default=True, type=IntList(),
               help="Prompt lengths for the time to first token (and the decode step after it).")
+@click.option("--batches", default="1,4,16", show_default=True, type=IntList(),
+              help="Batch sizes: per generated token, sequences stepping together (gptsql.steps), beside PyTorch's.")
+@click.option("--score", "score_texts", default="16,32", show_default=True, type=IntList(),
+              help="TEXTS,TOKENS: scoring throughput, those texts in one gptsql.score call and one call each.")
 @click.option("--json", "json_out", type=OutFile(), help="Also write the figures to this file.")
 @click.option("--plot", "plot_out", type=OutFile(),
               help="Also draw the long-prompt curve (time to first token and the decode step after it, "
@@ -516,7 +520,8 @@ def check(ctx: Context, model, prompt, tokens):
 @workers_option
 @pass_ctx
 @friendly
-def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out, plot_out, workers):
+def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, batches, score_texts, json_out, plot_out,
+          workers):
     """Measure SQL against numpy and PyTorch on the same random GPT-2 (124M shape by default).
 
     Builds random:SHAPE, loads it, and prints load time, size on disk, prefill of 64 tokens,
@@ -539,6 +544,7 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, json_out
         warnings.filterwarnings("ignore", category=FutureWarning)
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
                                 contexts=contexts, checkpoint=checkpoint, prompt_lengths=prompts,
+                                batch_sizes=batches, score_texts=tuple(score_texts[:2]) if len(score_texts) >= 2 else (),
                                 workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, 4),
                                 connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
                                 progress=lambda s: (status.update(s), err.print(s)))

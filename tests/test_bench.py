@@ -1,6 +1,8 @@
 """The benchmarks run end to end (on the tiny shape: the 124M shape belongs to `gptsql bench`)."""
 import json
 import os
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,8 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     out = tmp_path / "bench.json"
     plot = tmp_path / "curve.png"
     result = run_cli("bench", "--shape", "tiny", "--contexts", "16,64", "--decode-tokens", "3", "--json", str(out),
-                     "--workers", "2", "--prompts", "16,100,200", "--plot", str(plot))
+                     "--workers", "2", "--prompts", "16,100,200", "--plot", str(plot), "--batches", "1,3",
+                     "--score", "3,6")
     assert "decode per token" in result.stdout and "SQL / PyTorch" in result.stdout
     figures = json.loads(out.read_text())
     for key in ("load_s", "size_bytes", "sql", "numpy", "torch", "ratios", "fidelity"):
@@ -48,6 +51,16 @@ def test_bench_prints_table_and_writes_json(run_cli, tmp_path, db):
     # one backend and the workers side by side (2 on these machines' 2 cores, at least 2 asked here)
     assert figures["workers"]["n"] >= 2 and len(figures["workers"]["decode_ratios"]) == 3
     assert figures["workers"]["tokens_same"] and "workers (" in result.stdout
+    # batches beside one sequence, SQL and PyTorch; each sequence of a batch chose what it chooses alone
+    batches = figures["batches"]
+    assert set(batches) == {"1", "3"} and all(b["same_as_alone"] for b in batches.values())
+    assert batches["3"]["sql_over_one"] == batches["3"]["sql_per_token_s"] / batches["1"]["sql_per_token_s"]
+    assert batches["3"]["torch_per_token_s"] > 0 and "batch of 3: per generated token" in result.stdout
+    # scoring: together and one call each
+    scoring = figures["scoring"]
+    assert scoring["texts"] == 3 and scoring["tokens_scored"] > 0
+    assert scoring["together_over_apart"] == pytest.approx(scoring["together_tokens_per_s"]
+                                                           / scoring["apart_tokens_per_s"])
     # the benchmark's model is dropped afterwards
     assert db.execute("select count(*) from gptsql.model where name like 'bench-%'").fetchone()[0] == 0
     # progress is plain lines (issue 14): no caller path from console.log, no transformers warnings
