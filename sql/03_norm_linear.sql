@@ -87,6 +87,15 @@ BEGIN ATOMIC
     FROM    unnest(a, b) WITH ORDINALITY AS t(x, y, n);
 END;
 
+-- The whole numbers lo .. hi - 1, a share's groups (a function, not a subquery in the caller's
+-- arguments: PostgreSQL inlines matmul() only into calls whose arguments hold no subquery).
+CREATE FUNCTION gptsql.int_range(lo int, hi int)
+RETURNS int[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT ARRAY(SELECT generate_series(lo, hi - 1));
+END;
+
 -- y = x W + b for the output groups `grps` of a layer of a block (an index condition: a share
 -- reads only its own rows). x holds `n_parts` vectors per place (place-major), the parts part_lo,
 -- part_lo + 1, ... of an input wider than n_embd. Each output unit is one inner product per part,

@@ -258,15 +258,16 @@ BEGIN ATOMIC
     ), units AS (                       -- c_attn: per place one vector per query head, then k, then v heads
             SELECT  y.place, y.grp, y.y
             FROM    config, gptsql.matmul(model, block, 'c_attn', x,
-                        ARRAY(SELECT generate_series(head_lo * config.g, head_hi * config.g - 1)
-                              UNION ALL
-                              SELECT config.n_head + generate_series(head_lo, head_hi - 1)
-                              UNION ALL
-                              SELECT config.n_head + config.n_kv_head + generate_series(head_lo, head_hi - 1))) AS y
+                        gptsql.int_range(head_lo * config.g, head_hi * config.g)
+                        || gptsql.int_range(config.n_head + head_lo, config.n_head + head_hi)
+                        || gptsql.int_range(config.n_head + config.n_kv_head + head_lo,
+                                            config.n_head + config.n_kv_head + head_hi)) AS y
     ), angles AS (                      -- the places' rotations (none for GPT-2)
             SELECT  p.n::int - 1 AS place, r.cos, r.sin
-            FROM    unnest(places) WITH ORDINALITY AS p(place, n)
+            FROM    gptsql.model m
+            CROSS JOIN unnest(places) WITH ORDINALITY AS p(place, n)
             JOIN    gptsql.rope r ON r.model_id = model AND r.place = p.place
+            WHERE   m.id = model AND m.rope_theta IS NOT NULL
     ), turned AS (                      -- q and k turned by their place; v as it is
             SELECT  units.place, units.grp,
                     CASE WHEN angles.cos IS NULL OR units.grp >= config.n_head + config.n_kv_head THEN units.y

@@ -13,16 +13,16 @@ RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH config AS (
-            SELECT  CASE m.family WHEN 'llama' THEN 'silu' ELSE 'gelu' END AS activation
+            SELECT  CASE m.family WHEN 'llama' THEN 'silu' ELSE 'gelu' END AS activation, m.family = 'llama' AS gated
             FROM    gptsql.model m
             WHERE   m.id = model
     ), gate AS (                        -- c_fc through the activation
             SELECT  g.place, g.grp, g.y
-            FROM    config, gptsql.matmul(model, block, 'c_fc', x, ARRAY(SELECT generate_series(lo, hi - 1)),
-                                          0, 1, config.activation) AS g
-    ), up AS (                          -- SwiGLU's second projection (GPT-2 has none: no rows)
+            FROM    config, gptsql.matmul(model, block, 'c_fc', x, gptsql.int_range(lo, hi), 0, 1, config.activation) AS g
+    ), up AS (                          -- SwiGLU's second projection (GPT-2 has none)
             SELECT  u.place, u.grp, u.y
-            FROM    gptsql.matmul(model, block, 'c_up', x, ARRAY(SELECT generate_series(lo, hi - 1))) AS u
+            FROM    config, gptsql.matmul(model, block, 'c_up', x, gptsql.int_range(lo, hi)) AS u
+            WHERE   config.gated
     )
     SELECT  gate.place, gate.grp, CASE WHEN up.y IS NULL THEN gate.y ELSE gate.y * up.y END
     FROM    gate

@@ -27,8 +27,12 @@ BEGIN
             'SELECT gptsql.attention_share(%s, %s, %L, %L, %L, %L, %%s, %s)', model, block, runs, places, records, x, shares));
     END IF;
     part := gptsql.attention_share(model, block, runs, places, records, x, 0, shares);
-    SELECT * INTO part FROM gptsql.gather_shares(shares, part.partial, part.recorded);
-    INSERT INTO gptsql.attention_row SELECT * FROM unnest(part.recorded);
+    IF shares > 1 THEN
+        SELECT * INTO part FROM gptsql.gather_shares(shares, part.partial, part.recorded);
+    END IF;
+    IF part.recorded IS NOT NULL THEN
+        INSERT INTO gptsql.attention_row SELECT * FROM unnest(part.recorded);
+    END IF;
     a := gptsql.add_all(h, part.partial);
 
     x := gptsql.norm_all(model, 'ln_2', block, a);
@@ -36,13 +40,18 @@ BEGIN
         PERFORM gptsql.send_shares(shares, format(
             'SELECT ROW(gptsql.mlp_share(%s, %s, %L, %%s, %s), NULL)::gptsql.share_part', model, block, x, shares));
     END IF;
-    SELECT * INTO part FROM gptsql.gather_shares(shares, gptsql.mlp_share(model, block, x, 0, shares), NULL);
+    part := ROW(gptsql.mlp_share(model, block, x, 0, shares), NULL);
+    IF shares > 1 THEN
+        SELECT * INTO part FROM gptsql.gather_shares(shares, part.partial, NULL);
+    END IF;
     h := gptsql.add_all(a, part.partial);
 
-    INSERT INTO gptsql.residual (run_id, block, place, after_attention, after_mlp)
-    SELECT  runs[n], block, places[n], a[n], h[n]
-    FROM    generate_subscripts(places, 1) AS n
-    WHERE   records[n];
+    IF true = ANY (records) THEN
+        INSERT INTO gptsql.residual (run_id, block, place, after_attention, after_mlp)
+        SELECT  runs[n], block, places[n], a[n], h[n]
+        FROM    generate_subscripts(places, 1) AS n
+        WHERE   records[n];
+    END IF;
     RETURN h;
 END
 $$;

@@ -42,17 +42,19 @@ LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH query AS (
             SELECT  hidden AS hv, hidden::halfvec AS hh
-    ), pages AS (
-            SELECT  p.lo, p.hi FROM gptsql.vocab_pages(model, share, shares) AS p
-    )
+    )                                   -- the bounds as scalars: a TID range scan reads only the share's pages
     SELECT  wte.token, coalesce(inner_product(query.hv, wte.w), inner_product(query.hh, wte.h))
-    FROM    query, pages, gptsql.wte
-    WHERE   wte.model_id = model AND wte.ctid >= pages.lo AND wte.ctid < pages.hi
+    FROM    query, gptsql.wte
+    WHERE   wte.model_id = model
+      AND   wte.ctid >= (SELECT p.lo FROM gptsql.vocab_pages(model, share, shares) AS p)
+      AND   wte.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
       AND   (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
     UNION ALL
     SELECT  out.token, coalesce(inner_product(query.hv, out.w), inner_product(query.hh, out.h))
-    FROM    query, pages, gptsql.lm_head out
-    WHERE   out.model_id = model AND out.ctid >= pages.lo AND out.ctid < pages.hi
+    FROM    query, gptsql.lm_head out
+    WHERE   out.model_id = model
+      AND   out.ctid >= (SELECT p.lo FROM gptsql.vocab_pages(model, share, shares) AS p)
+      AND   out.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
       AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model);
 END;
 
