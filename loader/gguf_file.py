@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import UserError
 from . import checks
 from . import vocab as vocab_mod
-from .sources import MAX_INNER, ROPE_BASE_RANGE, Checkpoint, Config, llama_shapes
+from .checkpoint import MAX_INNER, ROPE_BASE_RANGE, Checkpoint, Config, llama_shapes
 
 MAGIC = b"GGUF"
 MAX_GGUF_BYTES = 256 << 30

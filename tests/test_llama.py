@@ -222,7 +222,8 @@ def test_gguf_vocabulary_and_chat(tiny_gguf):
 
 
 def test_random_llama_shapes():
-    from gptsql.loader.sources import llama_shapes, resolve
+    from gptsql.loader.checkpoint import llama_shapes
+    from gptsql.loader.sources import resolve
 
     tiny = resolve("random:llama-tiny")
     c = tiny.config
