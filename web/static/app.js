@@ -542,7 +542,8 @@ function unitsTable(group) {
       el("td", { class: "num", text: fmt(r.vals[0]) }), el("td", {}, bar(r.vals[0])),
       el("td", { class: "num", text: fmt(r.vals[1]) }), el("td", {}, bar(r.vals[1]))));
   }
-  return el("div", {}, el("div", { class: "heat-label", text: `${group.what}: the ${group.rows.length} largest after it` }), table);
+  return el("div", {}, el("div", { class: "heat-label", text: `${group.what}: the ${group.rows.length} largest after it` }),
+            el("div", { class: "scroll" }, table));
 }
 
 // ------------------------------------------------------------------ inside one place of a run
