@@ -319,7 +319,7 @@ def test_the_lens_picture_shows_partial_characters_as_bytes(db, tiny, run_cli, t
 
 
 def test_readable_pieces():
-    from gptsql.pieces import readable
+    from gptsql.service.text import readable
 
     assert readable(b"\xe4\xbd") == "<e4 bd>"
     assert readable(b" \xe4") == " <e4>"

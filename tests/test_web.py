@@ -353,6 +353,46 @@ def generation_events(server: str, fields: dict, headers: dict | None = None) ->
     return events
 
 
+def test_the_pages_pieces_show_part_of_a_character_as_the_cli_does(server, tiny, run_cli, monkeypatch):
+    """A token that is part of a character shows its bytes (<e4 bd>) in every panel that shows
+    pieces, as `gptsql runs show` and `gptsql trace` show them, never U+FFFD."""
+    monkeypatch.setenv("COLUMNS", "250")
+    events = generation_events(server, {"prompt": "你好，世界", "max_tokens": 2, "temperature": 0, "model": tiny})
+    run = next(data for kind, data in events if kind == "start")["run"]
+    partial = re.compile(r"<[0-9a-f]{2}( [0-9a-f]{2})*>")
+
+    def records(path):
+        status, answer = ask(server, path)
+        assert status == 200, answer
+        return [dict(zip(answer["columns"], row)) for row in answer["rows"]]
+
+    tokens = records(f"/api/runs/{run}/tokens")
+    shown = run_cli("runs", "show", str(run)).stdout
+    for t in tokens:
+        assert repr(t["piece"]) in shown, (t, shown)
+    assert any(partial.search(t["piece"]) for t in tokens), tokens
+    by_place = {t["place"]: t["piece"] for t in tokens}
+    [step] = [r for r in records(f"/api/runs/{run}/steps/1") if r["rank"] == 1]
+    assert step["after_piece"] == by_place[step["place"] - 1] and partial.search(step["after_piece"]), step
+    panels = {"step": records(f"/api/runs/{run}/steps/1"), "head": records(f"/api/runs/{run}/attention/0/0"),
+              "lens": records(f"/api/runs/{run}/lens"), "norms": records(f"/api/runs/{run}/norms")}
+    for panel, rows in panels.items():
+        texts = [v for r in rows for k, v in r.items() if k.endswith("piece")]
+        assert texts and not any("\ufffd" in text for text in texts), (panel, texts)
+    assert all(r["query_piece"] == by_place[r["query_place"]] for r in panels["head"])
+    assert all(r["piece"] == by_place[r["place"]] for r in panels["lens"] + panels["norms"])
+
+
+def test_the_page_streams_the_text_the_cli_streams(server, tiny, run_cli):
+    """The same greedy generation: the page's token texts (and what was held back at the end) are
+    what `gptsql generate --no-prompt` prints, character for character."""
+    prompt = "你好，世界"
+    events = generation_events(server, {"prompt": prompt, "max_tokens": 6, "temperature": 0, "model": tiny})
+    page = "".join(data["text"] for kind, data in events if kind in ("token", "done"))
+    cli = run_cli("generate", "-m", tiny, "-n", "6", "-t", "0", "--workers", "1", "--no-prompt", prompt).stdout
+    assert page == cli.removesuffix("\n")
+
+
 def test_serve_warns_off_localhost(backend):
     proc = subprocess.Popen([sys.executable, "-m", "gptsql", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
                             env=cli_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -754,7 +794,7 @@ def test_a_panel_whose_page_goes_away_stops_its_query(server, database, db, tiny
 def test_the_explorers_queries_have_a_time_limit(database):
     from gptsql.web.app import Explorer
 
-    explorer = Explorer(database, rules=None)
+    explorer = Explorer(database)
     explorer.pool.open()
     try:
         with explorer.pool.connection() as conn:
