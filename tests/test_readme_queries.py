@@ -7,19 +7,9 @@ import re
 
 import pytest
 
-from conftest import REPO
+from helpers import readme_queries
 
-SECTION = re.compile(r"<!-- exploring:start -->(.*?)<!-- exploring:end -->", re.S)
-SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.S | re.M)
 PROMPT = "Happy New Year! I wish"
-
-
-def readme_queries() -> list[str]:
-    section = SECTION.search((REPO / "README.md").read_text())
-    assert section, "README.md lost its exploring:start / exploring:end markers"
-    return SQL_BLOCK.findall(section.group(1))
-
-
 QUERIES = readme_queries()
 
 

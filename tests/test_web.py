@@ -444,7 +444,7 @@ def test_panels_read_in_read_only_transactions(db):
 
 
 def test_readme_has_the_explorer_section_and_its_pictures():
-    from conftest import REPO
+    from helpers import REPO
 
     text = (REPO / "README.md").read_text()
     start, end = text.index("<!-- explorer:start -->"), text.index("<!-- explorer:end -->")
@@ -811,7 +811,7 @@ def test_the_explorers_connections_are_bounded_and_survive_a_server_restart(tiny
     import threading
     from pathlib import Path
 
-    from test_faults import make_server
+    from helpers import make_server
 
     from gptsql.loader.load import load
 
