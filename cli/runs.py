@@ -56,7 +56,7 @@ def run_source(default_tokens: int):
     """PROMPT (a new recorded run) or --run ID (an existing one), and the sampling options."""
 
     def decorate(fn):
-        options = [
+        decorators = [
             click.argument("prompt", required=False),
             click.option("--run", "run", metavar="ID", help="Use a recorded run (an id, or 'latest') instead of a PROMPT."),
             click.option("-m", "--model", help="Model name (default: the most recently loaded)."),
@@ -71,7 +71,7 @@ def run_source(default_tokens: int):
             click.option("--seed", type=SEED, help="An integer: same seed, same text."),
             workers_meta_option,
         ]
-        for option in reversed(options):
+        for option in reversed(decorators):
             fn = option(fn)
         return fn
 
