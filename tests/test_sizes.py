@@ -55,6 +55,15 @@ def models(db: Database) -> list[str]:
         return [name for (name,) in conn.execute("select name from gptsql.model order by name")]
 
 
+def keep_only(db: Database, *names: str) -> None:
+    """Drop every model of the server but these: what the other tests of this file loaded, in
+    whatever order they ran."""
+    with db.connect() as conn:
+        for name in models(db):
+            if name not in names:
+                conn.execute("select gptsql.drop_model(%s)", [name])
+
+
 def loaded(db: Database) -> list[tuple[str, int]]:
     """(name, id) of each model: a load that wrote nothing leaves them as they were."""
     with db.connect() as conn:
@@ -143,9 +152,7 @@ def test_a_bench_without_the_disk_for_its_model_writes_nothing(server):
 def test_the_first_generate_checks_the_disk_before_it_loads_gpt2(server, hf_tiny, tmp_path):
     """With no model loaded, generate loads gpt2 from the hub (here a stand-in serving a tiny one):
     that load checks the disk like any other."""
-    with server.connect() as conn:          # no model: what the other tests of this file loaded goes
-        for name in models(server):
-            conn.execute("select gptsql.drop_model(%s)", [name])
+    keep_only(server)
     hub = FakeHub()
     hub.add(HubRepo.from_directory("openai-community/gpt2", hf_tiny[0]))
     with hub:
@@ -199,6 +206,7 @@ def test_shared_buffers_grow_to_hold_the_models(server):
 def test_a_generation_grows_shared_buffers_for_models_loaded_before(server):
     """A model loaded while shared_buffers was small (or on a smaller machine): the next generate
     (or predict) grows it, saying so, before it runs."""
+    keep_only(server, "random-tiny")
     if "random-tiny" not in models(server):
         assert gptsql(server, "load", "random:tiny", "--replace").returncode == 0
     set_shared_buffers(server, "8MB")
