@@ -765,6 +765,9 @@ def test_the_next_command_waits_for_a_server_recovering_after_a_crash(server):
 
     postmaster = server.embedded.pid()
     for _attempt in range(5):     # the recovery may end before it is caught: crash again
+        # up again first (the last attempt's crash, or an earlier test's): a connection made while
+        # the postmaster resets its children is closed at once
+        assert wait_for(lambda: probe_refusal(server) is None, 120), probe_refusal(server)
         victim = server.connect()
         os.kill(victim.info.backend_pid, signal.SIGKILL)
         startup = None
