@@ -15,6 +15,7 @@ COPY cli/ cli/
 COPY server/ server/
 COPY loader/ loader/
 COPY driver/ driver/
+COPY service/ service/
 COPY reference/ reference/
 COPY benchmarks/ benchmarks/
 COPY plots/ plots/

@@ -218,6 +218,9 @@ def run(conn: psycopg.Connection, dtype: str = "float32", contexts=CONTEXTS, dec
     prefill, times, sql_tokens = sql_decode(conn, name, tokens, decode_tokens + 1)
     results["sql"] = {"prefill_s": prefill, "decode_s": statistics.median(times), "tokens": sql_tokens}
 
+    # the shares a step takes at most: one per head and per MLP group (gptsql.shares() clamps the same way)
+    workers = conn.execute("select least(%s, n_head, mlp_groups) from gptsql.model where id = %s",
+                           [workers, model_id]).fetchone()[0]
     if workers > 1:
         results["workers"] = side_by_side(conn, name, model_id, tokens, decode_tokens, workers, connect, progress)
 

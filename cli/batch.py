@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..errors import UserError
+from ..service import models as service_models, options
 from .common import Context, check_prompt, console, count, friendly, pass_ctx, workers_option
 
 SETTINGS = {"max_tokens": int, "temperature": (int, float), "top_k": int, "top_p": (int, float), "seed": int}
@@ -34,6 +35,11 @@ def read_requests(lines, defaults: dict) -> list[dict]:
         for key, kind in SETTINGS.items():
             if key in item and (not isinstance(item[key], kind) or isinstance(item[key], bool)):
                 raise UserError(f"line {i}: {key} is {item[key]!r}, not a number")
+            if key in item:                 # the options' own rules, as -t, --top-p... check them
+                try:
+                    item[key] = options.RULES[key](item[key])
+                except options.BadValue as exc:
+                    raise UserError(f"line {i}: {key}: {exc}") from None
         check_prompt(item["prompt"])
         requests.append({**defaults, **item, "line": i})
     return requests
@@ -49,13 +55,11 @@ def progress_bar(total: int, what: str):
 def generate_batch(ctx: Context, lines, batch_size: int, model, defaults: dict, record: bool, workers) -> None:
     """gptsql generate --batch: one JSON line out per line in, in their order."""
     from ..driver import batch as driver
-    from ..driver.generation import ensure_model
     from ..driver.shares import use_shares
-    from ..server.memory import before_generating
 
     requests = read_requests(lines, defaults)
-    ensure_model(ctx, model)
-    before_generating(ctx, model)
+    service_models.ensure_model(ctx, model)
+    service_models.before_generating(ctx, model)
     conn = ctx.conn
     use_shares(conn, workers, ctx.db.dsn())
     with progress_bar(sum(r["max_tokens"] for r in requests), "tokens") as bar:

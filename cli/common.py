@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import sys
 from pathlib import Path
@@ -12,19 +11,16 @@ import click
 import psycopg
 
 from ..errors import UserError
-from ..server.db import Database, first_line
+from ..server.db import Database
+from ..service import options
+from ..service.runs import NotRecorded
+from ..service.session import Session
+from ..service.text import check_prompt, connection_lost, db_error_message, utf8_problem
 
 
 def fail(message: str) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(1)
-
-
-def db_error_message(exc: psycopg.Error) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = (diag.message_primary if diag and diag.message_primary else None) or first_line(exc)
-    hint = diag.message_hint if diag else None
-    return f"{primary} ({hint})" if hint else primary
 
 
 def friendly(fn):
@@ -34,6 +30,9 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except NotRecorded as exc:      # the CLI names its flag
+            fail(f"run {exc.run_id} was generated with --no-record: it kept no activations; "
+                 "run the prompt again without --no-record")
         except UserError as exc:
             fail(str(exc))
         except psycopg.OperationalError as exc:
@@ -45,40 +44,14 @@ def friendly(fn):
     return wrapper
 
 
-def connection_lost(exc: psycopg.OperationalError) -> bool:
-    """Whether an OperationalError is the connection's (no SQLSTATE: libpq's own; class 08; the
-    server shutting down or crashed) rather than a statement's (a full disk, a deadlock, a lock or
-    statement timeout: the server said what went wrong)."""
-    state = getattr(exc, "sqlstate", None)
-    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+class Context(Session):
+    """The CLI's session: its database from --dsn / --data-dir, its lines for the user on stderr."""
 
-
-class Context:
     def __init__(self, dsn: str | None, data_dir: str | None):
-        self.db = Database(dsn=dsn, data_dir=data_dir)
-        self._conn = None
-
-    @property
-    def conn(self) -> psycopg.Connection:
-        if self._conn is None:
-            self._conn = self.db.connect()
-            self._conn.add_notice_handler(say_engine_notice)
-        return self._conn
-
-    def reconnect(self) -> None:
-        """After the embedded server restarted: the next use of .conn connects anew."""
-        if self._conn is not None and not self._conn.closed:
-            self._conn.close()
-        self._conn = None
+        super().__init__(Database(dsn=dsn, data_dir=data_dir), say=lambda line: click.echo(line, err=True))
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-def say_engine_notice(diag: psycopg.errors.Diagnostic) -> None:
-    """The engine's own notices (e.g. why a statement ran on one backend) as a line on stderr."""
-    if (diag.message_primary or "").startswith("gptsql "):
-        click.echo(diag.message_primary, err=True)
 
 
 PIPED_WIDTH = 1_000_000    # columns of rich's output when not at a terminal: nothing cut, nothing wrapped
@@ -108,42 +81,32 @@ def print_tsv(headers: list[str], cells: list[list[str]]) -> None:
         click.echo("\t".join(v.replace("\t", "⇥").replace("\n", "↵") for v in row))
 
 
-INT4 = 2**31 - 1          # PostgreSQL int: counts, token ids, places
-INT8 = 2**63 - 1          # bigint: run ids, seeds
+INT4, INT8 = options.INT4, options.INT8
 
 
-class Whole(click.IntRange):
-    name = "integer"            # click says "'1.5' is not a valid integer"
+class Checked(click.ParamType):
+    """An option checked by its rule in gptsql.service.options (the explorer checks its fields by
+    the same rules); click puts the option's name before the rule's message."""
 
-
-def count(minimum: int = 0, maximum: int = INT4) -> click.IntRange:
-    """An integer option that fits the SQL int it becomes: out of range is click's one line naming
-    the value and the range, not 'function ... (bigint) does not exist' from the server."""
-    return Whole(min=minimum, max=maximum)
-
-
-SEED = Whole(min=-INT8 - 1, max=INT8)
-
-
-class Temperature(click.FloatRange):
-    """A sampling temperature: 0 (greedy) or a finite number from LOWEST up. Logits are divided by
-    it: a tiny one (1e-320) made them overflow, and any below LOWEST samples as greedily as 0."""
-
-    LOWEST = 1e-3
-
-    def __init__(self):
-        super().__init__(min=0)
+    def __init__(self, rule, name: str):
+        self.rule, self.name = rule, name
 
     def convert(self, value, param, ctx):
-        t = super().convert(value, param, ctx)
-        if math.isnan(t) or math.isinf(t):
-            self.fail(f"temperature must be a number >= 0 (0 is greedy), got {'NaN' if math.isnan(t) else 'Infinity'}",
-                      param, ctx)
-        if 0 < t < self.LOWEST:
-            shown = value.strip() if isinstance(value, str) else f"{t:g}"   # as typed: 1e-320 prints as 9.99989e-321
-            self.fail(f"temperature {shown} is too close to 0: give 0 for greedy sampling, or at least {self.LOWEST:g}",
-                      param, ctx)
-        return t
+        try:
+            return self.rule(value)
+        except options.BadValue as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def count(minimum: int = 0, maximum: int = INT4) -> Checked:
+    """An integer option that fits the SQL int it becomes: out of range is one line naming the
+    value and the range, not 'function ... (bigint) does not exist' from the server."""
+    return Checked(lambda value: options.whole(value, minimum, maximum), "integer")
+
+
+SEED = Checked(options.seed, "integer")
+TEMPERATURE = Checked(options.temperature, "float")
+TOP_P = Checked(options.top_p, "float")
 
 
 class OutFile(click.Path):
@@ -190,18 +153,6 @@ class IntList(click.ParamType):
         return [int(p) for p in parts]
 
 
-def utf8_problem(value: str) -> str | None:
-    """Why `value` (argv, which Python decodes with surrogateescape) cannot be sent as UTF-8 text:
-    the first byte that is not UTF-8 and its offset in bytes; None when it can."""
-    for i, char in enumerate(value):
-        if "\udc80" <= char <= "\udcff":
-            offset = len(value[:i].encode("utf-8", "surrogateescape"))
-            return f"byte 0x{ord(char) - 0xdc00:02x} at offset {offset}"
-        if "\ud800" <= char <= "\udfff":
-            return f"character {i} is a lone surrogate (U+{ord(char):04X})"
-    return None
-
-
 def shown_arg(value: str) -> str:
     """An argument as the user typed it, bad bytes as \\xff, cut to 40 characters."""
     try:
@@ -244,31 +195,22 @@ def read_prompt(prompt: str) -> str:
     return check_prompt(prompt)
 
 
-def check_prompt(prompt: str) -> str:
-    """A prompt as given (the explorer's box: "-" is text there, never standard input)."""
-    check_utf8([prompt])
-    if "\x00" in prompt:
-        raise UserError(f"the prompt contains a NUL character (U+0000) at offset {prompt.index(chr(0))}; "
-                        "PostgreSQL text cannot hold it: remove it")
-    return prompt
-
-
 WORKERS_HELP = ("Backends that share each step's heads, MLP units and vocabulary "
                 "(1: one backend; default: one per core while the server has half its connections free).")
 
 
-MAX_WORKERS = 64   # each is a connection; the embedded server takes 100 (checked before a run starts)
+WORKERS = Checked(options.workers, "integer")
 
 
 def workers_option(fn):
     """--workers N: backends sharing one generation (1: one backend; default: one per core)."""
-    return click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None, envvar="GPTSQL_WORKERS",
+    return click.option("--workers", type=WORKERS, default=None, envvar="GPTSQL_WORKERS",
                         show_envvar=True, help=WORKERS_HELP)(fn)
 
 
 def workers_meta_option(fn):
     """--workers for commands that pass it on through click's context (ctx.meta["workers"])."""
-    return click.option("--workers", type=click.IntRange(1, MAX_WORKERS), default=None, envvar="GPTSQL_WORKERS",
+    return click.option("--workers", type=WORKERS, default=None, envvar="GPTSQL_WORKERS",
                         show_envvar=True, expose_value=False, help=WORKERS_HELP,
                         callback=lambda c, _p, value: c.meta.__setitem__("workers", value))(fn)
 

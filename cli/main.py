@@ -19,9 +19,12 @@ import click
 import psycopg
 
 from ..errors import UserError
-from .common import (SEED, Temperature, Context, check_utf8, check_utf8_environment, console, count, db_error_message, fail, finishing, friendly,
-                     IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option, write_failed)
-from .runs import attention, lens, runs, token_pieces, trace
+from ..service import models as service_models, options
+from ..service.text import db_error_message, readable
+from .common import (SEED, TEMPERATURE, TOP_P, Context, check_utf8, check_utf8_environment, console, count, fail,
+                     finishing, friendly, IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option,
+                     write_failed)
+from .runs import attention, lens, runs, trace
 from .serve import serve
 
 # psycopg logs errors it ignores (a rollback after Ctrl-C in the middle of a COPY); the error the
@@ -163,8 +166,7 @@ def confirm_replace(conn, name: str, replace: bool) -> tuple[bool, int | str | N
     from ..loader.load import ANY, refuse_if_generating
 
     refuse_if_generating(conn, name, "load again")
-    found = conn.execute("select id, (select count(*) from gptsql.run r where r.model_id = m.id) "
-                         "from gptsql.model m where m.name = %s", [name]).fetchone()
+    found = service_models.in_use(conn, name)
     if replace:
         return True, ANY
     if found is None:
@@ -226,7 +228,7 @@ def load(ctx: Context, source, name, dtype, replace):
     if not go:
         click.echo("nothing loaded")
         return
-    size = memory.prepare_load(ctx, checkpoint.config, dtype, name)
+    size = service_models.prepare_load(ctx, checkpoint.config, dtype, name)
     conn = ctx.conn
     # the description holds the model's name: data, never markup ('[/bold]' crashed the bar)
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
@@ -305,15 +307,10 @@ def unload(ctx: Context, name, yes):
     A model that is generating (a run of it running) is not removed: stop the run first.
     Downloads stay in the Hugging Face cache, so loading the model again needs no network.
     """
-    found = ctx.conn.execute(
-        """select s.bytes, (select count(*) from gptsql.run r where r.model_id = m.id)
-           from gptsql.model m join gptsql.model_size s on s.name = m.name where m.name = %s""", [name]).fetchone()
-    if found is None:
-        raise UserError(f'no model "{name}" is loaded; `gptsql models` lists them')
+    size, n_runs = service_models.size_and_runs(ctx.conn, name)
     from ..loader.load import refuse_if_generating, unload as remove
 
     refuse_if_generating(ctx.conn, name, "unload again")
-    size, n_runs = found
     what = f'model "{name}" ({size / 2**20:,.0f} MB) and its {n_runs} recorded run{"s" * (n_runs != 1)}'
     if not yes:
         if not sys.stdin.isatty():
@@ -337,14 +334,14 @@ def unload(ctx: Context, name, yes):
                    'one JSON line out per line in.')
 @click.option("--batch-size", default=16, show_default=True, type=count(1),
               help="With --batch: how many prompts share a pass over the weights.")
-@click.option("-t", "--temperature", default=0.8, show_default=True, type=Temperature(),
+@click.option("-t", "--temperature", default=0.8, show_default=True, type=TEMPERATURE,
               help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
 @click.option("--top-k", default=0, show_default=True, type=count(0),
               help="Sample only among the k most probable tokens (0: all).")
-@click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--top-p", default=1.0, show_default=True, type=TOP_P,
               help="Sample only among the most probable tokens whose mass reaches p.")
 @click.option("--seed", type=SEED, help="An integer: same seed, same text.")
-@click.option("--truncate", type=click.Choice(["none", "left"]), default="none", show_default=True,
+@click.option("--truncate", type=click.Choice(options.TRUNCATE), default="none", show_default=True,
               help="Too long for the context window: fail, or keep the prompt's end.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
 @click.option("--allow-special", is_flag=True, help="Read <|endoftext|> in the prompt as the special token.")
@@ -372,13 +369,11 @@ def generate(ctx: Context, prompt, model, max_tokens, batch_file, batch_size, te
 
         return generate_batch(ctx, batch_file, batch_size, model, dict(
             max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed), not no_record, workers)
-    prompt = read_prompt(prompt)
-    from ..driver.generation import ensure_model
     from ..driver.shares import start_generation
-    from ..server.memory import before_generating
 
-    ensure_model(ctx, model)
-    before_generating(ctx, model)
+    prompt = read_prompt(prompt)
+    service_models.ensure_model(ctx, model)
+    service_models.before_generating(ctx, model)
     conn = ctx.conn
     gen = start_generation(ctx.db, conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=not no_record, truncate_left=truncate == "left", allow_special=allow_special)
@@ -417,10 +412,10 @@ def generate(ctx: Context, prompt, model, max_tokens, batch_file, batch_size, te
 def predict(ctx: Context, prompt, model, top_n, as_json, workers):
     """The next-token distribution after PROMPT (the article's llm(prompt))."""
     from ..driver.shares import start_prediction
-    from ..server.memory import before_generating
+    from ..service.text import token_pieces
 
     prompt = read_prompt(prompt)
-    before_generating(ctx, model)
+    service_models.before_generating(ctx, model)
     gen = start_prediction(ctx.db, ctx.conn, workers, model, prompt)
     with finishing(gen):
         rows = gen.predict(top_n)   # gptsql.predict(prompt), fed in chunks with a progress bar
@@ -456,8 +451,6 @@ def tokenize(ctx: Context, text, model, as_json, allow_special):
     if as_json:
         click.echo(json.dumps([r[0] for r in rows]))
         return
-    from ..pieces import readable
-
     for token, raw in rows:             # a piece that is part of a character shows its bytes: <e4 bd>
         click.echo(f"{token}\t{readable(raw)!r}")
 
@@ -533,11 +526,10 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, batches,
     from ..benchmarks import measure as benchmark
     from ..benchmarks.report import render
     from ..loader.sources import random_model
-    from ..server import memory
 
     checkpoint = random_model(shape)
     name = f"bench-{shape}-{dtype}"
-    memory.prepare_load(ctx, checkpoint.config, dtype, name)
+    service_models.prepare_load(ctx, checkpoint.config, dtype, name)
     err = console(stderr=True)
     # transformers' FutureWarnings (deprecations inside its GPT-2) are not the benchmark's output
     with err.status("benchmark") as status, warnings.catch_warnings():
@@ -545,7 +537,7 @@ def bench(ctx: Context, dtype, shape, decode_tokens, contexts, prompts, batches,
         results = benchmark.run(ctx.conn, dtype=dtype, shape=shape, decode_tokens=decode_tokens,
                                 contexts=contexts, checkpoint=checkpoint, prompt_lengths=prompts,
                                 batch_sizes=batches, score_texts=tuple(score_texts[:2]) if len(score_texts) >= 2 else (),
-                                workers=min(workers or os.cpu_count() or 1, checkpoint.config.n_head, 4),
+                                workers=workers or os.cpu_count() or 1,   # as many as the model takes
                                 connect=lambda: psycopg.connect(ctx.db.dsn(), autocommit=True),
                                 progress=lambda s: (status.update(s), err.print(s)))
     render(results)

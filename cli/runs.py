@@ -15,7 +15,11 @@ import click
 import numpy as np
 
 from ..errors import UserError
-from .common import INT8, SEED, Temperature, OutFile, console, finishing, count, friendly, plural, print_tsv, read_prompt, workers_meta_option
+from ..service import models as service_models, options
+from ..service.runs import recorded_places, resolve_run, run_info, run_model_id
+from ..service.text import readable, run_pieces, token_pieces
+from .common import (INT8, SEED, TEMPERATURE, TOP_P, OutFile, console, finishing, count, friendly, plural, print_tsv,
+                     read_prompt, workers_meta_option)
 
 
 def short(text: str | None, width: int = 40) -> str:
@@ -31,74 +35,15 @@ def fmt_p(value) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-# ------------------------------------------------------------------------------------- lookups
-def resolve_run(conn, run: str | int) -> int:
-    """A run id from 'latest' (the newest run of any kind) or a number; fails when it is not there."""
-    if str(run).lower() == "latest":
-        found = conn.execute("select gptsql.latest_run(null)").fetchone()[0]
-        if found is None:
-            raise UserError("there are no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
-        return found
-    try:
-        run_id = int(run)
-    except ValueError:
-        raise UserError(f"a run is a number or 'latest', not {run!r}") from None
-    if not conn.execute("select exists (select from gptsql.run where id = %s)", [run_id]).fetchone()[0]:
-        raise UserError(f"there is no run {run_id}; list them with: gptsql runs list")
-    return run_id
-
-
-def run_info(conn, run_id: int) -> dict:
-    cur = conn.execute("select * from gptsql.runs where run = %s", [run_id])
-    names = [c.name for c in cur.description]
-    return dict(zip(names, cur.fetchone()))
-
-
-def recorded_places(conn, run_id: int) -> int:
-    """How many places went through the blocks with their activations kept; fails when none did."""
-    info = run_info(conn, run_id)
-    if not info["recorded"]:
-        raise UserError(f"run {run_id} was generated with --no-record: it kept no activations; "
-                        "run the prompt again without --no-record")
-    n = conn.execute("select max(place) + 1 from gptsql.residual where run_id = %s", [run_id]).fetchone()[0]
-    if not n:
-        raise UserError(f"run {run_id} recorded no activations (nothing went through the blocks: "
-                        f"status {info['status']}, {plural(info['generated_tokens'], 'token')} generated)")
-    return n
-
-
-def pieces(conn, run_id: int) -> dict[int, str]:
-    """The run's tokens by place, readable: a piece that is part of a character shows its bytes."""
-    from ..pieces import readable
-
-    return {place: readable(raw) for place, raw in conn.execute(
-        """select rt.place, tok.bytes from gptsql.run_token rt join gptsql.run r on r.id = rt.run_id
-           join gptsql.token tok on tok.model_id = r.model_id and tok.token = rt.token
-           where rt.run_id = %s""", [run_id])}
-
-
-def token_pieces(conn, model_id: int, tokens) -> dict[int, str]:
-    """Readable pieces of these token ids (as pieces() does for a run's places)."""
-    from ..pieces import readable
-
-    return {token: readable(raw) for token, raw in conn.execute(
-        "select token, bytes from gptsql.token where model_id = %s and token = any(%s)",
-        [model_id, list(set(tokens))])}
-
-
-def run_model_id(conn, run_id: int) -> int:
-    return conn.execute("select model_id from gptsql.run where id = %s", [run_id]).fetchone()[0]
-
-
+# ---------------------------------------------------------------------------------- new runs
+# Run lookup and checks, token text and the options' rules are the explorer's too: gptsql.service.
 def record_prompt(ctx, prompt, model, max_tokens, temperature, top_k, top_p, seed, workers=None) -> int:
     """Generate from PROMPT with every activation recorded; returns the new run's id."""
-    from ..driver.generation import ensure_model
     from ..driver.shares import start_generation
-    from ..server.memory import before_generating
 
     prompt = read_prompt(prompt)
-    ensure_model(ctx, model)
-    before_generating(ctx, model)
+    service_models.ensure_model(ctx, model)
+    service_models.before_generating(ctx, model)
     gen = start_generation(ctx.db, ctx.conn, workers, model, prompt, max_tokens, temperature, top_k, top_p, seed,
                            record=True)
     with finishing(gen):
@@ -111,22 +56,22 @@ def run_source(default_tokens: int):
     """PROMPT (a new recorded run) or --run ID (an existing one), and the sampling options."""
 
     def decorate(fn):
-        options = [
+        decorators = [
             click.argument("prompt", required=False),
             click.option("--run", "run", metavar="ID", help="Use a recorded run (an id, or 'latest') instead of a PROMPT."),
             click.option("-m", "--model", help="Model name (default: the most recently loaded)."),
             click.option("-n", "--max-tokens", default=default_tokens, show_default=True, type=count(1),
                          help="Tokens to generate after the prompt."),
-            click.option("-t", "--temperature", default=0.0, show_default=True, type=Temperature(),
+            click.option("-t", "--temperature", default=0.0, show_default=True, type=TEMPERATURE,
                          help="Sampling temperature (0: greedy, the most probable token)."),
             click.option("--top-k", default=0, show_default=True, type=count(0),
                          help="Sample among the k most probable tokens (0: all)."),
-            click.option("--top-p", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+            click.option("--top-p", default=1.0, show_default=True, type=TOP_P,
                          help="Sample among the most probable tokens whose mass reaches p."),
             click.option("--seed", type=SEED, help="An integer: same seed, same text."),
             workers_meta_option,
         ]
-        for option in reversed(options):
+        for option in reversed(decorators):
             fn = option(fn)
         return fn
 
@@ -268,7 +213,7 @@ def show_run(ctx, run):
     out.print()
     tokens = Table("place", "token", "piece", "", "probability", "rank", "step ms",
                    title="tokens (probability: the model's, when the token was chosen)")
-    readable_pieces = pieces(conn, run_id)      # part of a character: its bytes, <e4 bd>
+    readable_pieces = run_pieces(conn, run_id)      # part of a character: its bytes, <e4 bd>
     for place, token, piece, is_prompt, p, rank, ms in conn.execute(
             """select place, token, piece, is_prompt, probability, rank, elapsed_ms
                from gptsql.run_tokens where run = %s order by place""", [run_id]):
@@ -356,7 +301,7 @@ def drop_runs(ctx, run_ids, older_than, yes):
 # --------------------------------------------------------------------------------------- trace
 @click.command()
 @run_source(default_tokens=5)
-@click.option("--top", "top_n", default=5, show_default=True, type=click.IntRange(1, 10),
+@click.option("--top", "top_n", default=5, show_default=True, type=count(1, 10),
               help="Candidates per step and per block.")
 @click.option("--place", type=count(0), help="Place of the logit lens (default: the last one the model read).")
 @click.pass_obj
@@ -376,10 +321,8 @@ def trace(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed, 
     run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
     n_places = recorded_places(conn, run_id)
     r = run_info(conn, run_id)
-    names = pieces(conn, run_id)
-    place = n_places - 1 if place is None else place
-    if not 0 <= place < n_places:
-        raise UserError(f"--place must be between 0 and {n_places - 1} (the places run {run_id} recorded)")
+    names = run_pieces(conn, run_id)
+    place = n_places - 1 if place is None else options.place(place, n_places, run_id, "--place")
     out = console()
     text = Text(f"run {run_id} ({r['model']}): ")
     text.append(r["prompt"])
@@ -423,18 +366,14 @@ def subtitle(r: dict) -> str:
     return f"run {r['run']} ({r['model']}): {(r['prompt'] + (r['generated_text'] or '')).replace(chr(10), '↵')!r}"
 
 
-def check_block_head(conn, model_id: int, block: int | None, head: int | None) -> tuple[int, int]:
+def model_shape(conn, model_id: int, block: int | None = None, head: int | None = None) -> tuple[int, int]:
     """(n_layer, n_head) of the model; fails on a block or head it does not have."""
     n_layer, n_head = conn.execute("select n_layer, n_head from gptsql.model where id = %s", [model_id]).fetchone()
-    if block is not None and not 0 <= block < n_layer:
-        raise UserError(f"--block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks)")
-    if head is not None and not 0 <= head < n_head:
-        raise UserError(f"--head must be between 0 and {n_head - 1}, or 'all' (the model has {n_head} heads)")
+    if block is not None:
+        options.block(block, n_layer, "--block")
+    if head is not None:
+        options.head(head, n_head, "--head")
     return n_layer, n_head
-
-
-def run_model(conn, run_id: int) -> int:
-    return conn.execute("select model_id from gptsql.run where id = %s", [run_id]).fetchone()[0]
 
 
 LENS_PLACES = 64        # the lens picture's default window: the last places of a longer run
@@ -446,11 +385,14 @@ def window(spec: str | None, n: int, run_id: int, default_last: int | None = Non
     if spec is None:
         return range(max(0, n - default_last) if default_last else 0, n)
     m = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", spec)
-    a, b = (int(m.group(1) or 0), int(m.group(2) or n)) if m else (None, None)
-    if a is None or not 0 <= a < b <= n:
+    try:
+        if not m:
+            raise options.BadValue(spec)
+        a, b = int(m.group(1) or 0), int(m.group(2) or n)
+        return options.places(a, b - 1, n, run_id)
+    except options.BadValue:
         raise UserError(f"--places {spec!r}: run {run_id} recorded places 0 to {n - 1}; give A:B with "
-                        f"0 <= A < B <= {n} (places A to B - 1; e.g. {max(0, n - 40)}:{n}, or {max(0, n - 40)}: for the end)")
-    return range(a, b)
+                        f"0 <= A < B <= {n} (places A to B - 1; e.g. {max(0, n - 40)}:{n}, or {max(0, n - 40)}: for the end)") from None
 
 
 def window_note(places: range, n: int) -> str:
@@ -462,7 +404,7 @@ def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path, p
     every place, or of a window (--places A:B)."""
     from ..plots import figures as plots
 
-    _, n_head = check_block_head(conn, run_model(conn, run_id), block, head)
+    _, n_head = model_shape(conn, run_model_id(conn, run_id), block, head)
     n = recorded_places(conn, run_id)
     shown = window(places, n, run_id)
     a, size = shown.start, len(shown)
@@ -474,7 +416,7 @@ def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path, p
                  and query_place between %s and %s and key_place >= %s""",
             [run_id, block, heads, shown.start, shown.stop - 1, shown.start]):
         matrices[h][q - a, k - a] = w
-    names = pieces(conn, run_id)
+    names = run_pieces(conn, run_id)
     which = f"head {head}" if head is not None else f"all {n_head} heads"
     picture = plots.attention([names.get(p) for p in shown], matrices, block, Path(out),
                               f"Attention weights of block {block}, {which}{window_note(shown, n)}",
@@ -486,13 +428,12 @@ def draw_attention(conn, run_id: int, block: int, head: int | None, out: Path, p
 def draw_lens(conn, run_id: int, out: Path, places: str | None = None):
     """The logit lens of a recorded run: blocks by places, the top token and its probability; the
     last LENS_PLACES places of a longer run unless --places says which."""
-    from ..pieces import readable
     from ..plots import figures as plots
 
     n = recorded_places(conn, run_id)
     shown = window(places, n, run_id, default_last=LENS_PLACES)
-    model_id = run_model(conn, run_id)
-    n_layer, _ = check_block_head(conn, model_id, None, None)
+    model_id = run_model_id(conn, run_id)
+    n_layer, _ = model_shape(conn, model_id)
     top = [[""] * len(shown) for _ in range(n_layer)]
     probability = np.zeros((n_layer, len(shown)))
     is_next = np.zeros((n_layer, len(shown)), dtype=bool)
@@ -504,7 +445,7 @@ def draw_lens(conn, run_id: int, out: Path, places: str | None = None):
                    join gptsql.token tok on tok.model_id = %s and tok.token = l.token""", [args[0], args[2], args[1]]):
             x = place - shown.start
             top[block][x], probability[block, x], is_next[block, x] = readable(raw), p, hit
-    names = pieces(conn, run_id)
+    names = run_pieces(conn, run_id)
     picture = plots.lens([names.get(p) for p in shown], [names.get(p + 1) for p in shown], top, probability,
                          is_next, Path(out), "Logit lens: the most probable next token after each block, and its "
                          f"probability{window_note(shown, n)}", subtitle(run_info(conn, run_id)), first=shown.start)
@@ -532,7 +473,7 @@ def attention(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, se
         raise UserError(f"--head is a head number or 'all', not {head!r}")
     head = None if head == "all" else int(head)
     if run is None and prompt is not None:      # a bad block or head fails before the prompt runs
-        check_block_head(ctx.conn, ctx.conn.execute("select gptsql.model_id(%s)", [model]).fetchone()[0], block, head)
+        model_shape(ctx.conn, service_models.model_id(ctx.conn, model), block, head)
     run_id = source_run(ctx, prompt, run, model, max_tokens, temperature, top_k, top_p, seed)
     picture = draw_attention(ctx.conn, run_id, block, head, Path(out), places)
     click.echo(f"wrote {picture.path} ({picture.width}×{picture.height} px): "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import Context, check_prompt, db_error_message, friendly, pass_ctx, workers_option
+from .common import Context, friendly, pass_ctx, workers_option
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
 
@@ -22,13 +22,10 @@ def serve(ctx: Context, host, port, workers):
     Every panel shows the SQL query that produced it; pasted into `gptsql db psql` it gives the same
     numbers. Generations from the page are recorded runs, like `gptsql generate`.
     """
-    from ..web.app import CliRules, serve as run_server
+    from ..web.app import serve as run_server
 
-    root = click.get_current_context().find_root()
-    generate = root.command.get_command(root, "generate")  # its options, so the page refuses what it refuses
     if host not in LOCAL:
         click.echo(f"warning: listening on {host}: anyone who can reach it can run generations and read "
                    "every recorded run (there is no login); use the default 127.0.0.1 unless you mean it", err=True)
-    rules = CliRules(generate.params, check_prompt, db_error_message)
-    run_server(ctx.db, rules, host, port, workers,
+    run_server(ctx.db, host, port, workers,
                announce=lambda url: click.echo(f"gptsql explorer at {url} (Ctrl-C stops it)"))

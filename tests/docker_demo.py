@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PGVECTOR_IMAGE, REPO  # PGVECTOR_IMAGE: the compose file's db image
+from helpers import PGVECTOR_IMAGE, REPO  # PGVECTOR_IMAGE: the compose file's db image
 
 STANDINS = REPO / "docker" / "standins"
 COMPOSE_FILE = REPO / "docker-compose.yml"

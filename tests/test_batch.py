@@ -11,7 +11,7 @@ import pytest
 import torch
 from pgvector.psycopg import register_vector
 
-from conftest import make_hf_llama
+from helpers import make_hf_llama
 
 MODEL, LLAMA = "batch-gpt2", "batch-llama"
 PROMPTS = ["Happy New Year! I wish", "Once upon a time", "SELECT * FROM", "The capital of France is a city where"]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy.stats import power_divergence
 
-from test_sampling import expected, made_up_model
+from helpers import expected, made_up_model
 
 DRAWS = 20_000
 ALPHA = 1e-3

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import yaml
 
-from conftest import PGVECTOR_IMAGE, REPO
+from helpers import PGVECTOR_IMAGE, REPO
 from docker_demo import compose_command, embedded_versions, image_versions
 
 COMPOSE = REPO / "docker-compose.yml"

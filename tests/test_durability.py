@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from pgvector.psycopg import register_vector
 
-from test_faults import make_server
+from helpers import make_server
 
 NAME = "durable"   # a new name: replacing a model drops its tables, which forces a synchronous commit
 

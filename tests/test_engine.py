@@ -104,7 +104,7 @@ def test_check_command_compares_sql_and_numpy(run_cli, hf_model):
 
 def test_shapes_come_from_config(db, tmp_path, run_cli):
     # A different shape (3 layers, 6 heads, 48 wide) runs with no change to the SQL.
-    from conftest import make_hf_model
+    from helpers import make_hf_model
 
     model = make_hf_model(tmp_path, n_layer=3, n_embd=48, n_head=6, n_ctx=32, seed=3)
     run_cli("load", str(tmp_path), "--name", "odd-shape", "--dtype", "float32")
@@ -157,7 +157,7 @@ def test_recorded_activations_match_transformers(db, hf_model):
 def test_attention_far_apart_scores_match_transformers(db, tmp_path, run_cli):
     """Attention scores far apart (a query's own score far below another key's) take the softmax's
     second pass; the logits still match transformers'."""
-    from conftest import make_hf_model
+    from helpers import make_hf_model
 
     model = make_hf_model(tmp_path, n_layer=2, n_embd=32, n_head=2, n_ctx=32, seed=5)
     with torch.no_grad():

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from gptsql.errors import UserError
+from helpers import broken_copy, rewrite_tensors
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "Happy New Year! I wish"
@@ -95,7 +96,7 @@ def test_megabyte_prompt_refused_before_tokenizing(database, db, tiny, run_cli):
     import math
 
     import tiktoken
-    from test_tokenizer import PATTERN, gpt2_ranks
+    from helpers import PATTERN, gpt2_ranks
 
     rng = random.Random(13)
     prompt = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(2**20))
@@ -352,39 +353,6 @@ def test_unusable_data_dir(tmp_path):
 
 
 # ------------------------------------------------------------------------------ checkpoints
-@pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory, tiny_checkpoint):
-    """A valid random:tiny checkpoint in the Hugging Face layout (config.json + model.safetensors)."""
-    from safetensors.numpy import save_file
-
-    directory = tmp_path_factory.mktemp("checkpoint") / "good"
-    directory.mkdir()
-    c = tiny_checkpoint.config
-    (directory / "config.json").write_text(json.dumps({
-        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": c.n_vocab,
-        "n_positions": c.n_ctx, "n_embd": c.n_embd, "n_head": c.n_head, "n_layer": c.n_layer,
-        "activation_function": "gelu_new"}))
-    save_file({f"transformer.{k}": v for k, v in tiny_checkpoint.tensors.items()}, str(directory / "model.safetensors"))
-    from gptsql.loader.sources import from_directory
-
-    from_directory(directory)                  # the unbroken copy loads: each defect below is the cause
-    return directory
-
-
-def broken_copy(good: Path, tmp_path: Path) -> Path:
-    directory = tmp_path / "broken"
-    shutil.copytree(good, directory)
-    return directory
-
-
-def rewrite_tensors(directory: Path, change) -> None:
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(directory / "model.safetensors"))
-    change(tensors)
-    save_file(tensors, str(directory / "model.safetensors"))
-
-
 def test_checkpoint_with_missing_tensors(good_checkpoint, tmp_path, run_cli):
     directory = broken_copy(good_checkpoint, tmp_path)
     rewrite_tensors(directory, lambda t: (t.pop("transformer.h.1.mlp.c_fc.weight"), t.pop("transformer.ln_f.bias")))

@@ -6,163 +6,18 @@ data directory (never the session's database, never a server given by DSN).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gptsql.server.db import Database, pg_bin, wait_for
-
-PROMPT = "Once upon a time"
-
-
-@dataclass
-class Server:
-    database: Database
-    env: dict
-
-    @property
-    def embedded(self):
-        return self.database.embedded
-
-    def connect(self):
-        """A new connection the way every command makes one (restarts a dead server, marks orphans)."""
-        return self.database.connect()
-
-    def cli(self, *args, input=None, check=True, timeout=120):
-        result = subprocess.run([sys.executable, "-m", "gptsql", *args], input=input, capture_output=True,
-                                text=True, env=self.env, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"gptsql {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def stop_immediately(self):
-        """As if the machine lost power under PostgreSQL: no shutdown checkpoint, crash recovery next."""
-        subprocess.run([str(pg_bin("pg_ctl")), "-D", str(self.embedded.pgdata), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, check=True, **self.embedded._run_as())
-
-
-def make_server(data_dir: Path) -> Server:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
-    env["GPTSQL_DATA_DIR"] = str(data_dir)
-    return Server(Database(data_dir=data_dir), env)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint):
-    """A private embedded server with random-tiny (fast) and random-small (slow enough to interrupt)."""
-    from gptsql.loader.load import load
-    from gptsql.loader.sources import random_model
-
-    data_dir = Path(tempfile.mkdtemp(prefix="gqf-", dir="/tmp"))   # short: the socket lives inside
-    s = make_server(data_dir)
-    conn = s.connect()
-    load(conn, tiny_checkpoint, "random-tiny")
-    load(conn, random_model("small"), "random-small")
-    conn.close()
-    yield s
-    s.embedded.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
-
-
-class Streamed:
-    """A CLI process whose stdout and stderr are collected while it runs."""
-
-    def __init__(self, server: Server, *args):
-        self.proc = subprocess.Popen([sys.executable, "-m", "gptsql", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=server.env)
-        self.out, self.err = bytearray(), bytearray()
-        self.threads = [threading.Thread(target=self._drain, args=(pipe, buf), daemon=True)
-                        for pipe, buf in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
-        for t in self.threads:
-            t.start()
-
-    @staticmethod
-    def _drain(pipe, buf):
-        while chunk := os.read(pipe.fileno(), 4096):
-            buf.extend(chunk)
-
-    def wait_for_output(self, n_bytes: int, timeout: float = 60) -> None:
-        assert wait_for(lambda: len(self.out) >= n_bytes or self.proc.poll() is not None, timeout), "no output"
-        assert self.proc.poll() is None, f"finished too soon: {self.err.decode()}"
-
-    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
-        rc = self.proc.wait(timeout)
-        for t in self.threads:
-            t.join(timeout)
-        return rc, self.out.decode("utf-8", "replace"), self.err.decode("utf-8", "replace")
-
-
-@contextlib.contextmanager
-def blocking(server: Server, lock: str):
-    """Hold `lock` in a transaction of its own; yields blocked(n, *procs): waits until n backends
-    wait on this one (an event, not a time: they are where the lock stops them) and returns their
-    (pid, query). Leaving releases the lock."""
-    holder, watcher = server.connect(), server.connect()   # pg_stat_activity holds still within a transaction
-    try:
-        with holder.transaction():
-            holder.execute(lock)
-            me = holder.info.backend_pid
-
-            def blocked(n, *procs):
-                def waiting():
-                    for proc in procs:
-                        assert proc.proc.poll() is None, f"finished before the lock: {proc.err.decode()}"
-                    return watcher.execute("select pid, query from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
-                                          [me]).fetchall()
-                assert wait_for(lambda: len(waiting()) >= n, 120), waiting()
-                return waiting()
-
-            yield blocked
-    finally:
-        holder.close()
-        watcher.close()
-
-
-LOCK_STEPS = "lock gptsql.step_logit in exclusive mode"   # a recorded step writes there once
-LONG_RUN = ("generate", "-m", "random-small", "-n", "250", "-t", "0", PROMPT)
-
-
-@contextlib.contextmanager
-def held_after(server: Server, steps: int, *args):
-    """Start `gptsql *args` (a recorded generation) with a lock on gptsql.step_logit held, let it
-    take at least `steps` steps, and hold it at the next one: yields (the Streamed process, the pid
-    of the backend waiting, its run id, the tokens it has recorded). Events, not time: each step
-    waits for the lock; given back, the lock goes to the step waiting, and taking it again waits
-    for that step to end. Leaving closes the holder (the lock is released, also after a crash)."""
-    holder, watcher = server.database.connect(autocommit=False), server.connect()
-    try:
-        holder.execute("set lock_timeout = '120s'")
-        holder.execute(LOCK_STEPS)
-        gen = Streamed(server, *args)
-        while True:
-            assert wait_for(lambda: gen.proc.poll() is not None or watcher.execute(
-                "select count(*) from pg_stat_activity where %s = any(pg_blocking_pids(pid))",
-                [holder.info.backend_pid]).fetchone()[0] > 0, 120), "no step reached the lock"
-            assert gen.proc.poll() is None, f"finished before the lock: {gen.err.decode()}"
-            backend, run_id, recorded = watcher.execute(
-                """select a.pid, r.id,
-                          (select count(*) from gptsql.run_token t where t.run_id = r.id and not t.is_prompt)
-                   from pg_stat_activity a left join gptsql.run r on r.backend_pid = a.pid and r.status = 'running'
-                   where %s = any(pg_blocking_pids(a.pid))""", [holder.info.backend_pid]).fetchone()
-            if run_id is not None and recorded >= steps:
-                break
-            holder.commit()
-            holder.execute(LOCK_STEPS)     # waits for the step that was waiting to end
-        yield gen, backend, run_id, recorded
-    finally:
-        holder.close()
-        watcher.close()
-
+from gptsql.server.db import wait_for
+from helpers import blocking, held_after, LONG_RUN, make_server, PROMPT, Streamed
 
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()

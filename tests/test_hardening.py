@@ -15,7 +15,7 @@ import pytest
 
 from gptsql.server.db import Database, psql_command, wait_for
 
-from test_faults import make_server
+from helpers import LONG_RUN, PROMPT, Streamed, blocking, broken_copy, held_after, make_server, rewrite_tensors
 
 
 # ------------------------------------------------------------- 4: the /tmp socket fallback
@@ -110,9 +110,6 @@ def test_db_psql_gets_the_password_by_its_environment(server, tmp_path):
 
 
 # ------------------------------------------------------------- 1: more clients than the server takes
-from test_faults import LONG_RUN, PROMPT, Streamed, held_after, server  # noqa: E402,F401  (the module's server fixture)
-
-
 def hold_every_slot(s) -> list:
     """Open connections until the server refuses one; return them (the server is full)."""
     import psycopg
@@ -448,7 +445,6 @@ def test_a_load_killed_after_its_commit_has_replaced_the_model(server):
     """kill -9 during the ANALYZE that follows the commit (stopped there by a lock on gptsql.token):
     no "loaded" line, and the new model is in place, whole, as the README says; the old one's
     tables are gone."""
-    from test_faults import blocking
 
     server.cli("load", "random:tiny", "--name", "analyzed", "--replace")
     conn = server.connect()
@@ -621,7 +617,6 @@ def test_an_acl_entry_for_one_user_keeps_every_other_permission(tmp_path):
 
 
 # ------------------------------------------------------------- issue 28, 6: hostile checkpoint files
-from test_errors import broken_copy, good_checkpoint  # noqa: E402,F401  (a valid random:tiny directory)
 
 
 def refused(directory, *needles) -> str:
@@ -697,7 +692,6 @@ def test_the_vocabulary_files_shape_is_checked(good_checkpoint, tmp_path, vocab,
                                            (float("nan"), "holds NaN or infinite values"),
                                            (float("inf"), "holds NaN or infinite values")])
 def test_weights_that_cannot_run_are_refused(good_checkpoint, tmp_path, value, needle):
-    from test_errors import rewrite_tensors
 
     directory = broken_copy(good_checkpoint, tmp_path)
     rewrite_tensors(directory, lambda t: t["transformer.h.1.mlp.c_fc.weight"].__setitem__((3, 5), value))
@@ -771,6 +765,9 @@ def test_the_next_command_waits_for_a_server_recovering_after_a_crash(server):
 
     postmaster = server.embedded.pid()
     for _attempt in range(5):     # the recovery may end before it is caught: crash again
+        # up again first (the last attempt's crash, or an earlier test's): a connection made while
+        # the postmaster resets its children is closed at once
+        assert wait_for(lambda: probe_refusal(server) is None, 120), probe_refusal(server)
         victim = server.connect()
         os.kill(victim.info.backend_pid, signal.SIGKILL)
         startup = None
@@ -910,7 +907,6 @@ def test_a_checkpoint_that_cannot_compute_a_token_is_not_loaded(good_checkpoint,
     numbers (a generation then failed with 'out of range for type halfvec'): the load computes one
     token before it commits, and refuses the model in one line; no model and no run are left."""
     import numpy as np
-    from test_errors import rewrite_tensors
 
     def scale(tensors):
         for key, tensor in tensors.items():

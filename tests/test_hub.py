@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_hf_model
+from helpers import make_hf_model
 from hubserver import FakeHub, HubRepo, closed_port
 
 # alias -> (hub repo, shape served for it: n_layer, n_embd, n_head, n_ctx). gpt2 is the session's

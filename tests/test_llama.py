@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TEST_CHAT_TEMPLATE, gpt2_tokenizers_bpe, make_hf_llama
+from helpers import TEST_CHAT_TEMPLATE, gpt2_tokenizers_bpe, make_hf_llama
 from hubserver import FakeHub, HubRepo
 
 from gptsql.errors import UserError

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pgvector.psycopg import register_vector
 
-from conftest import make_hf_llama
+from helpers import make_hf_llama
 
 TIED, UNTIED = "llama-engine-tied", "llama-engine-untied"
 

@@ -25,7 +25,7 @@ CHUNK = Generation.PREFILL_CHUNK
 
 @pytest.fixture(scope="module")
 def hf_long(tmp_path_factory, run_cli):
-    from conftest import make_hf_model
+    from helpers import make_hf_model
 
     directory = tmp_path_factory.mktemp("hf-long")
     model = make_hf_model(directory, n_ctx=1024, seed=3)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from pgvector.psycopg import register_vector
 
-from conftest import make_hf_model
+from helpers import make_hf_model
 from gptsql.driver.generation import Generation
 from gptsql.driver.shares import start_generation
 
@@ -241,7 +241,7 @@ def test_allow_special_reads_endoftext_as_the_token(db, tiny, run_cli):
     (built from the same vocabulary files) tokenizes both ways."""
     import tiktoken
 
-    from test_tokenizer import PATTERN, gpt2_ranks
+    from helpers import PATTERN, gpt2_ranks
 
     enc = tiktoken.Encoding(name="gpt2_local", pat_str=PATTERN, mergeable_ranks=gpt2_ranks(),
                             special_tokens={"<|endoftext|>": EOT})

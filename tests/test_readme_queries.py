@@ -7,19 +7,9 @@ import re
 
 import pytest
 
-from conftest import REPO
+from helpers import readme_queries
 
-SECTION = re.compile(r"<!-- exploring:start -->(.*?)<!-- exploring:end -->", re.S)
-SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.S | re.M)
 PROMPT = "Happy New Year! I wish"
-
-
-def readme_queries() -> list[str]:
-    section = SECTION.search((REPO / "README.md").read_text())
-    assert section, "README.md lost its exploring:start / exploring:end markers"
-    return SQL_BLOCK.findall(section.group(1))
-
-
 QUERIES = readme_queries()
 
 
@@ -32,17 +22,24 @@ MODEL = "readme-newest"
 
 
 @pytest.fixture(scope="module")
-def generated(db, tiny, tiny_checkpoint, run_cli):
-    """What the README says to do first: one generation, from the command line. Its model is loaded
-    here, after `tiny`, because the README's predict names none (the newest model answers): which
-    model that is must not depend on what other tests loaded before."""
+def newest(db, tiny, tiny_checkpoint):
+    """The README's predict names no model (the newest answers): one is loaded here, after `tiny`,
+    so which model that is does not depend on what other tests loaded before."""
     from gptsql.loader.load import load
 
     load(db, tiny_checkpoint, MODEL)
-    result = run_cli("generate", "--model", MODEL, "-n", "5", "--seed", "1", PROMPT)
-    assert result.stdout.startswith(PROMPT)
-    yield result.stdout.strip()
+    yield MODEL
     db.execute("select gptsql.drop_model(%s)", [MODEL])
+
+
+@pytest.fixture
+def generated(newest, run_cli):
+    """What the README says to do first: one generation, from the command line, right before each
+    query (the queries read gptsql.latest_run(), and the predict query makes a run of its own: each
+    query finds the run it expects whatever order they run in)."""
+    result = run_cli("generate", "--model", newest, "-n", "5", "--seed", "1", PROMPT)
+    assert result.stdout.startswith(PROMPT)
+    return result.stdout.strip()
 
 
 def psql(run_cli, query):

@@ -253,7 +253,7 @@ def test_runs_list_at_a_terminal_keeps_model_names_and_run_ids_whole(width):
 def test_tokenize_shows_the_bytes_of_partial_characters(tiny, run_cli):
     import tiktoken
 
-    from tests.test_tokenizer import PATTERN, gpt2_ranks       # tiktoken on the same vocabulary files, offline
+    from helpers import PATTERN, gpt2_ranks       # tiktoken on the same vocabulary files, offline
 
     text = "你好，世界。我们在数据库里运行语言模型"
     enc = tiktoken.Encoding(name="gpt2_local", pat_str=PATTERN, mergeable_ranks=gpt2_ranks(), special_tokens={})
@@ -319,7 +319,7 @@ def test_the_lens_picture_shows_partial_characters_as_bytes(db, tiny, run_cli, t
 
 
 def test_readable_pieces():
-    from gptsql.pieces import readable
+    from gptsql.service.text import readable
 
     assert readable(b"\xe4\xbd") == "<e4 bd>"
     assert readable(b" \xe4") == " <e4>"
@@ -505,9 +505,9 @@ def test_pictures_draw_a_window_of_places(db, tiny, run_cli, tmp_path):
 
 
 def test_the_readme_step_candidates_query_always_shows_the_taken_token(db, tiny, run_cli):
-    from tests.test_readme_queries import QUERIES
+    from helpers import readme_queries
 
-    [query] = [q for q in QUERIES if "gptsql.step_candidates" in q and "rank <= 5" in q]
+    [query] = [q for q in readme_queries() if "gptsql.step_candidates" in q and "rank <= 5" in q]
     run_cli("generate", "-m", tiny, "-n", "8", "-t", "5", "--seed", "1", PROMPT)   # hot: ranks far below 5
     run_id = db.execute("select gptsql.latest_run()").fetchone()[0]
     taken = db.execute("select piece, rank from gptsql.run_tokens where run = %s and not is_prompt order by place",

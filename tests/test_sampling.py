@@ -6,25 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pgvector.psycopg import register_vector
+
+from helpers import expected, made_up_model
 
 DRAWS = 2000
 LOGITS = np.array([3.0, 2.5, 2.2, 2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0] + [-2.0] * 20 + [-4.0] * 10)
-
-
-def made_up_model(db, name: str, logits: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """(model id, hidden state, logits) of a model whose token embeddings are (logit, 0, 0, 0):
-    against the hidden state (1, 0, 0, 0) its logits are exactly `logits`."""
-    register_vector(db)
-    db.execute("select gptsql.drop_model(%s)", [name])
-    model_id = db.execute(
-        """insert into gptsql.model (name, source, n_vocab, n_ctx, n_embd, n_head, n_layer)
-           values (%s, 'test', %s, 8, 4, 1, 1) returning id""", [name, len(logits)]).fetchone()[0]
-    db.execute("select gptsql.create_partitions(%s)", [model_id])
-    db.execute("""insert into gptsql.wte (model_id, token, w)
-                  select %s, n - 1, array[l, 0, 0, 0]::real[]::vector
-                  from unnest(%s::float8[]) with ordinality as t(l, n)""", [model_id, logits.tolist()])
-    return model_id, np.array([1, 0, 0, 0], dtype=np.float32), logits
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +36,6 @@ def draw(db, state, temperature, top_k=0, top_p=1.0, n=DRAWS) -> np.ndarray:
            cross join lateral gptsql.choose(%s, %s, %s, %s, %s, gptsql.uniform(42, i)) as c""",
         [n, model_id, hidden, temperature, top_k, top_p]).fetchall()
     return np.bincount([t for (t,) in tokens], minlength=len(logits)) / n
-
-
-def softmax(x):
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
-def expected(logits, temperature, top_k=0, top_p=1.0) -> np.ndarray:
-    order = np.argsort(-logits, kind="stable")
-    p = softmax(logits / temperature)
-    keep = np.zeros(len(logits), dtype=bool)
-    kept = order[:top_k] if top_k else order
-    before = np.concatenate([[0.0], np.cumsum(p[kept] / p[kept].sum())[:-1]])
-    keep[kept[before < top_p]] = True
-    q = np.where(keep, p, 0.0)
-    return q / q.sum()
 
 
 def assert_same_distribution(got, want, n=DRAWS):

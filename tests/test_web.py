@@ -5,7 +5,6 @@ Skipped, with the reason, only when chromium or its driver is missing (.ci/run i
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -16,104 +15,20 @@ import tempfile
 import pytest
 
 from gptsql.server.db import wait_for
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-PROMPT = "Happy New Year! I wish"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli_env(backend) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GPTSQL_")}
-    env.update(backend[1])
-    return env
-
+from webpage import (PROMPT, ask, chromium, cli_env, css, explorer, free_port, generate, generation_events, open_form,
+                     panel_sql, psql_rows, visible, wait)
 
 @pytest.fixture(scope="module")
 def server(backend, tiny):
-    """`gptsql serve` on a free port; yields its address as printed."""
-    proc = subprocess.Popen([sys.executable, "-m", "gptsql", "serve", "--port", str(free_port())],
-                            env=cli_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("gptsql explorer at http://127.0.0.1:"):
-        proc.kill()
-        raise AssertionError(f"gptsql serve did not say where it listens: {line!r} {proc.stderr.read()}")
-    yield line.split(" at ", 1)[1].split()[0]
-    proc.terminate()
-    proc.wait(timeout=30)
+    """The explorer, `gptsql serve` on a free port: its address."""
+    yield from explorer(backend)
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("no chromium / chromedriver here: apt-get install -y chromium chromium-driver (.ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="gq-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1000"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    yield from chromium()
 
 
-def wait(driver, condition, timeout=60):
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    # A panel redrawn between finding an element and reading it: look again.
-    return WebDriverWait(driver, timeout, poll_frequency=0.05,
-                         ignored_exceptions=[StaleElementReferenceException]).until(condition)
-
-
-def css(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def open_form(driver, server, model):
-    """Open the page with `model` chosen: never the page's default (the newest model), which
-    depends on what other tests loaded."""
-    from selenium.webdriver.support.ui import Select
-
-    driver.get(server)
-    wait(driver, lambda d: css(d, "#prompt") and css(d, f"#model option[value='{model}']"))
-    Select(css(driver, "#model")[0]).select_by_value(model)
-
-
-def generate(driver, server, model, prompt=PROMPT, **fields):
-    """Open the page, choose the model, type the prompt and the fields, press Generate; the run's id
-    once done."""
-    open_form(driver, server, model)
-    for name, value in {"prompt": prompt, **fields}.items():
-        box = css(driver, f"#{name}")[0]
-        box.clear()
-        box.send_keys(str(value))
-    css(driver, "#go")[0].click()
-    wait(driver, lambda d: "done" in css(d, "#gen-status")[0].text or css(d, "#error")[0].text)
-    assert not css(driver, "#error")[0].text, css(driver, "#error")[0].text
-    return int(css(driver, "#current-run a")[0].text.lstrip("#"))
-
-
-def panel_sql(driver, scope="") -> str:
-    return css(driver, f"{scope} pre.sql-text")[0].get_attribute("textContent").rstrip().rstrip(";")
-
-
-# -------------------------------------------------------------------------------- the tests
 def test_tokens_stream_in_one_by_one(server, browser, database, db, tiny):
     """Each step records its best tokens in gptsql.step_logit: a lock held there stops the
     generation at its first step, and taken again as soon as that step has it, at its second;
@@ -317,40 +232,44 @@ def test_a_prompt_of_a_dash_is_text_in_the_page(server, tiny):
     assert start["prompt"] == "-" and start["prompt_tokens"] == 1
 
 
-def ask(server: str, path: str, method: str = "GET", headers: dict | None = None, body: bytes | None = None,
-        timeout: float = 120):
-    """A request as a program makes it (no browser headers but those given): (status, the JSON
-    answer, or its text)."""
-    import http.client
-    import json
-    from urllib.parse import urlsplit
+def test_the_pages_pieces_show_part_of_a_character_as_the_cli_does(server, tiny, run_cli, monkeypatch):
+    """A token that is part of a character shows its bytes (<e4 bd>) in every panel that shows
+    pieces, as `gptsql runs show` and `gptsql trace` show them, never U+FFFD."""
+    monkeypatch.setenv("COLUMNS", "250")
+    events = generation_events(server, {"prompt": "你好，世界", "max_tokens": 2, "temperature": 0, "model": tiny})
+    run = next(data for kind, data in events if kind == "start")["run"]
+    partial = re.compile(r"<[0-9a-f]{2}( [0-9a-f]{2})*>")
 
-    where = urlsplit(server)
-    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read().decode()
-    finally:
-        conn.close()
-    try:
-        return response.status, json.loads(data)
-    except ValueError:
-        return response.status, data
+    def records(path):
+        status, answer = ask(server, path)
+        assert status == 200, answer
+        return [dict(zip(answer["columns"], row)) for row in answer["rows"]]
+
+    tokens = records(f"/api/runs/{run}/tokens")
+    shown = run_cli("runs", "show", str(run)).stdout
+    for t in tokens:
+        assert repr(t["piece"]) in shown, (t, shown)
+    assert any(partial.search(t["piece"]) for t in tokens), tokens
+    by_place = {t["place"]: t["piece"] for t in tokens}
+    [step] = [r for r in records(f"/api/runs/{run}/steps/1") if r["rank"] == 1]
+    assert step["after_piece"] == by_place[step["place"] - 1] and partial.search(step["after_piece"]), step
+    panels = {"step": records(f"/api/runs/{run}/steps/1"), "head": records(f"/api/runs/{run}/attention/0/0"),
+              "lens": records(f"/api/runs/{run}/lens"), "norms": records(f"/api/runs/{run}/norms")}
+    for panel, rows in panels.items():
+        texts = [v for r in rows for k, v in r.items() if k.endswith("piece")]
+        assert texts and not any("\ufffd" in text for text in texts), (panel, texts)
+    assert all(r["query_piece"] == by_place[r["query_place"]] for r in panels["head"])
+    assert all(r["piece"] == by_place[r["place"]] for r in panels["lens"] + panels["norms"])
 
 
-def generation_events(server: str, fields: dict, headers: dict | None = None) -> list[tuple[str, dict]]:
-    """POST a generation as the page does: its server-sent events, (kind, data) each."""
-    import json
-
-    status, text = ask(server, "/api/generate", "POST", {"Content-Type": "application/json", **(headers or {})},
-                       json.dumps(fields).encode())
-    assert status == 200, text
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
+def test_the_page_streams_the_text_the_cli_streams(server, tiny, run_cli):
+    """The same greedy generation: the page's token texts (and what was held back at the end) are
+    what `gptsql generate --no-prompt` prints, character for character."""
+    prompt = "你好，世界"
+    events = generation_events(server, {"prompt": prompt, "max_tokens": 6, "temperature": 0, "model": tiny})
+    page = "".join(data["text"] for kind, data in events if kind in ("token", "done"))
+    cli = run_cli("generate", "-m", tiny, "-n", "6", "-t", "0", "--workers", "1", "--no-prompt", prompt).stdout
+    assert page == cli.removesuffix("\n")
 
 
 def test_serve_warns_off_localhost(backend):
@@ -404,7 +323,7 @@ def test_panels_read_in_read_only_transactions(db):
 
 
 def test_readme_has_the_explorer_section_and_its_pictures():
-    from conftest import REPO
+    from helpers import REPO
 
     text = (REPO / "README.md").read_text()
     start, end = text.index("<!-- explorer:start -->"), text.index("<!-- explorer:end -->")
@@ -428,18 +347,6 @@ def test_serve_on_a_port_in_use_is_one_line(run_cli):
     assert result.returncode == 1
     assert result.stderr == (f"Error: cannot listen on 127.0.0.1:{port} (Address already in use); "
                              "choose another --port (--port 0: any free port)\n")
-
-
-def visible(piece: str) -> str:
-    """A piece as the page shows it (app.js's visible): spaces, newlines and tabs made visible."""
-    return (piece or "").replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥")
-
-
-def psql_rows(run_cli, sql: str) -> list[list[str]]:
-    """A panel's query pasted into `gptsql db psql`: its rows, fields split (record separator \\x1e,
-    so values holding newlines stay whole)."""
-    out = run_cli("db", "psql", "-X", "-A", "-t", "-F", "\x1f", "-R", "\x1e", "-c", sql).stdout
-    return [record.split("\x1f") for record in out.rstrip("\n").split("\x1e") if record]
 
 
 def test_the_form_passes_top_k_top_p_and_seed(server, browser, tiny, db, run_cli):
@@ -754,7 +661,7 @@ def test_a_panel_whose_page_goes_away_stops_its_query(server, database, db, tiny
 def test_the_explorers_queries_have_a_time_limit(database):
     from gptsql.web.app import Explorer
 
-    explorer = Explorer(database, rules=None)
+    explorer = Explorer(database)
     explorer.pool.open()
     try:
         with explorer.pool.connection() as conn:
@@ -771,7 +678,7 @@ def test_the_explorers_connections_are_bounded_and_survive_a_server_restart(tiny
     import threading
     from pathlib import Path
 
-    from test_faults import make_server
+    from helpers import make_server
 
     from gptsql.loader.load import load
 

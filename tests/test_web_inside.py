@@ -2,7 +2,7 @@
 numbers, the walkthrough opens each stage and names its SQL file, the page works at 400 px and from
 the keyboard, and the bugs of the issue stay fixed (each test here failed before its fix).
 
-Same browser, server and helpers as tests/test_web.py."""
+The same browser, server and helpers as tests/test_web.py (tests/webpage.py)."""
 from __future__ import annotations
 
 import signal
@@ -10,10 +10,20 @@ import subprocess
 import sys
 
 import pytest
-from test_web import (browser, cli_env, css, free_port, generate, open_form, panel_sql, server,  # noqa: F401
-                      visible, wait)
 
 from gptsql.server.db import wait_for
+from webpage import ask, chromium, cli_env, css, explorer, free_port, generate, open_form, panel_sql, visible, wait
+
+
+@pytest.fixture(scope="module")
+def server(backend, tiny):
+    """The explorer, `gptsql serve` on a free port: its address."""
+    yield from explorer(backend)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium()
 
 
 def rows_of(db, sql: str) -> list[dict]:
@@ -89,12 +99,12 @@ def check_strips(driver, stage, rows: list[dict]):
 
 
 @pytest.fixture(scope="module")
-def sampled_run(server, browser, tiny):  # noqa: F811
+def sampled_run(server, browser, tiny):
     """A recorded, sampled, seeded run of the page: T 1.3, top-k 7, top-p 0.9."""
     return generate(browser, server, tiny, max_tokens=6, temperature=1.3, top_k=7, top_p=0.9, seed=77)
 
 
-def test_each_stage_draws_its_querys_numbers(server, browser, db, sampled_run):  # noqa: F811
+def test_each_stage_draws_its_querys_numbers(server, browser, db, sampled_run):
     """#inside/R/P/B/H: every stage card's strips, numbers and tables are its query's rows (the query
     shown under it, run as pasted)."""
     driver, run = browser, sampled_run
@@ -135,7 +145,7 @@ def test_each_stage_draws_its_querys_numbers(server, browser, db, sampled_run): 
     assert [float(c[1]) for c in cells] == [round(float(r["probability"]), 3) for r in lens]
 
 
-def test_the_attention_stage_masks_the_later_places_and_matches_the_record(server, browser, db, sampled_run):  # noqa: F811
+def test_the_attention_stage_masks_the_later_places_and_matches_the_record(server, browser, db, sampled_run):
     """At an early place: the keys stop at the query, the mask hides every later place (drawn
     hatched, −∞ in the readout), and the softmax is the weight the run recorded."""
     from selenium.webdriver.common.keys import Keys
@@ -154,7 +164,7 @@ def test_the_attention_stage_masks_the_later_places_and_matches_the_record(serve
     assert softmax == recorded and len(softmax) == 3
 
 
-def test_the_walkthrough_opens_each_stage_and_names_its_file(server, browser, sampled_run):  # noqa: F811
+def test_the_walkthrough_opens_each_stage_and_names_its_file(server, browser, sampled_run):
     """Each chapter, in plain words, shows the stage it talks about (drawn from the run's query) and
     names the sql/ file that computes it; its link opens that stage in the inside view."""
     import urllib.request
@@ -185,7 +195,7 @@ def blocked(db, holder) -> bool:
                       [holder.info.backend_pid]).fetchone()[0] > 0
 
 
-def test_a_slow_view_never_replaces_the_one_opened_after_it(server, browser, database, db, sampled_run):  # noqa: F811
+def test_a_slow_view_never_replaces_the_one_opened_after_it(server, browser, database, db, sampled_run):
     """The lens waits (its rows locked); Runs is opened meanwhile and shows; when the lens's query
     could go on, the runs table stays (before: the lens replaced it under #runs). The same for the
     Generate form (its models list locked) and a step opened before it came."""
@@ -219,7 +229,7 @@ def test_a_slow_view_never_replaces_the_one_opened_after_it(server, browser, dat
     assert css(driver, "#bars .p-at-t")
 
 
-def test_the_step_tab_opens_a_step_the_current_run_has(server, browser, tiny):  # noqa: F811
+def test_the_step_tab_opens_a_step_the_current_run_has(server, browser, tiny):
     """Step 5 of a run, then a 2-token run: the Step tab opens step 1 of the new run (before: its
     step 5, "run N has no step 5")."""
     driver = browser
@@ -240,7 +250,7 @@ def test_the_step_tab_opens_a_step_the_current_run_has(server, browser, tiny):  
     assert driver.current_url.endswith(f"#step/{second}/1")
 
 
-def test_a_token_clicked_while_streaming_opens_its_step_and_the_run_goes_on(server, browser, database, db, tiny):  # noqa: F811
+def test_a_token_clicked_while_streaming_opens_its_step_and_the_run_goes_on(server, browser, database, db, tiny):
     """A generation held at its second step (a lock on gptsql.step_logit); its first token is
     clicked: the step opens, and once the lock goes the run ends done with every token (before:
     the click stopped it, interrupted)."""
@@ -282,7 +292,7 @@ def own_server(backend):
     return proc, f"http://127.0.0.1:{port}/"
 
 
-def test_with_the_server_stopped_the_page_says_so(backend, browser, tiny):  # noqa: F811
+def test_with_the_server_stopped_the_page_says_so(backend, browser, tiny):
     """gptsql serve stops under an open page: Generate and every panel say, in the page's words,
     that the server does not answer (before: "Failed to fetch", and Generate stayed at
     "starting…")."""
@@ -302,7 +312,7 @@ def test_with_the_server_stopped_the_page_says_so(backend, browser, tiny):  # no
     assert "does not answer" in css(driver, ".error")[0].text and "Failed to fetch" not in driver.page_source
 
 
-def test_ctrl_c_stops_a_streaming_generation_at_once(backend, browser, database, db, tiny):  # noqa: F811
+def test_ctrl_c_stops_a_streaming_generation_at_once(backend, browser, database, db, tiny):
     """Ctrl-C on gptsql serve while a generation is held mid-step (a lock): the server exits at once,
     the lock still held, and the run is marked interrupted (before: it waited for the generation's
     end, here forever)."""
@@ -334,7 +344,7 @@ def test_ctrl_c_stops_a_streaming_generation_at_once(backend, browser, database,
             proc.communicate()
 
 
-def test_errors_say_the_pages_controls_not_the_clis_flags(server, browser, db, tiny):  # noqa: F811
+def test_errors_say_the_pages_controls_not_the_clis_flags(server, browser, db, tiny):
     """A prompt too long for the context window: the error names the page's box, not --truncate
     left; ticked, the box keeps the prompt's end. A run without records: no --no-record either."""
     driver = browser
@@ -363,14 +373,14 @@ def test_errors_say_the_pages_controls_not_the_clis_flags(server, browser, db, t
 
 # ------------------------------------------------------------------------- 400 px, keyboard
 @pytest.fixture
-def narrow(browser):  # noqa: F811
+def narrow(browser):
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                             {"width": 400, "height": 800, "deviceScaleFactor": 1, "mobile": True})
     yield browser
     browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
-def test_every_view_fits_400_pixels(server, narrow, sampled_run, tiny):  # noqa: F811
+def test_every_view_fits_400_pixels(server, narrow, sampled_run, tiny):
     """At 400 px wide the header is one short line (before: a third of the screen) and nothing runs
     off the side (before: the form did); wide things scroll inside their own box."""
     driver, run = narrow, sampled_run
@@ -406,7 +416,7 @@ def tab_to(driver, selector: str, limit: int = 200):
     raise AssertionError(f"Tab never reached {selector}")
 
 
-def test_tokens_thumbnails_and_lens_cells_from_the_keyboard(server, browser, sampled_run):  # noqa: F811
+def test_tokens_thumbnails_and_lens_cells_from_the_keyboard(server, browser, sampled_run):
     """Tab reaches a token of the run (Enter opens its step), a head's thumbnail (arrow keys move,
     Enter opens it large) and a lens cell (Enter opens that place inside that block); before, none
     took the focus."""
@@ -436,10 +446,8 @@ def test_tokens_thumbnails_and_lens_cells_from_the_keyboard(server, browser, sam
     assert f"#inside/{run}/{place}/{block}/" in driver.current_url
 
 
-def test_the_inside_panels_refuse_bad_addresses_in_one_line(server, sampled_run):  # noqa: F811
+def test_the_inside_panels_refuse_bad_addresses_in_one_line(server, sampled_run):
     """Every parameter of the inside panels is checked, refused in one line in the page's words."""
-    from test_web import ask
-
     run = sampled_run
     places = ask(server, f"/api/runs/{run}/inside")[1]["rows"][0][-1]
     bad = {f"/api/runs/{run}/inside/{places}/embedding": f"place must be between 0 and {places - 1}",

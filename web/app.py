@@ -2,22 +2,21 @@
 the generation stream (server-sent events).
 
 Python here moves rows: every number comes from one query of web/queries.py, run read-only with
-bound parameters; the page never sends SQL. Generation goes through the CLI's path
-(driver.workers.start_generation: the workers by default) and is recorded like any other run.
+bound parameters; the page never sends SQL. Run lookup and checks, the options' rules and token
+text are the CLI's (gptsql.service), worded for the page where it must (no CLI flags). Generation
+goes through the CLI's path (driver.shares.start_generation: the workers by default) and is
+recorded like any other run.
 """
 from __future__ import annotations
 
-import codecs
 import contextlib
 import json
 import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import anyio
-import click
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from starlette.applications import Starlette
@@ -29,11 +28,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import UserError
+from ..service import models, options, runs
+from ..service.text import check_prompt, db_error_message, run_pieces, token_pieces
 from . import queries
 from .gate import Gate
 
 STATIC = Path(__file__).parent / "static"
-GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "seed", "truncate")
 LABELS = {"max_tokens": "Max tokens", "temperature": "Temperature", "top_k": "Top-k", "top_p": "Top-p",
           "seed": "Seed", "truncate": "Keep the end of a long prompt"}     # as the page labels the fields
 NORMS = ("ln_1", "ln_2", "ln_f")
@@ -57,28 +57,50 @@ def page_words(message: str) -> str:
     return message
 
 
-@dataclass
-class CliRules:
-    """What the CLI checks, handed over by `gptsql serve` so the page says exactly what the CLI says:
-    the click options of `gptsql generate`, its prompt check and its message for a database error."""
-
-    generate_params: list[click.Parameter]
-    check_prompt: Callable[[str], str]
-    error_message: Callable[[psycopg.Error], str]
+# Which columns of a panel are token pieces, and where their bytes are: ("token", the column of the
+# token id) or ("place", the column of the run's place, and how far before it). Each shows as the
+# CLI shows it: a piece that is part of a character as its bytes, <e4 bd>, not as U+FFFD.
+PIECES = {
+    "tokens": {"piece": ("token", "token", 0)},
+    "step": {"piece": ("token", "token", 0), "after_piece": ("place", "place", -1)},
+    "head": {"query_piece": ("place", "query_place", 0)},
+    "lens": {"piece": ("place", "place", 0), "predicted_piece": ("token", "token", 0)},
+    "norms": {"piece": ("place", "place", 0)},
+}
 
 
 def run_id(conn, request: Request) -> int:
     """The run of the URL: a number or 'latest' (the newest run of any kind), as `gptsql runs show` reads it."""
-    raw = request.path_params["run"]
-    if raw.lower() == "latest":
-        found = conn.execute("select gptsql.latest_run(null)").fetchone()[0]
-        if found is None:
-            raise UserError("there are no runs yet; start one with: gptsql generate \"Happy New Year! I wish\"")
-        return found
+    return runs.resolve_run(conn, request.path_params["run"])
+
+
+def readable_pieces(conn, run: int, found: dict, panel: str) -> dict:
+    """The panel's rows with its pieces readable (PIECES), in place; returns the panel."""
+    columns, rows = found["columns"], found["rows"]
+    by_place = by_token = None
+    for column, (kind, key, shift) in PIECES[panel].items():
+        if column not in columns or key not in columns:
+            continue
+        i, k = columns.index(column), columns.index(key)
+        if kind == "place":
+            by_place = run_pieces(conn, run) if by_place is None else by_place
+            lookup, offset = by_place, shift
+        else:
+            ids = [row[k] for row in rows]
+            by_token = {**(by_token or {}), **token_pieces(conn, runs.run_model_id(conn, run), ids)}
+            lookup, offset = by_token, 0
+        for row in rows:
+            if row[k] is not None:
+                row[i] = lookup.get(row[k] + offset, row[i])
+    return found
+
+
+def labelled(name: str, rule, raw):
+    """A value checked by its rule, refused in the page's words (the field's label, not a CLI flag)."""
     try:
-        return int(raw)
-    except ValueError:
-        raise UserError(f"a run is a number or 'latest', not {raw!r}") from None
+        return rule(raw)
+    except options.BadValue as exc:
+        raise UserError(f"{LABELS.get(name, name)}: {exc}") from None
 
 
 def integer(request: Request, name: str, default: int | None = None) -> int:
@@ -102,8 +124,8 @@ class Explorer:
     STATEMENT_TIMEOUT_S = 60   # a panel's query is stopped after this long
     MAX_BODY = 1 << 20   # bytes of a generation request: a prompt longer cannot fit a context anyway
 
-    def __init__(self, db, rules: CliRules, workers: int | None = None, host: str = "127.0.0.1", port: int = 8000):
-        self.db, self.rules, self.workers = db, rules, workers
+    def __init__(self, db, workers: int | None = None, host: str = "127.0.0.1", port: int = 8000):
+        self.db, self.workers = db, workers
         self.host, self.port = host, port   # who the gate lets in (gate.py)
         # Ctrl-C: set, and every connection in use (a panel's, a generation's) has its statement
         # cancelled, so that the server stops at once rather than after the generations' last token.
@@ -152,9 +174,9 @@ class Explorer:
             if self.stopping.is_set():
                 return 503, {"error": "gptsql serve is stopping (Ctrl-C); start it again, then reload the page"}
             if conn.broken or conn.closed:
-                return 503, {"error": f"lost the database connection ({page_words(self.rules.error_message(exc))}); "
+                return 503, {"error": f"lost the database connection ({page_words(db_error_message(exc))}); "
                                       "reload the page to try again"}
-            return 400, {"error": page_words(self.rules.error_message(exc))}
+            return 400, {"error": page_words(db_error_message(exc))}
 
     async def on_connection(self, request: Request, work: Callable[[psycopg.Connection], tuple[int, dict]]):
         """work(conn) in a worker thread on a pooled connection. A client that goes away meanwhile
@@ -210,19 +232,6 @@ class Explorer:
         for conn in busy:
             conn.cancel_safe(timeout=5)
 
-    def option(self, name: str, raw: str | None):
-        """A generate option from the page, converted (and refused) by the CLI's own click option;
-        refused in the page's words (the field's label, not the CLI's flag)."""
-        param = next(p for p in self.rules.generate_params if p.name == name)
-        ctx = click.Context(click.Command("generate"), info_name="gptsql generate")
-        if raw in (None, ""):
-            default = param.get_default(ctx)
-            return None if default is getattr(click.core, "UNSET", None) else default  # click 8.3: no default
-        try:
-            return param.type_cast_value(ctx, raw)
-        except click.BadParameter as exc:
-            raise UserError(f"{LABELS[name]}: {page_words(exc.message)}") from None
-
     # ------------------------------------------------------------------------- checks
     @staticmethod
     def run_row(conn, run: int) -> dict:
@@ -231,57 +240,40 @@ class Explorer:
             raise UserError(f"there is no run {run}; list them with: gptsql runs list")
         return {**found, "row": dict(zip(found["columns"], found["rows"][0]))}
 
-    @classmethod
-    def recorded(cls, conn, run: int) -> dict:
-        info = cls.run_row(conn, run)["row"]
-        if not info["recorded"]:
-            raise UserError(f"run {run} kept no activations: it was generated with recording off; "
-                            "generate it again here (the page records every run)")
-        return info
-
     @staticmethod
-    def shape(conn, model: str) -> tuple[int, int]:
-        row = conn.execute("select n_layer, n_head from gptsql.model_size where name = %s", [model]).fetchone()
-        if row is None:
-            raise UserError(f'no model "{model}" is loaded; `gptsql models` lists them')
-        return row
+    def recorded(conn, run: int) -> dict:
+        """The run's row; a run that kept no activations refused in the page's words."""
+        info = runs.run_info(conn, run)
+        try:
+            runs.recorded_places(conn, run, info)
+        except runs.NotRecorded:
+            raise UserError(f"run {run} kept no activations: it was generated with recording off; "
+                            "generate it again here (the page records every run)") from None
+        return info
 
     @staticmethod
     def places(conn, run: int) -> int:
         """How many places of a run went through the blocks (the last token chosen is never read)."""
-        return conn.execute("select count(*) from gptsql.residual where run_id = %s and block = 0", [run]).fetchone()[0]
+        return runs.recorded_places(conn, run)
 
     def explorable(self, conn, request: Request) -> tuple[int, dict, int]:
         """The run of the URL, recorded and with activations: (run, its row, places read)."""
         run = run_id(conn, request)
         info = self.recorded(conn, run)
-        n = self.places(conn, run)
-        if n < 1:
-            raise UserError(f"run {run} recorded no activations (nothing went through the blocks: "
-                            f"status {info['status']}, {info['generated_tokens']} tokens generated)")
-        return run, info, n
+        return run, info, self.places(conn, run)
 
     def at_place(self, conn, request: Request) -> tuple[int, dict, int]:
         """The run and the place of the URL, checked: (run, its row, place)."""
         run, info, n = self.explorable(conn, request)
-        place = integer(request, "place")
-        if not 0 <= place < n:
-            raise UserError(f"place must be between 0 and {n - 1} (the places run {run} read), not {place}")
-        return run, info, place
+        return run, info, options.place(integer(request, "place"), n, run)
 
     def block_of(self, conn, request: Request, info: dict, name: str = "block") -> int:
-        n_layer, _ = self.shape(conn, info["model"])
-        block = integer(request, name)
-        if not 0 <= block < n_layer:
-            raise UserError(f"block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks), not {block}")
-        return block
+        n_layer, _ = models.shape(conn, info["model"])
+        return options.block(integer(request, name), n_layer, name)
 
     def head_of(self, conn, request: Request, info: dict) -> int:
-        _, n_head = self.shape(conn, info["model"])
-        head = integer(request, "head")
-        if not 0 <= head < n_head:
-            raise UserError(f"head must be between 0 and {n_head - 1} (the model has {n_head} heads), not {head}")
-        return head
+        _, n_head = models.shape(conn, info["model"])
+        return options.head(integer(request, "head"), n_head)
 
     # ------------------------------------------------------------------------- panels
     def models(self, conn, request):
@@ -289,7 +281,7 @@ class Explorer:
 
     def model_parts(self, conn, request):
         name = request.path_params["model"]
-        self.shape(conn, name)
+        models.shape(conn, name)
         return queries.read(conn, queries.MODEL_PARTS, {"model": name})
 
     def runs(self, conn, request):
@@ -303,17 +295,15 @@ class Explorer:
 
     def tokens(self, conn, request):
         run = run_id(conn, request)
-        self.run_row(conn, run)
-        return queries.read(conn, queries.RUN_TOKENS, {"run": run})
+        return readable_pieces(conn, run, queries.read(conn, queries.RUN_TOKENS, {"run": run}), "tokens")
 
     def step(self, conn, request):
         run, step = run_id(conn, request), integer(request, "step")
         info = self.recorded(conn, run)
-        if not 1 <= step <= max(info["generated_tokens"], 1) or not info["generated_tokens"]:
-            raise UserError(f"run {run} has no step {step}: it generated {info['generated_tokens']} tokens "
-                            f"(steps 1 to {info['generated_tokens']})")
-        temperature = self.option("temperature", request.query_params.get("temperature") or "1")
-        return queries.read(conn, queries.STEP, {"run": run, "step": step, "temperature": temperature})
+        runs.check_step(run, info, step)
+        temperature = labelled("temperature", options.temperature, request.query_params.get("temperature") or "1")
+        found = queries.read(conn, queries.STEP, {"run": run, "step": step, "temperature": temperature})
+        return readable_pieces(conn, run, found, "step")
 
     def attention(self, conn, request):
         """The thumbnails of one block (?block=B), or of every block; with the query of every block,
@@ -323,7 +313,7 @@ class Explorer:
         pixels = integer(request, "pixels", 32)
         if not 4 <= pixels <= 256:
             raise UserError(f"pixels must be between 4 and 256, not {pixels}")
-        n_layer, n_head = self.shape(conn, info["model"])
+        n_layer, n_head = models.shape(conn, info["model"])
         block = self.block_of(conn, request, info) if request.query_params.get("block") else None
         params = {"run": run, "block": block, "pixels": pixels}
         found = queries.read(conn, queries.ATTENTION_GRID, params)
@@ -339,23 +329,20 @@ class Explorer:
     def head(self, conn, request):
         run, block, head = run_id(conn, request), integer(request, "block"), integer(request, "head")
         info = self.recorded(conn, run)
-        n_layer, n_head = self.shape(conn, info["model"])
-        if not 0 <= block < n_layer:
-            raise UserError(f"block must be between 0 and {n_layer - 1} (the model has {n_layer} blocks), not {block}")
-        if not 0 <= head < n_head:
-            raise UserError(f"head must be between 0 and {n_head - 1} (the model has {n_head} heads), not {head}")
-        return queries.read(conn, queries.ATTENTION_HEAD, {"run": run, "block": block, "head": head})
+        n_layer, n_head = models.shape(conn, info["model"])
+        options.block(block, n_layer)
+        options.head(head, n_head)
+        found = queries.read(conn, queries.ATTENTION_HEAD, {"run": run, "block": block, "head": head})
+        return readable_pieces(conn, run, found, "head")
 
     def lens(self, conn, request):
         """The logit lens over a window of places, of one block (?block=B) or of every block; with
         the query of every block, which the page shows (it asks for them a block at a time)."""
         run, info, n = self.explorable(conn, request)
-        n_layer, _ = self.shape(conn, info["model"])
+        n_layer, _ = models.shape(conn, info["model"])
         last = integer(request, "last", n - 1)
         first = integer(request, "first", max(0, last + 1 - max(1, self.LENS_SCANS // n_layer)))
-        if not 0 <= first <= last < n:
-            raise UserError(f"places must be between 0 and {n - 1} (the places run {run} recorded), "
-                            f"the first not after the last; not {first} to {last}")
+        options.places(first, last, n, run)
         widest = max(1, self.LENS_MAX_SCANS // n_layer)   # one vocabulary scan per block and place
         if last - first + 1 > widest:
             raise UserError(f"places {first} to {last} are too many at once: on this model the lens shows at most "
@@ -366,13 +353,14 @@ class Explorer:
         if request.query_params.get("block"):
             block = self.block_of(conn, request, info)
             params = {**every, "first_block": block, "last_block": block}
-        return {**queries.read(conn, queries.LOGIT_LENS, params), "places": n, "n_layer": n_layer,
+        found = readable_pieces(conn, run, queries.read(conn, queries.LOGIT_LENS, params), "lens")
+        return {**found, "places": n, "n_layer": n_layer,
                 "first": first, "last": last, "whole_sql": queries.filled(conn, queries.LOGIT_LENS, every)}
 
     def norms(self, conn, request):
         run = run_id(conn, request)
         self.recorded(conn, run)
-        return queries.read(conn, queries.RESIDUAL_NORMS, {"run": run})
+        return readable_pieces(conn, run, queries.read(conn, queries.RESIDUAL_NORMS, {"run": run}), "norms")
 
     # ------------------------------------------------------------- inside one place of a run
     def inside(self, conn, request):
@@ -412,14 +400,14 @@ class Explorer:
     def sampling(self, conn, request):
         """The next token after a place, at the run's temperature, top-k and top-p, or at those asked."""
         run, info, place = self.at_place(conn, request)
-        asked = {name: self.option(name, request.query_params.get(name) or str(info[name]))
+        asked = {name: labelled(name, options.RULES[name], request.query_params.get(name) or str(info[name]))
                  for name in ("temperature", "top_k", "top_p")}
         return queries.read(conn, queries.SAMPLING, {"run": run, "place": place, **asked})
 
     def lens_at(self, conn, request):
         """The lens at one place, blocks first_block .. last_block (every block by default)."""
         run, info, place = self.at_place(conn, request)
-        n_layer, _ = self.shape(conn, info["model"])
+        n_layer, _ = models.shape(conn, info["model"])
         first, last = integer(request, "first_block", 0), integer(request, "last_block", n_layer - 1)
         if not 0 <= first <= last < n_layer:
             raise UserError(f"blocks must be between 0 and {n_layer - 1}, the first not after the last; "
@@ -432,18 +420,21 @@ class Explorer:
     # ---------------------------------------------------------------------- generation
     async def generate(self, request: Request):
         """POST, a JSON object of the form's fields. Answers server-sent events: start (the run),
-        token (each one as the database chooses it), done or error. A GET is refused: it starts
+        token (each one as the database chooses it, with the text it adds), done (with the text of
+        bytes held back at the end) or error. A GET is refused: it starts
         a recorded generation, so it is never something a link or an image can ask for."""
         if request.method != "POST":
             return JSONResponse({"error": "a generation is started by a POST from the explorer's page; open the page "
                                           "and use its Generate form"}, status_code=405, headers={"Allow": "POST"})
         try:
             params = await self.fields(request)
-            prompt = self.rules.check_prompt(params.get("prompt", ""))
-            options = {name: self.option(name, params.get(name)) for name in GENERATE_OPTIONS}
+            prompt = check_prompt(params.get("prompt", ""))
+            sampling = options.Sampling.read(params, LABELS)
+            truncate = labelled("truncate", options.truncate, params.get("truncate") or "none")
         except UserError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return StreamingResponse(until_gone(request, self.stream(params.get("model") or None, prompt, options)),
+        events = self.stream(params.get("model") or None, prompt, sampling, truncate == "left")
+        return StreamingResponse(until_gone(request, events),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     async def fields(self, request: Request) -> dict[str, str]:
@@ -466,7 +457,7 @@ class Explorer:
             raise UserError("the request is not a JSON object of the form's fields")
         return {key: "" if value is None else str(value) for key, value in data.items()}
 
-    def stream(self, model, prompt, options) -> Iterator[str]:
+    def stream(self, model, prompt, sampling: options.Sampling, truncate_left: bool) -> Iterator[str]:
         from ..driver.shares import start_generation
 
         conn = gen = None
@@ -475,17 +466,22 @@ class Explorer:
             self.using(conn)
             if self.stopping.is_set():
                 raise Stopping
-            gen = start_generation(self.db, conn, self.workers, model, prompt, options["max_tokens"],
-                                   options["temperature"], options["top_k"], options["top_p"], options["seed"],
-                                   record=True, truncate_left=options["truncate"] == "left")
+            gen = start_generation(self.db, conn, self.workers, model, prompt, sampling.max_tokens,
+                                   sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed,
+                                   record=True, truncate_left=truncate_left)
             yield event("start", {"run": gen.run_id, "prompt": prompt, "prompt_tokens": len(gen.prompt_tokens)})
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            for step, (token, raw, probability) in enumerate(gen.steps(), start=1):
-                yield event("token", {"step": step, "token": token, "text": decoder.decode(raw),
-                                      "probability": probability})
+            # the text as `gptsql generate` streams it; bytes held back at the end (part of a
+            # character) come with "done"
+            step, tail = 0, ""
+            for token, _raw, probability, text in gen.texts():
+                if token is None:
+                    tail = text
+                    continue
+                step += 1
+                yield event("token", {"step": step, "token": token, "text": text, "probability": probability})
                 if self.stopping.is_set():
                     raise Stopping
-            yield event("done", {"run": gen.run_id, "tokens": gen.generated})
+            yield event("done", {"run": gen.run_id, "tokens": gen.generated, "text": tail})
         except UserError as exc:
             yield event("error", {"message": page_words(str(exc))})
         except (Stopping, psycopg.Error) as exc:
@@ -496,7 +492,7 @@ class Explorer:
                 yield event("error", {"message": f"gptsql serve was stopped (Ctrl-C){where}; start it again, "
                                                  "then reload the page"})
                 return
-            message = page_words(self.rules.error_message(exc))
+            message = page_words(db_error_message(exc))
             if gen is not None:
                 gen.stop("failed", message)
             yield event("error", {"message": message})
@@ -587,9 +583,8 @@ def event(kind: str, data: dict) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def create_app(db, rules: CliRules, workers: int | None = None, host: str = "127.0.0.1",
-               port: int = 8000) -> Starlette:
-    return Explorer(db, rules, workers, host, port).app()
+def create_app(db, workers: int | None = None, host: str = "127.0.0.1", port: int = 8000) -> Starlette:
+    return Explorer(db, workers, host, port).app()
 
 
 def check_address(host: str, port: int) -> None:
@@ -611,14 +606,14 @@ def check_address(host: str, port: int) -> None:
                             "(--port 0: any free port)") from None
 
 
-def serve(db, rules: CliRules, host: str, port: int, workers: int | None = None,
+def serve(db, host: str, port: int, workers: int | None = None,
           announce: Callable[[str], None] = print) -> None:
     """Run the explorer until Ctrl-C; `announce` gets the address once the server listens."""
     import uvicorn
 
     check_address(host, port)
     db.connect().close()  # start the embedded server and install the engine before the first page
-    explorer = Explorer(db, rules, workers, host, port)
+    explorer = Explorer(db, workers, host, port)
     config = uvicorn.Config(explorer.app(), host=host, port=port, log_level="warning",
                             access_log=False, lifespan="on")
     server = uvicorn.Server(config)

@@ -78,7 +78,8 @@ ORDER BY a.place"""
 # One vocabulary scan per block and place (sql/11_explore.sql's explore_top_tokens): a window of
 # places, asked for a block at a time.
 LOGIT_LENS = """\
-SELECT  block, place, piece, predicted_piece, round(probability::numeric, 4) AS probability, is_next
+SELECT  block, place, piece, predicted_piece, round(probability::numeric, 4) AS probability, is_next,
+        token
 FROM    gptsql.explore_lens(%(run)s, %(first)s, %(last)s, %(first_block)s, %(last_block)s)
 ORDER BY block, place"""
 
