@@ -6,7 +6,7 @@ import sys
 import click
 
 from ..service import models as service_models
-from .common import (SEED, TEMPERATURE, TOP_P, Context, count, finishing, friendly, pass_ctx, plural, read_prompt,
+from .common import (Context, count, finishing, friendly, pass_ctx, plural, read_prompt, sampling_options,
                      workers_option)
 
 
@@ -15,13 +15,7 @@ from .common import (SEED, TEMPERATURE, TOP_P, Context, count, finishing, friend
 @click.option("-m", "--model", help="A chat model (default: the most recently loaded one that has a chat format).")
 @click.option("-s", "--system", help="A system message (default: the model's own, when its template has one).")
 @click.option("-n", "--max-tokens", default=256, show_default=True, type=count(1), help="Tokens a reply may take.")
-@click.option("-t", "--temperature", default=0.2, show_default=True, type=TEMPERATURE,
-              help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
-@click.option("--top-k", default=0, show_default=True, type=count(0),
-              help="Sample only among the k most probable tokens (0: all).")
-@click.option("--top-p", default=0.9, show_default=True, type=TOP_P,
-              help="Sample only among the most probable tokens whose mass reaches p.")
-@click.option("--seed", type=SEED, help="An integer: same seed, same replies.")
+@sampling_options(temperature=0.2, top_p=0.9, same="replies")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
 @workers_option
 @pass_ctx

@@ -208,6 +208,25 @@ def workers_option(fn):
                         show_envvar=True, help=WORKERS_HELP)(fn)
 
 
+def sampling_options(temperature: float, top_p: float, same: str):
+    """-t, --top-k, --top-p and --seed, with a command's own defaults (SAME: what a seed repeats)."""
+    chosen = [
+        click.option("-t", "--temperature", default=temperature, show_default=True, type=TEMPERATURE,
+                     help="Sampling temperature: 0 is greedy (deterministic); higher is more random."),
+        click.option("--top-k", default=0, show_default=True, type=count(0),
+                     help="Sample only among the k most probable tokens (0: all)."),
+        click.option("--top-p", default=top_p, show_default=True, type=TOP_P,
+                     help="Sample only among the most probable tokens whose mass reaches p."),
+        click.option("--seed", type=SEED, help=f"An integer: same seed, same {same}."),
+    ]
+
+    def decorate(fn):
+        for option in reversed(chosen):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
 def workers_meta_option(fn):
     """--workers for commands that pass it on through click's context (ctx.meta["workers"])."""
     return click.option("--workers", type=WORKERS, default=None, envvar="GPTSQL_WORKERS",

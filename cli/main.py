@@ -21,8 +21,8 @@ import psycopg
 from ..errors import UserError
 from ..service import models as service_models, options
 from ..service.text import db_error_message, readable
-from .common import (SEED, TEMPERATURE, TOP_P, Context, check_utf8, check_utf8_environment, console, count, fail,
-                     finishing, friendly, IntList, OutFile, pass_ctx, plural, print_tsv, read_prompt, workers_option,
+from .common import (check_utf8, check_utf8_environment, console, Context, count, fail, finishing, friendly, IntList,
+                     OutFile, pass_ctx, plural, print_tsv, read_prompt, sampling_options, workers_option,
                      write_failed)
 from .runs import attention, lens, runs, trace
 from .serve import serve
@@ -334,13 +334,7 @@ def unload(ctx: Context, name, yes):
                    'one JSON line out per line in.')
 @click.option("--batch-size", default=16, show_default=True, type=count(1),
               help="With --batch: how many prompts share a pass over the weights.")
-@click.option("-t", "--temperature", default=0.8, show_default=True, type=TEMPERATURE,
-              help="Sampling temperature: 0 is greedy (deterministic); higher is more random.")
-@click.option("--top-k", default=0, show_default=True, type=count(0),
-              help="Sample only among the k most probable tokens (0: all).")
-@click.option("--top-p", default=1.0, show_default=True, type=TOP_P,
-              help="Sample only among the most probable tokens whose mass reaches p.")
-@click.option("--seed", type=SEED, help="An integer: same seed, same text.")
+@sampling_options(temperature=0.8, top_p=1.0, same="text")
 @click.option("--truncate", type=click.Choice(options.TRUNCATE), default="none", show_default=True,
               help="Too long for the context window: fail, or keep the prompt's end.")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")

@@ -142,6 +142,26 @@ def hf_llama(tmp_path_factory):
     return directory, model, tokenizer
 
 
+@pytest.fixture
+def conn(database):
+    """A session of the test's own, vectors as numpy arrays: its gptsql.shares setting and its share
+    connections end with it."""
+    from pgvector.psycopg import register_vector
+
+    c = database.connect()
+    register_vector(c)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium through its driver, a module's own (test_web, test_web_inside: the page's tests)."""
+    from webpage import chromium
+
+    yield from chromium()
+
+
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     """A private embedded server of the module's own (test_faults, test_hardening: they stop, kill and

@@ -190,9 +190,13 @@ SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.S | re.M)
 
 
 def readme_queries() -> list[str]:
+    """The queries of the README's "Exploring a run in psql" and of the page it sends readers on to
+    (docs/exploring.md), each once."""
     section = SECTION.search((REPO / "README.md").read_text())
     assert section, "README.md lost its exploring:start / exploring:end markers"
-    return SQL_BLOCK.findall(section.group(1))
+    assert "(docs/exploring.md)" in section.group(1), "the section sends readers on to docs/exploring.md"
+    queries = SQL_BLOCK.findall(section.group(1)) + SQL_BLOCK.findall((REPO / "docs/exploring.md").read_text())
+    return list(dict.fromkeys(queries))
 
 
 

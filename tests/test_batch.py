@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from pgvector.psycopg import register_vector
 
 from helpers import make_hf_llama
 
@@ -24,14 +23,6 @@ def models(hf_tiny, tmp_path_factory, run_cli):
     run_cli("load", str(hf_tiny[0]), "--name", MODEL)
     run_cli("load", str(directory), "--name", LLAMA)
     return {MODEL: hf_tiny[1], LLAMA: llama}
-
-
-@pytest.fixture
-def conn(database):
-    c = database.connect()
-    register_vector(c)
-    yield c
-    c.close()
 
 
 def alone(conn, prompt, n, model=MODEL, **sampling):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pgvector.psycopg import register_vector
 
 from helpers import make_hf_llama
 
@@ -24,14 +23,6 @@ def llamas(hf_llama, tmp_path_factory, run_cli):
     run_cli("load", str(untied_dir), "--name", UNTIED)
     run_cli("load", str(hf_llama[0]), "--name", TIED + "-16", "--dtype", "float16")
     return {TIED: hf_llama[1], UNTIED: untied, TIED + "-16": hf_llama[1]}
-
-
-@pytest.fixture
-def conn(database):
-    c = database.connect()
-    register_vector(c)
-    yield c
-    c.close()
 
 
 def sql_logits(conn, model: str, tokens: list[int], shares: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The README's "Exploring a run in psql" cannot rot: right after one `gptsql generate`, every ```sql
-block of that section goes through psql (`gptsql db psql`, as a newcomer would paste it) and must
+"""The README's "Exploring a run in psql" and docs/exploring.md cannot rot: right after one
+`gptsql generate`, every ```sql block of that section and page goes through psql (`gptsql db psql`, as a newcomer would paste it) and must
 answer with rows."""
 from __future__ import annotations
 

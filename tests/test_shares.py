@@ -28,15 +28,6 @@ def hf_model(hf_tiny, run_cli, db):
     return model
 
 
-@pytest.fixture
-def conn(database):
-    """A session of its own: its gptsql.shares setting and share connections end with it."""
-    c = database.connect()
-    register_vector(c)
-    yield c
-    c.close()
-
-
 def generate(database, conn, shares, n=6, model=MODEL, **sampling):
     gen = start_generation(database, conn, shares, model, PROMPT, n, record=True, **sampling)
     tokens = [token for token, _raw, _p in gen.steps()]

@@ -15,18 +15,13 @@ import tempfile
 import pytest
 
 from gptsql.server.db import wait_for
-from webpage import (PROMPT, ask, chromium, cli_env, css, explorer, free_port, generate, generation_events, open_form,
+from webpage import (PROMPT, ask, cli_env, css, explorer, free_port, generate, generation_events, open_form,
                      panel_sql, psql_rows, visible, wait)
 
 @pytest.fixture(scope="module")
 def server(backend, tiny):
     """The explorer, `gptsql serve` on a free port: its address."""
     yield from explorer(backend)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    yield from chromium()
 
 
 def test_tokens_stream_in_one_by_one(server, browser, database, db, tiny):

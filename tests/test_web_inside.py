@@ -12,18 +12,13 @@ import sys
 import pytest
 
 from gptsql.server.db import wait_for
-from webpage import ask, chromium, cli_env, css, explorer, free_port, generate, open_form, panel_sql, visible, wait
+from webpage import ask, cli_env, css, explorer, free_port, generate, open_form, panel_sql, visible, wait
 
 
 @pytest.fixture(scope="module")
 def server(backend, tiny):
     """The explorer, `gptsql serve` on a free port: its address."""
     yield from explorer(backend)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    yield from chromium()
 
 
 def rows_of(db, sql: str) -> list[dict]:
