@@ -159,6 +159,39 @@ def test_the_attention_stage_masks_the_later_places_and_matches_the_record(serve
     assert softmax == recorded and len(softmax) == 3
 
 
+@pytest.fixture(scope="module")
+def llama_run(server, browser, db):
+    """A recorded run of a random Llama (random:llama-tiny: 4 query heads reading 2 key/value heads,
+    RoPE, RMS norms, SwiGLU) made in the page."""
+    from gptsql.loader.load import load
+    from gptsql.loader.sources import random_model
+
+    load(db, random_model("llama-tiny"), "web-llama")
+    yield generate(browser, server, "web-llama", max_tokens=4, temperature=0)
+    db.execute("select gptsql.drop_model('web-llama')")
+
+
+def test_a_llama_run_inside_and_its_heads(server, browser, db, llama_run):
+    """The Llama family in the explorer: its stages in the model's order with their query's numbers,
+    RMS norms named so, a query head naming the key/value head it reads, and the attention grid's
+    heads labelled with theirs."""
+    driver, run = browser, llama_run
+    driver.get(f"{server}#inside/{run}/3/1/3")
+    wait(driver, lambda d: len(css(d, ".card.stage details.sql")) == 10, 120)
+    assert not css(driver, ".error:not(:empty)"), css(driver, ".error")[0].text
+    stages = {s.get_attribute("data-stage"): s for s in css(driver, ".card.stage")}
+    assert list(stages) == ["tokens", "embedding", "ln_1", "attention", "projection", "ln_2", "mlp", "ln_f",
+                            "sampling", "lens"]
+    assert "RMS norm" in stages["ln_1"].text
+    assert "reads key/value head 1, shared by heads 2 to 3" in stages["attention"].text
+    for key in ["ln_1", "attention", "mlp"]:
+        check_strips(driver, stages[key], rows_of(db, panel_sql(driver, f'.card.stage[data-stage="{key}"]')))
+    driver.get(f"{server}#attention/{run}")
+    wait(driver, lambda d: css(d, "#large details.sql"), 120)
+    labels = [e.text for e in css(driver, "#heads .label")][:4]
+    assert labels == ["head 0 · kv 0", "head 1 · kv 0", "head 2 · kv 1", "head 3 · kv 1"]
+
+
 def test_the_walkthrough_opens_each_stage_and_names_its_file(server, browser, sampled_run):
     """Each chapter, in plain words, shows the stage it talks about (drawn from the run's query) and
     names the sql/ file that computes it; its link opens that stage in the inside view."""
