@@ -15,7 +15,7 @@ from .common import (Context, count, finishing, friendly, pass_ctx, plural, read
 @click.option("-m", "--model", help="A chat model (default: the most recently loaded one that has a chat format).")
 @click.option("-s", "--system", help="A system message (default: the model's own, when its template has one).")
 @click.option("-n", "--max-tokens", default=256, show_default=True, type=count(1), help="Tokens a reply may take.")
-@sampling_options(temperature=0.2, top_p=0.9, same="replies")
+@sampling_options(temperature=0.0, top_p=0.9, same="replies")
 @click.option("--no-record", is_flag=True, help="Skip recording activations (faster; tokens are still kept).")
 @workers_option
 @pass_ctx

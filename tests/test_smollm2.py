@@ -325,8 +325,9 @@ def test_engine_logits_and_greedy_tokens_are_transformers(database, engine_model
 
 
 def test_chat_answers_from_sql_and_the_cli(db, engine_model, run_cli):
-    """gptsql.chat and `gptsql chat` (greedy) answer the capital question as transformers does."""
+    """gptsql.chat and the README's `gptsql chat "..."` (both greedy by default) answer the capital
+    question as transformers does."""
     reply = db.execute("select gptsql.chat(%s, model => %s)", [json.dumps(CAPITAL), engine_model]).fetchone()[0]
     assert reply == "The capital of France is Paris."
-    said = run_cli("chat", "-m", engine_model, "-t", "0", CAPITAL[0]["content"]).stdout
+    said = run_cli("chat", "-m", engine_model, CAPITAL[0]["content"]).stdout
     assert said == reply + "\n"
