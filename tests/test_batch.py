@@ -149,6 +149,6 @@ def test_cli_score(run_cli, conn, models):
     got = [json.loads(line) for line in out.splitlines()]
     want = conn.execute("select logprob, perplexity from gptsql.score(%s, %s) order by n",
                         [PROMPTS[:2], MODEL]).fetchall()
-    assert [(g["logprob"], g["perplexity"]) for g in got] == pytest.approx(want)
+    assert [v for g in got for v in (g["logprob"], g["perplexity"])] == pytest.approx([v for row in want for v in row])
     table = run_cli("score", "-m", MODEL, "-", input=PROMPTS[0] + "\n").stdout
     assert table.split("\t")[-1].strip() == PROMPTS[0]
