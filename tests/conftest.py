@@ -142,6 +142,15 @@ def hf_llama(tmp_path_factory):
     return directory, model, tokenizer
 
 
+def pytest_collection_modifyitems(items):
+    """The Docker demo's tests are the steps of one scenario (the first start, a restart, `down -v`
+    last): they keep the file's order in a random run (`-p randomly` shuffles before this hook)."""
+    slots = [n for n, item in enumerate(items) if item.module.__name__ == "test_docker_demo"]
+    steps = sorted((items[n] for n in slots), key=lambda item: item.location[1])
+    for n, item in zip(slots, steps):
+        items[n] = item
+
+
 @pytest.fixture
 def conn(database):
     """A session of the test's own, vectors as numpy arrays: its gptsql.shares setting and its share
