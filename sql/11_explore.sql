@@ -403,8 +403,7 @@ BEGIN ATOMIC
             WHERE   config.family = 'llama'
     ), activated AS (                   -- GELU (GPT-2), silu(gate) × up (Llama), unit by unit
             SELECT  ARRAY(SELECT CASE WHEN config.family = 'llama'
-                                      THEN CASE WHEN g.x < -80 THEN 0 ELSE g.x / (1 + exp(-g.x)) END
-                                           * (SELECT up.units[g.n] FROM up)
+                                      THEN gptsql.silu(g.x) * (SELECT up.units[g.n] FROM up)
                                       ELSE gptsql.gelu(g.x) END
                           FROM   unnest(gate.units) WITH ORDINALITY AS g(x, n)
                           ORDER BY g.n) AS units
