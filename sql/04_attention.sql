@@ -226,23 +226,6 @@ BEGIN ATOMIC
     ON CONFLICT DO NOTHING;
 END;
 
--- The rows of the projection a share of the heads multiplies, in (grp, idx) order.
-CREATE FUNCTION gptsql.projection(model int, block int, head_lo int, head_hi int)
-RETURNS TABLE (grp int, idx int, w vector, h halfvec, bias real)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT  w.grp, w.idx, w.w, w.h, w.bias
-    FROM    gptsql.linear w
-    JOIN    gptsql.model m ON m.id = w.model_id
-    WHERE   w.model_id = model AND w.name = 'attn_proj' AND w.block = projection.block AND w.part = 0
-      AND   head_lo = 0 AND head_hi = m.n_kv_head
-    UNION ALL
-    SELECT  s.grp, s.idx, s.w, s.h, s.bias
-    FROM    gptsql.projection_share s
-    WHERE   s.model_id = model AND s.head_lo = projection.head_lo AND s.head_hi = projection.head_hi
-      AND   s.block = projection.block;
-END;
-
 -- The queries, keys and values of key/value heads [head_lo, head_hi) for a batch of places
 -- (normalized inputs x at `places`): c_attn's units of those heads, per place and key/value head
 -- its k and v and the q of its query heads side by side, q and k turned by their place where the
@@ -319,15 +302,16 @@ BEGIN ATOMIC
             SELECT  a.n, a.head, a.z, a.weights
             FROM    heads, gptsql.attend(model, block, runs, places, records, heads.lo, heads.hi) AS a
     ), merged AS (                      -- the share's heads side by side
-            SELECT  n, gptsql.concat(z ORDER BY head) AS z, gptsql.concat(z ORDER BY head)::halfvec AS zh
+            SELECT  n, gptsql.concat(z ORDER BY head) AS z
             FROM    attended
             GROUP BY n
-    ), projected AS (                   -- its columns of the projection
-            SELECT  merged.n,
-                    (SELECT  array_agg((coalesce(inner_product(merged.z, w.w), inner_product(merged.zh, w.h))
-                                        + CASE WHEN share = 0 THEN w.bias ELSE 0 END)::real ORDER BY w.grp, w.idx)::vector
-                     FROM    heads, gptsql.projection(model, block, heads.lo, heads.hi) AS w) AS y
-            FROM    merged
+    ), projected AS (                   -- its columns of the projection (the share at head 0 adds the bias)
+            SELECT  p.place + 1 AS n, p.y
+            FROM    heads
+            JOIN    gptsql.model m ON m.id = model
+            CROSS JOIN LATERAL gptsql.matmul(model, block, 'attn_proj', ARRAY(SELECT z FROM merged ORDER BY n), ARRAY[0],
+                                             heads => CASE WHEN (heads.lo, heads.hi) <> (0, m.n_kv_head)
+                                                           THEN ARRAY[heads.lo, heads.hi] END) AS p
     )
     SELECT  ROW((SELECT array_agg(y ORDER BY n) FROM projected),
                 (SELECT array_agg(ROW(runs[a.n], block, a.head, places[a.n], a.weights)::gptsql.attention_row
