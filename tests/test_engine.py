@@ -54,6 +54,16 @@ def test_logits_match_transformers_at_every_position(db, hf_model, tokens):
     db.execute("select gptsql.finish_run(%s)", [run_id])
 
 
+@pytest.mark.parametrize("n", [17, 64, 70])
+def test_prompts_past_each_batch_width_match_transformers(db, hf_model, n):
+    """Places go through each weight row 64 at a time, the rest in 1, 4, 16 or 64 columns."""
+    tokens = (PROMPTS[2] * 8)[:n]
+    run_id, model_id = new_run(db)
+    got = sql_logits(db, run_id, model_id, tokens, 0)
+    db.execute("select gptsql.finish_run(%s)", [run_id])
+    assert np.abs(got - torch_logits(hf_model, tokens)[-1]).max() <= 1e-3
+
+
 def test_distributions_are_peaked(hf_model):
     # The scaled random weights make the comparison meaningful: top-1 well above uniform.
     probs = torch.softmax(torch.tensor(torch_logits(hf_model, PROMPTS[1])[-1]), -1)

@@ -55,6 +55,18 @@ def test_logits_at_every_place_match_transformers(conn, llamas, model, shares):
     assert np.abs(got - want).max() <= 1e-3
 
 
+@pytest.mark.parametrize("n", [4, 5, 17, 64, 65])
+def test_every_batch_width_of_the_weight_rows(conn, llamas, n):
+    """A prompt's places go through each weight row 64 at a time, the rest in the narrowest of 1, 4,
+    16 or 64 columns that holds them (gptsql.products_W): each width, and a batch past 64, on 1 and 2
+    shares (the projection cut to a share's heads has its own functions)."""
+    tokens = prompt(n, seed=n)
+    want = torch_logits(llamas[UNTIED], tokens)
+    for shares in (1, 2):
+        got = sql_logits(conn, UNTIED, tokens, shares)
+        assert np.abs(got - want).max() <= 1e-3, shares
+
+
 def test_a_long_prompt_reads_its_keys_in_chunks(conn, llamas):
     """100 places: queries past 4 chunks of 15 places read them from kv_chunk rows (per key/value head)."""
     tokens = prompt(100, seed=2)
