@@ -315,6 +315,124 @@ BEGIN ATOMIC
     FROM    common, sums;
 END;
 
+-- A share's greedy answers for up to W hidden states, every row of its pages of the output layer read
+-- once for all of them: gptsql.vocab_best_W for W in 1, 4, 16, 64 (one text with W inner products
+-- a row, written out below). Per place (0 .. W - 1): the answer vocab_share gives at temperature 0
+-- (its best logits, their peak, its softmax sum), for a batch's greedy runs.
+DO $generate$
+DECLARE
+    template constant text := $template$
+CREATE FUNCTION gptsql.vocab_best_{W}(model int, x vector[], xh halfvec[], share int, shares int)
+RETURNS TABLE (place int, answer gptsql.vocab_answer)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    WITH output_rows AS (               -- the share's pages of the output layer (wte where tied)
+            SELECT  wte.token, wte.w, wte.h
+            FROM    gptsql.wte
+            WHERE   wte.model_id = model
+              AND   wte.ctid >= (SELECT p.lo FROM gptsql.vocab_pages(model, share, shares) AS p)
+              AND   wte.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
+              AND   (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
+            UNION ALL
+            SELECT  out.token, out.w, out.h
+            FROM    gptsql.lm_head out
+            WHERE   out.model_id = model
+              AND   out.ctid >= (SELECT p.lo FROM gptsql.vocab_pages(model, share, shares) AS p)
+              AND   out.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
+              AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
+    ), logits AS MATERIALIZED (         -- a token's logit after each place: l[1] .. l[W]
+            SELECT  output_rows.token, ARRAY[{logits}] AS l
+            FROM    output_rows
+    )
+    SELECT  p.place, ROW(best.tokens, best.logits, best.top, total.z, NULL, NULL, NULL, NULL, NULL, NULL)::gptsql.vocab_answer
+    FROM    generate_series(0, cardinality(x) - 1) AS p(place)
+    CROSS JOIN LATERAL (
+            SELECT  array_agg(b.token ORDER BY b.logit DESC, b.token) AS tokens,
+                    array_agg(b.logit ORDER BY b.logit DESC, b.token) AS logits, max(b.logit) AS top
+            FROM    (SELECT  logits.token, logits.l[p.place + 1] AS logit
+                     FROM    logits
+                     ORDER BY logits.l[p.place + 1] DESC, logits.token
+                     LIMIT   gptsql.recorded_candidates()) AS b
+    ) best
+    CROSS JOIN LATERAL (
+            SELECT  sum(gptsql.safe_exp(logits.l[p.place + 1] - best.top)) AS z
+            FROM    logits
+    ) total;
+END;
+$template$;
+    width int;
+BEGIN
+    FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
+        EXECUTE replace(replace(template,
+            '{logits}', (SELECT string_agg(format(
+                'coalesce(inner_product(x[%1$s], output_rows.w), inner_product(xh[%1$s], output_rows.h))', k),
+                E',\n                                   ') FROM generate_series(1, width) AS k)),
+            '{W}', width::text);
+    END LOOP;
+END
+$generate$;
+
+-- A share's greedy answers for hidden states x (see vocab_best_W): per place of x (from 0).
+CREATE FUNCTION gptsql.vocab_best(model int, x vector[], share int DEFAULT 0, shares int DEFAULT 1)
+RETURNS TABLE (place int, answer gptsql.vocab_answer)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan   -- one plan for every width, made once
+AS $$
+DECLARE
+    half  boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
+    batch record;
+    xs    vector[];
+    xhs   halfvec[];
+BEGIN
+    FOR batch IN SELECT * FROM gptsql.place_batches(cardinality(x)) LOOP
+        xs := x[batch.first + 1 : batch.first + batch.n];
+        xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
+        RETURN QUERY
+            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_1(model, xs, xhs, share, shares) AS v
+            WHERE  batch.width = 1
+            UNION ALL
+            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_4(model, xs, xhs, share, shares) AS v
+            WHERE  batch.width = 4
+            UNION ALL
+            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_16(model, xs, xhs, share, shares) AS v
+            WHERE  batch.width = 16
+            UNION ALL
+            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_64(model, xs, xhs, share, shares) AS v
+            WHERE  batch.width = 64;
+    END LOOP;
+END
+$$;
+
+-- The greedy choices after hidden states x, every share of the vocabulary read once for all of them
+-- (the session's other backends read theirs meanwhile): per place of x (from 1), what choose() gives
+-- at temperature 0.
+CREATE FUNCTION gptsql.choose_greedy(model int, x vector[], shares int)
+RETURNS TABLE (n int, token int, probability float8, logit float8,
+               top_tokens int[], top_probabilities float8[], top_logits float8[])
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    IF shares > 1 THEN
+        PERFORM gptsql.send_shares(shares, format('SELECT place, answer FROM gptsql.vocab_best(%s, %L, %%s, %s)',
+                                                  model, x, shares));
+    END IF;
+    RETURN QUERY
+        WITH answers AS (
+                SELECT  v.place, v.answer FROM gptsql.vocab_best(model, x, 0, shares) AS v
+                UNION ALL
+                SELECT  t.place, t.answer
+                FROM    generate_series(1, shares - 1) AS s
+                CROSS JOIN LATERAL dblink_get_result(gptsql.share_connection(s.s)) AS t(place int, answer gptsql.vocab_answer)
+        )
+        SELECT  g.place + 1, mm.top_tokens[1], mm.top_probabilities[1], mm.top_logits[1],
+                mm.top_tokens, mm.top_probabilities, mm.top_logits
+        FROM    (SELECT answers.place, array_agg(answers.answer) AS all_answers FROM answers GROUP BY answers.place) AS g
+        CROSS JOIN LATERAL gptsql.merge_answers(g.all_answers, 0) AS mm
+        ORDER BY g.place;
+    PERFORM * FROM generate_series(1, shares - 1) AS s,
+                   dblink_get_result(gptsql.share_connection(s.s)) AS t(answer text);
+END
+$$;
+
 -- top-k / top-p among candidates (token, logit arrays), given the whole vocabulary's softmax sum at
 -- the temperature relative to the top logit (`total`, the top logit among the candidates): logits /
 -- temperature cut to the top_k (0: all) and to the smallest set whose probability reaches top_p,

@@ -186,6 +186,10 @@ BEGIN ATOMIC
     SELECT CASE WHEN r.seed IS NULL THEN random() ELSE gptsql.uniform(r.seed, place) END;
 END;
 
+-- A chosen next token, as gptsql.choose() gives it.
+CREATE TYPE gptsql.choice AS (token int, probability float8, logit float8,
+                              top_tokens int[], top_probabilities float8[], top_logits float8[]);
+
 -- One step of several runs of one model at once (a batch): run runs[i] is fed the next counts[i]
 -- of `tokens` (the places after those it has computed), all of them through every block in one
 -- pass over the weights, and chooses the token after them. One row per run, in the batch's order.
@@ -205,6 +209,8 @@ DECLARE
     lasts    int[] := '{}';     -- where each run's last place is in the batch
     shares   int;
     hidden   vector[];
+    greedy   int[];             -- the runs (by their index in runs) that choose greedily
+    chosen   gptsql.choice[];   -- their choices, when several choose together
     c        record;
 BEGIN
     IF runs IS NULL OR cardinality(runs) = 0 OR cardinality(runs) <> cardinality(counts)
@@ -230,11 +236,26 @@ BEGIN
     END LOOP;
     shares := gptsql.shares(model);
     hidden := gptsql.forward(model, owners, places, tokens, records, shares);
+    -- A batch's greedy runs choose together: one pass over the vocabulary for all of them.
+    SELECT array_agg(u.i ORDER BY u.i) INTO greedy
+    FROM   unnest(runs) WITH ORDINALITY AS u(run, i) JOIN gptsql.run rr ON rr.id = u.run
+    WHERE  rr.temperature = 0;
+    IF cardinality(greedy) > 1 THEN
+        SELECT array_agg(ROW(g.token, g.probability, g.logit, g.top_tokens, g.top_probabilities, g.top_logits)::gptsql.choice
+                         ORDER BY g.n)
+        INTO   chosen
+        FROM   gptsql.choose_greedy(model, ARRAY(SELECT hidden[lasts[i]] FROM unnest(greedy) WITH ORDINALITY AS g(i, n)
+                                                 ORDER BY g.n), shares) AS g;
+    END IF;
     FOR i IN 1 .. cardinality(runs) LOOP
         SELECT * INTO r FROM gptsql.run rr WHERE rr.id = runs[i];
-        SELECT * INTO c
-        FROM   gptsql.choose(model, hidden[lasts[i]], r.temperature, r.top_k, r.top_p,
-                             gptsql.draw(r, places[lasts[i]] + 1), shares);
+        IF chosen IS NOT NULL AND i = ANY (greedy) THEN
+            c := chosen[array_position(greedy, i)];
+        ELSE
+            SELECT * INTO c
+            FROM   gptsql.choose(model, hidden[lasts[i]], r.temperature, r.top_k, r.top_p,
+                                 gptsql.draw(r, places[lasts[i]] + 1), shares);
+        END IF;
         INSERT INTO gptsql.run_token (run_id, place, token, is_prompt, probability, logit, elapsed_ms)
         VALUES (runs[i], places[lasts[i]] + 1, c.token, false, c.probability, c.logit,
                 extract(epoch FROM clock_timestamp() - began) * 1000);

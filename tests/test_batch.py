@@ -47,6 +47,24 @@ def test_completions_are_each_run_alone(conn, models, sampling, shares):
         assert statuses == ["done"] * 4
 
 
+def test_greedy_runs_of_a_batch_record_what_they_record_alone(conn, models):
+    """Several greedy runs choose from one pass over the vocabulary: each run's recorded best tokens
+    and probabilities are those of its run alone."""
+    def recorded(run):
+        return conn.execute("select array_agg(token order by place, rank), array_agg(probability order by place, rank) "
+                            "from gptsql.step_logit where run_id = %s", [run]).fetchone()
+
+    conn.execute("select set_config('gptsql.shares', '2', false)")
+    batch = [r for _, r, _ in conn.execute("select n, run, completion from gptsql.complete(%s, 3, model => %s, record => true)",
+                                           [PROMPTS, MODEL]).fetchall()]
+    for run, prompt in zip(batch, PROMPTS):
+        alone(conn, prompt, 3)
+        single = conn.execute("select max(id) from gptsql.run").fetchone()[0]
+        (tokens, probabilities), (want_tokens, want_probabilities) = recorded(run), recorded(single)
+        assert tokens == want_tokens and len(tokens) == 30
+        assert np.allclose(probabilities, want_probabilities, rtol=1e-9, atol=0)
+
+
 def test_a_batch_stops_each_run_at_its_own_end(conn, models):
     """Runs of one batch with their own max_tokens: each stops at its own, the others go on."""
     runs = [conn.execute("select run_id from gptsql.start_run(%s, %s, %s)", [MODEL, p, n]).fetchone()[0]
