@@ -105,18 +105,17 @@ BEGIN ATOMIC
 END;
 
 -- Inner products of up to W places with a layer's weight rows, every row read once for all of them:
--- gptsql.products_W (the rows of gptsql.linear) and gptsql.projection_products_W (a share's rows of
--- the attention projection, gptsql.projection_share), for W in 1, 4, 16, 64. A row's W products
--- are W columns of one tuple, so the executor builds one tuple per weight row, not one per product
--- (0.15-0.2 µs a product against ~1 µs with a tuple each). The functions are one text with W
--- columns, written out below; their plans are kept like any SQL function's.
+-- gptsql.products_W (the rows of a part of gptsql.linear) and gptsql.projection_products_W (a
+-- share's rows of the attention projection, gptsql.projection_share), for W in 1, 4, 16, 64. A
+-- row's W products are W columns of one tuple, so the executor builds one tuple per weight row, not
+-- one per product (0.15-0.3 µs a product against ~1 µs with a tuple each); each place's vector is
+-- taken from x once per call (an uncorrelated subquery), not once per row. The functions are one
+-- text with W columns, written out below; their plans are kept like any SQL function's.
 --
--- x holds n_parts vectors per place (place-major): the parts part_lo .. of an input wider than
--- n_embd; a row of part p multiplies its place's vector p. xh is x as halfvec, for float16 models
--- (their weights are in h, w NULL; float32 models the other way round, and the NULL product costs
--- nothing). Places past the end of x are NULL columns. Per place (0 .. W - 1) and group: its units
--- (in idx order, through the activation) as one vector, the parts added up, biases included (a
--- unit's bias sits on its part 0 row).
+-- xh is x as halfvec, for float16 models (their weights are in h, w NULL; float32 models the other
+-- way round, and the NULL product costs nothing). Places past the end of x are NULL columns. Per
+-- place (0 .. W - 1) and group: its units (in idx order, through the activation) as one vector,
+-- biases included (a unit's bias sits on its part 0 row).
 DO $generate$
 DECLARE
     template constant text := $template$
@@ -124,59 +123,51 @@ CREATE FUNCTION gptsql.{family}_{W}({arguments}, x vector[], xh halfvec[])
 RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    WITH weight_rows AS (               -- a row's inner product with each place: a_1 .. a_W
-            SELECT  r.part, r.grp, r.idx, {products}
+    WITH weight_rows AS (               -- a row's inner product with each place: a_0 .. a_W-1
+            SELECT  r.grp, r.idx, {products}
             FROM    ({rows}) AS r
-            ORDER BY r.part, r.grp, r.idx
+            ORDER BY r.grp, r.idx
             OFFSET  0
-    ), units AS (                       -- per part and group, each place's units side by side
-            SELECT  weight_rows.part, weight_rows.grp, {units}
+    ), units AS (                       -- per group, each place's units side by side
+            SELECT  weight_rows.grp, {units}
             FROM    weight_rows
-            GROUP BY weight_rows.part, weight_rows.grp
+            GROUP BY weight_rows.grp
     )
-    SELECT  p.place, units.grp, sum(p.y::vector)
+    SELECT  p.place, units.grp, p.y::vector
     FROM    units
     CROSS JOIN LATERAL (VALUES {places}) AS p(place, y)
-    WHERE   p.place < cardinality(x) / {n_parts}
-    GROUP BY p.place, units.grp;
+    WHERE   p.place < cardinality(x);
 END;
 $template$;
     width int;
+    family record;
 BEGIN
-    FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
-        EXECUTE replace(replace(replace(replace(replace(replace(replace(replace(template,
-            '{family}', 'products'),
-            '{arguments}', 'model int, block int, layer text, grps int[], part_lo int, n_parts int, activation text'),
-            '{rows}', 'SELECT  w.part, w.grp, w.idx, w.w, w.h, w.bias
-                       FROM    gptsql.linear w
-                       WHERE   w.model_id = model AND w.name = layer AND w.block = products_' || width || '.block
-                         AND   w.part >= part_lo AND w.part < part_lo + n_parts AND w.grp = ANY (grps)'),
-            '{n_parts}', 'n_parts'),
-            '{products}', (SELECT string_agg(format(
-                'coalesce(inner_product(x[%1$s * n_parts + r.part - part_lo + 1], r.w),
-                          inner_product(xh[%1$s * n_parts + r.part - part_lo + 1], r.h))
-                          + r.bias AS a_%1$s', k), E',\n                    ') FROM generate_series(0, width - 1) AS k)),
-            '{units}', (SELECT string_agg(format(
-                'array_agg(gptsql.activate(weight_rows.a_%1$s, activation)::real ORDER BY weight_rows.idx) AS y_%1$s', k),
-                E',\n                    ') FROM generate_series(0, width - 1) AS k)),
-            '{places}', (SELECT string_agg(format('(%1$s, units.y_%1$s)', k), ', ') FROM generate_series(0, width - 1) AS k)),
-            '{W}', width::text);
-        EXECUTE replace(replace(replace(replace(replace(replace(replace(replace(template,
-            '{family}', 'projection_products'),
-            '{arguments}', 'model int, block int, head_lo int, head_hi int'),
-            '{rows}', 'SELECT  0 AS part, s.grp, s.idx, s.w, s.h, CASE WHEN head_lo = 0 THEN s.bias ELSE 0 END AS bias
-                       FROM    gptsql.projection_share s
-                       WHERE   s.model_id = model AND s.head_lo = projection_products_' || width || '.head_lo
-                         AND   s.head_hi = projection_products_' || width || '.head_hi AND s.block = projection_products_' || width || '.block'),
-            '{n_parts}', '1'),
-            '{products}', (SELECT string_agg(format(
-                'coalesce(inner_product(x[%1$s + 1], r.w), inner_product(xh[%1$s + 1], r.h)) + r.bias AS a_%1$s', k),
-                E',\n                    ') FROM generate_series(0, width - 1) AS k)),
-            '{units}', (SELECT string_agg(format(
-                'array_agg(weight_rows.a_%1$s::real ORDER BY weight_rows.idx) AS y_%1$s', k),
-                E',\n                    ') FROM generate_series(0, width - 1) AS k)),
-            '{places}', (SELECT string_agg(format('(%1$s, units.y_%1$s)', k), ', ') FROM generate_series(0, width - 1) AS k)),
-            '{W}', width::text);
+    FOR family IN
+        VALUES ('products', 'model int, block int, layer text, grps int[], part int, activation text',
+                'SELECT  w.grp, w.idx, w.w, w.h, w.bias
+                 FROM    gptsql.linear w
+                 WHERE   w.model_id = model AND w.name = layer AND w.block = products_{W}.block
+                   AND   w.part = products_{W}.part AND w.grp = ANY (grps)', 'activation'),
+               ('projection_products', 'model int, block int, head_lo int, head_hi int',
+                'SELECT  s.grp, s.idx, s.w, s.h, CASE WHEN head_lo = 0 THEN s.bias ELSE 0 END AS bias
+                 FROM    gptsql.projection_share s
+                 WHERE   s.model_id = model AND s.head_lo = projection_products_{W}.head_lo
+                   AND   s.head_hi = projection_products_{W}.head_hi AND s.block = projection_products_{W}.block', 'NULL')
+    LOOP
+        FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
+            EXECUTE replace(replace(replace(replace(replace(replace(replace(template,
+                '{family}', family.column1),
+                '{arguments}', family.column2),
+                '{rows}', family.column3),
+                '{products}', (SELECT string_agg(format(
+                    'coalesce(inner_product((SELECT x[%1$s]), r.w), inner_product((SELECT xh[%1$s]), r.h)) + r.bias AS a_%1$s', k),
+                    E',\n                    ') FROM generate_series(1, width) AS k)),
+                '{units}', (SELECT string_agg(format(
+                    'array_agg(gptsql.activate(weight_rows.a_%1$s, %2$s)::real ORDER BY weight_rows.idx) AS y_%1$s',
+                    k, family.column4), E',\n                    ') FROM generate_series(1, width) AS k)),
+                '{places}', (SELECT string_agg(format('(%s, units.y_%s)', k - 1, k), ', ') FROM generate_series(1, width) AS k)),
+                '{W}', width::text);
+        END LOOP;
     END LOOP;
 END
 $generate$;
@@ -193,11 +184,12 @@ BEGIN ATOMIC
 END;
 
 -- y = x W + b for the output groups `grps` of a layer of a block (an index condition: a share
--- reads only its own rows), x holding n_parts vectors per place from part part_lo (see products_W
--- above), `activation` ('gelu', 'silu') applied to single-part layers (c_fc): per place and group,
--- the group's units (a head of q, k or v, an n_embd slice of the MLP) as one vector. With `heads`
--- ({lo, hi}), the layer is the attention projection cut to the columns of key/value heads [lo, hi)
--- (gptsql.projection_share), its bias added by the share whose heads start at 0.
+-- reads only its own rows), `activation` ('gelu', 'silu') applied to single-part layers (c_fc): per
+-- place and group, the group's units (a head of q, k or v, an n_embd slice of the MLP) as one vector.
+-- x holds n_parts vectors per place (place-major), the parts part_lo, part_lo + 1, ... of an input
+-- wider than n_embd (mlp_proj's rows are cut so); each part gives its own rows, to be added up.
+-- With `heads` ({lo, hi}), the layer is the attention projection cut to the columns of key/value
+-- heads [lo, hi) (gptsql.projection_share), its bias added by the share whose heads start at 0.
 CREATE FUNCTION gptsql.matmul(model int, block int, layer text, x vector[], grps int[],
                               part_lo int DEFAULT 0, n_parts int DEFAULT 1, activation text DEFAULT NULL,
                               heads int[] DEFAULT NULL)
@@ -208,47 +200,51 @@ AS $$
 DECLARE
     half  boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
     batch record;
+    part  int;
     xs    vector[];
     xhs   halfvec[];
 BEGIN
     FOR batch IN SELECT * FROM gptsql.place_batches(cardinality(x) / n_parts) LOOP
-        xs := x[batch.first * n_parts + 1 : (batch.first + batch.n) * n_parts];
-        xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
-        IF heads IS NOT NULL THEN
-            RETURN QUERY
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.projection_products_1(model, block, heads[1], heads[2], xs, xhs) AS p
-                WHERE   batch.width = 1
-                UNION ALL
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.projection_products_4(model, block, heads[1], heads[2], xs, xhs) AS p
-                WHERE   batch.width = 4
-                UNION ALL
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.projection_products_16(model, block, heads[1], heads[2], xs, xhs) AS p
-                WHERE   batch.width = 16
-                UNION ALL
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.projection_products_64(model, block, heads[1], heads[2], xs, xhs) AS p
-                WHERE   batch.width = 64;
-        ELSE
-            RETURN QUERY
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.products_1(model, block, layer, grps, part_lo, n_parts, activation, xs, xhs) AS p
-                WHERE   batch.width = 1
-                UNION ALL
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.products_4(model, block, layer, grps, part_lo, n_parts, activation, xs, xhs) AS p
-                WHERE   batch.width = 4
-                UNION ALL
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.products_16(model, block, layer, grps, part_lo, n_parts, activation, xs, xhs) AS p
-                WHERE   batch.width = 16
-                UNION ALL
-                SELECT  batch.first + p.place, p.grp, p.y
-                FROM    gptsql.products_64(model, block, layer, grps, part_lo, n_parts, activation, xs, xhs) AS p
-                WHERE   batch.width = 64;
-        END IF;
+        FOR j IN 0 .. n_parts - 1 LOOP
+            part := part_lo + j;
+            xs := ARRAY(SELECT x[(batch.first + k) * n_parts + j + 1] FROM generate_series(0, batch.n - 1) AS k);
+            xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
+            IF heads IS NOT NULL THEN
+                RETURN QUERY
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.projection_products_1(model, block, heads[1], heads[2], xs, xhs) AS p
+                    WHERE   batch.width = 1
+                    UNION ALL
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.projection_products_4(model, block, heads[1], heads[2], xs, xhs) AS p
+                    WHERE   batch.width = 4
+                    UNION ALL
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.projection_products_16(model, block, heads[1], heads[2], xs, xhs) AS p
+                    WHERE   batch.width = 16
+                    UNION ALL
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.projection_products_64(model, block, heads[1], heads[2], xs, xhs) AS p
+                    WHERE   batch.width = 64;
+            ELSE
+                RETURN QUERY
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.products_1(model, block, layer, grps, part, activation, xs, xhs) AS p
+                    WHERE   batch.width = 1
+                    UNION ALL
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.products_4(model, block, layer, grps, part, activation, xs, xhs) AS p
+                    WHERE   batch.width = 4
+                    UNION ALL
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.products_16(model, block, layer, grps, part, activation, xs, xhs) AS p
+                    WHERE   batch.width = 16
+                    UNION ALL
+                    SELECT  batch.first + p.place, p.grp, p.y
+                    FROM    gptsql.products_64(model, block, layer, grps, part, activation, xs, xhs) AS p
+                    WHERE   batch.width = 64;
+            END IF;
+        END LOOP;
     END LOOP;
 END
 $$;

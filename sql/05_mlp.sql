@@ -42,6 +42,8 @@ BEGIN ATOMIC
             FROM    groups, gptsql.mlp_hidden(model, block, x, groups.lo, groups.hi) AS h
     )
     SELECT  array_agg(y.y ORDER BY y.place)
-    FROM    groups, gptsql.matmul(model, block, 'mlp_proj', ARRAY(SELECT y FROM hidden ORDER BY place, part),
-                                  ARRAY[0], groups.lo, groups.hi - groups.lo) AS y;   -- its n_embd outputs: one group
+    FROM    (SELECT  p.place, sum(p.y) AS y                                         -- the parts added up
+             FROM    groups, gptsql.matmul(model, block, 'mlp_proj', ARRAY(SELECT y FROM hidden ORDER BY place, part),
+                                           ARRAY[0], groups.lo, groups.hi - groups.lo) AS p   -- n_embd outputs: one group
+             GROUP BY p.place) AS y;
 END;

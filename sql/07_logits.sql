@@ -105,10 +105,10 @@ BEGIN
     FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
         EXECUTE replace(replace(replace(replace(template,
             '{logits}', (SELECT string_agg(format(
-                'coalesce(inner_product(x[%1$s + 1], output_rows.w), inner_product(xh[%1$s + 1], output_rows.h)) AS l_%1$s', k),
+                'coalesce(inner_product((SELECT x[%1$s + 1]), output_rows.w), inner_product((SELECT xh[%1$s + 1]), output_rows.h)) AS l_%1$s', k),
                 E',\n                    ') FROM generate_series(0, width - 1) AS k)),
             '{sums}', (SELECT string_agg(format(
-                'max(logits.l_%1$s) AS top_%1$s, sum(gptsql.safe_exp(least(logits.l_%1$s - refs[%1$s + 1], 600))) AS z_%1$s', k),
+                'max(logits.l_%1$s) AS top_%1$s, sum(gptsql.safe_exp(least(logits.l_%1$s - (SELECT refs[%1$s + 1]), 600))) AS z_%1$s', k),
                 E',\n                    ') FROM generate_series(0, width - 1) AS k)),
             '{places}', (SELECT string_agg(format('(%1$s, sums.top_%1$s, sums.z_%1$s)', k), ', ')
                          FROM generate_series(0, width - 1) AS k)),
@@ -365,7 +365,7 @@ BEGIN
     FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
         EXECUTE replace(replace(template,
             '{logits}', (SELECT string_agg(format(
-                'coalesce(inner_product(x[%1$s], output_rows.w), inner_product(xh[%1$s], output_rows.h))', k),
+                'coalesce(inner_product((SELECT x[%1$s]), output_rows.w), inner_product((SELECT xh[%1$s]), output_rows.h))', k),
                 E',\n                                   ') FROM generate_series(1, width) AS k)),
             '{W}', width::text);
     END LOOP;
