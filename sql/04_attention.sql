@@ -121,19 +121,26 @@ BEGIN ATOMIC
                     gptsql.fill(1, greatest(gptsql.chunk_places(n_embd / n_head), 1)) AS ones
             FROM    gptsql.model m
             WHERE   m.id = model
+    ), prompts AS (                     -- runs that bring several places (a prompt), and their keys then
+            SELECT  b.run, max(b.place) + 1 AS n_keys
+            FROM    unnest(runs, places) AS b(run, place)
+            GROUP BY b.run
+            HAVING  count(*) > 1
     ), queries AS MATERIALIZED (        -- per new place and query head: its q, its key/value head (kv), and
                                         -- the whole chunks it reads
             SELECT  b.n::int AS n, b.run, b.place, b.record, c.head AS kv, c.head * config.g + j AS head,
                     subvector(c.q, j * config.head_dim + 1, config.head_dim) AS q,
-                    gptsql.chunks_read(b.place, config.c) AS chunks
+                    gptsql.chunks_read(b.place, config.c) AS chunks, prompts.n_keys
             FROM    config
             CROSS JOIN unnest(runs, places, records) WITH ORDINALITY AS b(run, place, record, n)
+            LEFT JOIN prompts ON prompts.run = b.run
             CROSS JOIN generate_series(head_lo, head_hi - 1) AS h(head)
             JOIN    gptsql.kv_cache c
                     ON c.run_id = b.run AND c.block = attend.block AND c.head = h.head AND c.place = b.place
             CROSS JOIN generate_series(0, config.g - 1) AS j
     ), scores AS MATERIALIZED (         -- q·k / sqrt(d) of every key at or before the query (the causal mask)
             SELECT  queries.n, queries.head, queries.kv, queries.record, queries.run, queries.chunks,
+                    queries.place, queries.n_keys,
                     by_chunk.scores AS chunk_scores, tail.scores AS tail_scores, tail.vs AS tail_values,
                     greatest(by_chunk.top, tail.top) AS top
             FROM    config, queries
@@ -152,13 +159,14 @@ BEGIN ATOMIC
                       AND   ch.chunk < queries.chunks
             ) by_chunk
             CROSS JOIN LATERAL (         -- the keys after them, the query's own last: one cache row each
-                    SELECT  array_agg(t.score) AS scores, array_agg(t.v) AS vs, max(t.score) AS top   -- in place order
+                    SELECT  array_agg(t.score) AS scores, max(t.score) AS top,      -- in place order
+                            array_agg(t.v) FILTER (WHERE queries.n_keys IS NULL) AS vs   -- (a prompt mixes from V transposed)
                     FROM    gptsql.attention_scores(queries.run, block, queries.place, queries.kv, queries.q,
                                                     config.head_dim, queries.chunks * config.c) AS t
             ) tail
     ), softmax AS (                     -- exp() relative to the top score: every weight in [0, 1]
-            SELECT  scores.n, scores.head, scores.kv, scores.record, scores.run, scores.chunks, c.e AS chunk_e, t.e AS tail_e,
-                    coalesce(c.z, 0) + t.z AS z, scores.tail_values
+            SELECT  scores.n, scores.head, scores.kv, scores.record, scores.run, scores.chunks, scores.place, scores.n_keys,
+                    c.e AS chunk_e, t.e AS tail_e, coalesce(c.z, 0) + t.z AS z, scores.tail_values
             FROM    scores
             CROSS JOIN LATERAL (SELECT array_agg(w.e) AS e, sum(w.e) AS z      -- flat, in (chunk, place) order
                                 FROM   (SELECT gptsql.weight_exp(x - scores.top) AS e
@@ -193,12 +201,36 @@ BEGIN ATOMIC
             ) by_chunk
             CROSS JOIN LATERAL (SELECT  sum(u.v * gptsql.fill(u.e, config.head_dim)) AS mixed
                                 FROM    unnest(softmax.tail_values, softmax.tail_e) AS u(v, e)) AS tail
+            WHERE   softmax.n_keys IS NULL
+    ), values_t AS MATERIALIZED (       -- a prompt's values dimension-major: per key/value head, head_dim
+                                        -- vectors over the places 0 .. n_keys - 1 (V transposed)
+            SELECT  prompts.run, h.head,
+                    ARRAY(SELECT  ARRAY(SELECT rows.v[p][i] FROM generate_series(1, prompts.n_keys) AS p)::vector
+                          FROM    generate_series(1, config.head_dim) AS i) AS vt
+            FROM    config, prompts
+            CROSS JOIN generate_series(head_lo, head_hi - 1) AS h(head)
+            CROSS JOIN LATERAL (SELECT  array_agg(c.v::real[] ORDER BY c.place) AS v
+                                FROM    gptsql.kv_cache c
+                                WHERE   c.run_id = prompts.run AND c.block = attend.block AND c.head = h.head
+                                  AND   c.place < prompts.n_keys) AS rows
+    ), prompt_mixed AS (                -- a prompt's queries: Σ weight × value as one inner product per row of
+                                        -- V transposed, the weights 0 past the query's own place
+            SELECT  softmax.n, softmax.head, softmax.record, softmax.z, softmax.chunk_e, softmax.tail_e,
+                    ARRAY(SELECT  inner_product(weights.e, v.vt)
+                          FROM    unnest(values_t.vt) WITH ORDINALITY AS v(vt, i)
+                          ORDER BY v.i)::vector AS mixed
+            FROM    softmax
+            JOIN    values_t ON values_t.run = softmax.run AND values_t.head = softmax.kv
+            CROSS JOIN LATERAL (SELECT  ((coalesce(softmax.chunk_e, '{}') || softmax.tail_e)::real[]
+                                         || array_fill(0::real, ARRAY[softmax.n_keys - softmax.place - 1]))::vector AS e
+                                OFFSET  0) AS weights
+            WHERE   softmax.n_keys IS NOT NULL
     )
-    SELECT  mixed.n, mixed.head, mixed.mixed * gptsql.fill(1 / mixed.z, config.head_dim),
-            CASE WHEN mixed.record     -- for exploring the run: who attended to whom
-                 THEN ARRAY(SELECT e / mixed.z FROM unnest(coalesce(mixed.chunk_e, '{}') || mixed.tail_e) AS e)
+    SELECT  every.n, every.head, every.mixed * gptsql.fill(1 / every.z, config.head_dim),
+            CASE WHEN every.record     -- for exploring the run: who attended to whom
+                 THEN ARRAY(SELECT e / every.z FROM unnest(coalesce(every.chunk_e, '{}') || every.tail_e) AS e)
             END
-    FROM    config, mixed;
+    FROM    config, (SELECT * FROM mixed UNION ALL SELECT * FROM prompt_mixed) AS every;
 END;
 
 -- The projection's rows cut to the columns of heads [head_lo, head_hi): what a share of the heads
