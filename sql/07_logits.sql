@@ -122,7 +122,7 @@ $generate$;
 CREATE FUNCTION gptsql.vocab_sums(model int, x vector[], refs float8[], share int DEFAULT 0, shares int DEFAULT 1)
 RETURNS TABLE (place int, top float8, z float8)
 LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan   -- one plan for every width, made once
+SET plan_cache_mode = force_generic_plan   -- plans made once
 AS $$
 DECLARE
     half  boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
@@ -135,18 +135,12 @@ BEGIN
         xs := x[batch.first + 1 : batch.first + batch.n];
         xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
         rs := refs[batch.first + 1 : batch.first + batch.n];
-        RETURN QUERY
-            SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_1(model, xs, xhs, rs, share, shares) AS v
-            WHERE  batch.width = 1
-            UNION ALL
-            SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_4(model, xs, xhs, rs, share, shares) AS v
-            WHERE  batch.width = 4
-            UNION ALL
-            SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_16(model, xs, xhs, rs, share, shares) AS v
-            WHERE  batch.width = 16
-            UNION ALL
-            SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_64(model, xs, xhs, rs, share, shares) AS v
-            WHERE  batch.width = 64;
+        CASE batch.width          -- one statement per width (see matmul)
+        WHEN 1 THEN RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_1(model, xs, xhs, rs, share, shares) AS v;
+        WHEN 4 THEN RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_4(model, xs, xhs, rs, share, shares) AS v;
+        WHEN 16 THEN RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_16(model, xs, xhs, rs, share, shares) AS v;
+        ELSE RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_64(model, xs, xhs, rs, share, shares) AS v;
+        END CASE;
     END LOOP;
 END
 $$;
@@ -376,7 +370,7 @@ $generate$;
 CREATE FUNCTION gptsql.vocab_best(model int, x vector[], share int DEFAULT 0, shares int DEFAULT 1)
 RETURNS TABLE (place int, answer gptsql.vocab_answer)
 LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan   -- one plan for every width, made once
+SET plan_cache_mode = force_generic_plan   -- plans made once
 AS $$
 DECLARE
     half  boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
@@ -387,18 +381,12 @@ BEGIN
     FOR batch IN SELECT * FROM gptsql.place_batches(cardinality(x)) LOOP
         xs := x[batch.first + 1 : batch.first + batch.n];
         xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
-        RETURN QUERY
-            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_1(model, xs, xhs, share, shares) AS v
-            WHERE  batch.width = 1
-            UNION ALL
-            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_4(model, xs, xhs, share, shares) AS v
-            WHERE  batch.width = 4
-            UNION ALL
-            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_16(model, xs, xhs, share, shares) AS v
-            WHERE  batch.width = 16
-            UNION ALL
-            SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_64(model, xs, xhs, share, shares) AS v
-            WHERE  batch.width = 64;
+        CASE batch.width          -- one statement per width (see matmul)
+        WHEN 1 THEN RETURN QUERY SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_1(model, xs, xhs, share, shares) AS v;
+        WHEN 4 THEN RETURN QUERY SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_4(model, xs, xhs, share, shares) AS v;
+        WHEN 16 THEN RETURN QUERY SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_16(model, xs, xhs, share, shares) AS v;
+        ELSE RETURN QUERY SELECT batch.first + v.place, v.answer FROM gptsql.vocab_best_64(model, xs, xhs, share, shares) AS v;
+        END CASE;
     END LOOP;
 END
 $$;
