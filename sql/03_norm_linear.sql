@@ -119,23 +119,23 @@ END;
 DO $generate$
 DECLARE
     template constant text := $template$
-CREATE FUNCTION gptsql.{family}_{W}({arguments}, x vector[], xh halfvec[])
+CREATE FUNCTION gptsql.%1$s_%2$s(%3$s, x vector[], xh halfvec[])
 RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
     WITH weight_rows AS (               -- a row's inner product with each place: a_0 .. a_W-1
-            SELECT  r.grp, r.idx, {products}
-            FROM    ({rows}) AS r
+            SELECT  r.grp, r.idx, %5$s
+            FROM    (%4$s) AS r
             ORDER BY r.grp, r.idx
             OFFSET  0
     ), units AS (                       -- per group, each place's units side by side
-            SELECT  weight_rows.grp, {units}
+            SELECT  weight_rows.grp, %6$s
             FROM    weight_rows
             GROUP BY weight_rows.grp
     )
     SELECT  p.place, units.grp, p.y::vector
     FROM    units
-    CROSS JOIN LATERAL (VALUES {places}) AS p(place, y)
+    CROSS JOIN LATERAL (VALUES %7$s) AS p(place, y)
     WHERE   p.place < cardinality(x);
 END;
 $template$;
@@ -146,27 +146,23 @@ BEGIN
         VALUES ('products', 'model int, block int, layer text, grps int[], part int, activation text',
                 'SELECT  w.grp, w.idx, w.w, w.h, w.bias
                  FROM    gptsql.linear w
-                 WHERE   w.model_id = model AND w.name = layer AND w.block = products_{W}.block
-                   AND   w.part = products_{W}.part AND w.grp = ANY (grps)', 'activation'),
+                 WHERE   w.model_id = model AND w.name = layer AND w.block = products_%1$s.block
+                   AND   w.part = products_%1$s.part AND w.grp = ANY (grps)', 'activation'),
                ('projection_products', 'model int, block int, head_lo int, head_hi int',
                 'SELECT  s.grp, s.idx, s.w, s.h, CASE WHEN head_lo = 0 THEN s.bias ELSE 0 END AS bias
                  FROM    gptsql.projection_share s
-                 WHERE   s.model_id = model AND s.head_lo = projection_products_{W}.head_lo
-                   AND   s.head_hi = projection_products_{W}.head_hi AND s.block = projection_products_{W}.block', 'NULL')
+                 WHERE   s.model_id = model AND s.head_lo = projection_products_%1$s.head_lo
+                   AND   s.head_hi = projection_products_%1$s.head_hi AND s.block = projection_products_%1$s.block', 'NULL')
     LOOP
         FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
-            EXECUTE replace(replace(replace(replace(replace(replace(replace(template,
-                '{family}', family.column1),
-                '{arguments}', family.column2),
-                '{rows}', family.column3),
-                '{products}', (SELECT string_agg(format(
+            EXECUTE format(template, family.column1, width, family.column2, format(family.column3, width),
+                (SELECT string_agg(format(
                     'coalesce(inner_product((SELECT x[%1$s]), r.w), inner_product((SELECT xh[%1$s]), r.h)) + r.bias AS a_%1$s', k),
-                    E',\n                    ') FROM generate_series(1, width) AS k)),
-                '{units}', (SELECT string_agg(format(
+                    E',\n                    ') FROM generate_series(1, width) AS k),
+                (SELECT string_agg(format(
                     'array_agg(gptsql.activate(weight_rows.a_%1$s, %2$s)::real ORDER BY weight_rows.idx) AS y_%1$s',
-                    k, family.column4), E',\n                    ') FROM generate_series(1, width) AS k)),
-                '{places}', (SELECT string_agg(format('(%s, units.y_%s)', k - 1, k), ', ') FROM generate_series(1, width) AS k)),
-                '{W}', width::text);
+                    k, family.column4), E',\n                    ') FROM generate_series(1, width) AS k),
+                (SELECT string_agg(format('(%s, units.y_%s)', k - 1, k), ', ') FROM generate_series(1, width) AS k));
         END LOOP;
     END LOOP;
 END

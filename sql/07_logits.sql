@@ -68,7 +68,7 @@ END;
 DO $generate$
 DECLARE
     template constant text := $template$
-CREATE FUNCTION gptsql.vocab_sums_{W}(model int, x vector[], xh halfvec[], refs float8[], share int, shares int)
+CREATE FUNCTION gptsql.vocab_sums_%1$s(model int, x vector[], xh halfvec[], refs float8[], share int, shares int)
 RETURNS TABLE (place int, top float8, z float8)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
@@ -87,32 +87,30 @@ BEGIN ATOMIC
               AND   out.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
               AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
     ), logits AS (                      -- a row's logit for each place: l_0 .. l_W-1
-            SELECT  {logits}
+            SELECT  %2$s
             FROM    output_rows
             OFFSET  0
     ), sums AS (
-            SELECT  {sums}
+            SELECT  %3$s
             FROM    logits
     )
     SELECT  p.place, p.top, p.z
     FROM    sums
-    CROSS JOIN LATERAL (VALUES {places}) AS p(place, top, z)
+    CROSS JOIN LATERAL (VALUES %4$s) AS p(place, top, z)
     WHERE   p.place < cardinality(x);
 END;
 $template$;
     width int;
 BEGIN
     FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
-        EXECUTE replace(replace(replace(replace(template,
-            '{logits}', (SELECT string_agg(format(
+        EXECUTE format(template, width,
+            (SELECT string_agg(format(
                 'coalesce(inner_product((SELECT x[%1$s + 1]), output_rows.w), inner_product((SELECT xh[%1$s + 1]), output_rows.h)) AS l_%1$s', k),
-                E',\n                    ') FROM generate_series(0, width - 1) AS k)),
-            '{sums}', (SELECT string_agg(format(
+                E',\n                    ') FROM generate_series(0, width - 1) AS k),
+            (SELECT string_agg(format(
                 'max(logits.l_%1$s) AS top_%1$s, sum(gptsql.safe_exp(least(logits.l_%1$s - (SELECT refs[%1$s + 1]), 600))) AS z_%1$s', k),
-                E',\n                    ') FROM generate_series(0, width - 1) AS k)),
-            '{places}', (SELECT string_agg(format('(%1$s, sums.top_%1$s, sums.z_%1$s)', k), ', ')
-                         FROM generate_series(0, width - 1) AS k)),
-            '{W}', width::text);
+                E',\n                    ') FROM generate_series(0, width - 1) AS k),
+            (SELECT string_agg(format('(%1$s, sums.top_%1$s, sums.z_%1$s)', k), ', ') FROM generate_series(0, width - 1) AS k));
     END LOOP;
 END
 $generate$;
@@ -316,7 +314,7 @@ END;
 DO $generate$
 DECLARE
     template constant text := $template$
-CREATE FUNCTION gptsql.vocab_best_{W}(model int, x vector[], xh halfvec[], share int, shares int)
+CREATE FUNCTION gptsql.vocab_best_%1$s(model int, x vector[], xh halfvec[], share int, shares int)
 RETURNS TABLE (place int, answer gptsql.vocab_answer)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
@@ -335,7 +333,7 @@ BEGIN ATOMIC
               AND   out.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
               AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
     ), logits AS MATERIALIZED (         -- a token's logit after each place: l[1] .. l[W]
-            SELECT  output_rows.token, ARRAY[{logits}] AS l
+            SELECT  output_rows.token, ARRAY[%2$s] AS l
             FROM    output_rows
     )
     SELECT  p.place, ROW(best.tokens, best.logits, best.top, total.z, NULL, NULL, NULL, NULL, NULL, NULL)::gptsql.vocab_answer
@@ -357,11 +355,10 @@ $template$;
     width int;
 BEGIN
     FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
-        EXECUTE replace(replace(template,
-            '{logits}', (SELECT string_agg(format(
+        EXECUTE format(template, width,
+            (SELECT string_agg(format(
                 'coalesce(inner_product((SELECT x[%1$s]), output_rows.w), inner_product((SELECT xh[%1$s]), output_rows.h))', k),
-                E',\n                                   ') FROM generate_series(1, width) AS k)),
-            '{W}', width::text);
+                E',\n                                   ') FROM generate_series(1, width) AS k));
     END LOOP;
 END
 $generate$;
