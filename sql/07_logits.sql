@@ -58,116 +58,6 @@ BEGIN ATOMIC
       AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model);
 END;
 
--- Softmax sums of up to W hidden states over share `share` of `shares` of the vocabulary, every
--- row of the output layer read once for all of them (as gptsql.products_W reads a layer,
--- 03_norm_linear.sql): gptsql.vocab_sums_W for W in 1, 4, 16, 64. Per place (0 .. W - 1): its top
--- logit, and z = Σ exp(logit - refs[place]) over the share's tokens. A scored place's reference is
--- its next token's logit, so log p(next token) = -ln(z) over the whole vocabulary; a logit more than
--- 600 above the reference counts as 600 above (the caller sees top - ref > 600 and reads that place
--- again with its true peak).
-DO $generate$
-DECLARE
-    template constant text := $template$
-CREATE FUNCTION gptsql.vocab_sums_%1$s(model int, x vector[], xh halfvec[], refs float8[], share int, shares int)
-RETURNS TABLE (place int, top float8, z float8)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    WITH output_rows AS (               -- the share's pages of the output layer (wte where tied)
-            SELECT  wte.w, wte.h
-            FROM    gptsql.wte
-            WHERE   wte.model_id = model
-              AND   wte.ctid >= (SELECT p.lo FROM gptsql.vocab_pages(model, share, shares) AS p)
-              AND   wte.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
-              AND   (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
-            UNION ALL
-            SELECT  out.w, out.h
-            FROM    gptsql.lm_head out
-            WHERE   out.model_id = model
-              AND   out.ctid >= (SELECT p.lo FROM gptsql.vocab_pages(model, share, shares) AS p)
-              AND   out.ctid < (SELECT p.hi FROM gptsql.vocab_pages(model, share, shares) AS p)
-              AND   NOT (SELECT m.tied FROM gptsql.model m WHERE m.id = model)
-    ), logits AS (                      -- a row's logit for each place: l_0 .. l_W-1
-            SELECT  %2$s
-            FROM    output_rows
-            OFFSET  0
-    ), sums AS (
-            SELECT  %3$s
-            FROM    logits
-    )
-    SELECT  p.place, p.top, p.z
-    FROM    sums
-    CROSS JOIN LATERAL (VALUES %4$s) AS p(place, top, z)
-    WHERE   p.place < cardinality(x);
-END;
-$template$;
-    width int;
-BEGIN
-    FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
-        EXECUTE format(template, width,
-            (SELECT string_agg(format(
-                'coalesce(inner_product((SELECT x[%1$s + 1]), output_rows.w), inner_product((SELECT xh[%1$s + 1]), output_rows.h)) AS l_%1$s', k),
-                E',\n                    ') FROM generate_series(0, width - 1) AS k),
-            (SELECT string_agg(format(
-                'max(logits.l_%1$s) AS top_%1$s, sum(gptsql.safe_exp(least(logits.l_%1$s - (SELECT refs[%1$s + 1]), 600))) AS z_%1$s', k),
-                E',\n                    ') FROM generate_series(0, width - 1) AS k),
-            (SELECT string_agg(format('(%1$s, sums.top_%1$s, sums.z_%1$s)', k), ', ') FROM generate_series(0, width - 1) AS k));
-    END LOOP;
-END
-$generate$;
-
--- The softmax sums of hidden states x over share `share` of `shares` of the vocabulary, relative to
--- refs (see vocab_sums_W): per place of x (from 0), its top logit and z.
-CREATE FUNCTION gptsql.vocab_sums(model int, x vector[], refs float8[], share int DEFAULT 0, shares int DEFAULT 1)
-RETURNS TABLE (place int, top float8, z float8)
-LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan   -- plans made once
-AS $$
-DECLARE
-    half  boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
-    batch record;
-    xs    vector[];
-    xhs   halfvec[];
-    rs    float8[];
-BEGIN
-    FOR batch IN SELECT * FROM gptsql.place_batches(cardinality(x)) LOOP
-        xs := x[batch.first + 1 : batch.first + batch.n];
-        xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
-        rs := refs[batch.first + 1 : batch.first + batch.n];
-        CASE batch.width          -- one statement per width (see matmul)
-        WHEN 1 THEN RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_1(model, xs, xhs, rs, share, shares) AS v;
-        WHEN 4 THEN RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_4(model, xs, xhs, rs, share, shares) AS v;
-        WHEN 16 THEN RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_16(model, xs, xhs, rs, share, shares) AS v;
-        ELSE RETURN QUERY SELECT batch.first + v.place, v.top, v.z FROM gptsql.vocab_sums_64(model, xs, xhs, rs, share, shares) AS v;
-        END CASE;
-    END LOOP;
-END
-$$;
-
--- The same over the whole vocabulary, the session's other backends reading their shares of it.
-CREATE FUNCTION gptsql.vocab_sums_shared(model int, x vector[], refs float8[], shares int)
-RETURNS TABLE (place int, top float8, z float8)
-LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    IF shares > 1 THEN
-        PERFORM gptsql.send_shares(shares, format('SELECT place, top, z FROM gptsql.vocab_sums(%s, %L, %L, %%s, %s)',
-                                                  model, x, refs, shares));
-    END IF;
-    RETURN QUERY
-        WITH answers AS (
-                SELECT  v.place, v.top, v.z FROM gptsql.vocab_sums(model, x, refs, 0, shares) AS v
-                UNION ALL
-                SELECT  t.place, t.top, t.z
-                FROM    generate_series(1, shares - 1) AS s
-                CROSS JOIN LATERAL dblink_get_result(gptsql.share_connection(s.s)) AS t(place int, top float8, z float8)
-        )
-        SELECT  answers.place, max(answers.top), sum(answers.z)
-        FROM    answers
-        GROUP BY answers.place;
-    PERFORM * FROM generate_series(1, shares - 1) AS s,
-                   dblink_get_result(gptsql.share_connection(s.s)) AS t(answer text);
-END
-$$;
-
 -- The logit of one token after a hidden state: its row of the output layer alone.
 CREATE FUNCTION gptsql.logit_of(model int, hidden vector, token int)
 RETURNS float8
@@ -390,10 +280,11 @@ $$;
 
 -- The greedy choices after hidden states x, every share of the vocabulary read once for all of them
 -- (the session's other backends read theirs meanwhile): per place of x (from 1), what choose() gives
--- at temperature 0.
+-- at temperature 0, and the softmax's peak logit and sum relative to it (a token's log-probability
+-- is its logit - peak - ln z: what scoring takes).
 CREATE FUNCTION gptsql.choose_greedy(model int, x vector[], shares int)
 RETURNS TABLE (n int, token int, probability float8, logit float8,
-               top_tokens int[], top_probabilities float8[], top_logits float8[])
+               top_tokens int[], top_probabilities float8[], top_logits float8[], peak float8, z float8)
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     IF shares > 1 THEN
@@ -409,7 +300,7 @@ BEGIN
                 CROSS JOIN LATERAL dblink_get_result(gptsql.share_connection(s.s)) AS t(place int, answer gptsql.vocab_answer)
         )
         SELECT  g.place + 1, mm.top_tokens[1], mm.top_probabilities[1], mm.top_logits[1],
-                mm.top_tokens, mm.top_probabilities, mm.top_logits
+                mm.top_tokens, mm.top_probabilities, mm.top_logits, mm.peak, mm.z
         FROM    (SELECT answers.place, array_agg(answers.answer) AS all_answers FROM answers GROUP BY answers.place) AS g
         CROSS JOIN LATERAL gptsql.merge_answers(g.all_answers, 0) AS mm
         ORDER BY g.place;

@@ -177,18 +177,13 @@ BEGIN
                 FROM    unnest(runs) WITH ORDINALITY AS r(run, n)
                 CROSS JOIN LATERAL generate_subscripts(owners, 1) AS i(i)
                 WHERE   owners[i.i] = r.run AND i.i < cardinality(owners) AND owners[i.i + 1] = r.run
-        ), sums AS (                    -- every scored place in one pass over the vocabulary
-                SELECT  v.place, v.top, v.z
-                FROM    gptsql.vocab_sums_shared(m, ARRAY(SELECT hidden[t.i] FROM targets t ORDER BY t.i),
-                                                 ARRAY(SELECT t.logit FROM targets t ORDER BY t.i), shares) AS v
-        ), scored AS (                  -- log p = -ln z; a place whose top is far above its token, read again
-                SELECT  t.n, t.i,
-                        CASE WHEN s.top - t.logit <= 600 THEN -ln(s.z)
-                             ELSE (SELECT t.logit - (d.peak + ln(d.z))
-                                   FROM   gptsql.merge_answers(gptsql.vocab_shares(m, hidden[t.i], shares, 0, 0.5, 0), 0) AS d)
-                        END AS logprob
-                FROM    (SELECT t.*, row_number() OVER (ORDER BY t.i) - 1 AS place FROM targets t) AS t
-                JOIN    sums s ON s.place = t.place
+        ), softmax AS (                 -- every scored place's peak and sum from one pass over the vocabulary
+                SELECT  g.n, g.peak, g.z
+                FROM    gptsql.choose_greedy(m, ARRAY(SELECT hidden[t.i] FROM targets t ORDER BY t.i), shares) AS g
+        ), scored AS (                  -- log p = logit - peak - ln z
+                SELECT  t.n, t.i, t.logit - softmax.peak - ln(softmax.z) AS logprob
+                FROM    (SELECT t.*, row_number() OVER (ORDER BY t.i) AS place FROM targets t) AS t
+                JOIN    softmax ON softmax.n = t.place
         )
         SELECT  r.n::int, (SELECT count(*)::int FROM unnest(owners) AS o WHERE o = r.run),
                 coalesce(sum(s.logprob), 0), exp(-avg(s.logprob)),
