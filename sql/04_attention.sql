@@ -47,11 +47,14 @@ BEGIN ATOMIC
     SELECT CASE WHEN c > 0 AND place / c >= 4 THEN place / c ELSE 0 END;
 END;
 
--- Heads [lo, hi) of share `share` of `shares`: n heads cut as evenly as they go.
+-- Heads [lo, hi) of share `share` of `shares`: n heads cut as evenly as they go, the larger parts
+-- first. Share 0 runs in the calling backend and the others pay for an exchange (their call and
+-- answer as text), so the first shares take what does not divide (SmolLM2's 3 key/value heads over
+-- two shares: 2 + 1).
 CREATE FUNCTION gptsql.share_of(n int, share int, shares int, OUT lo int, OUT hi int)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
-    SELECT n * share / shares, n * (share + 1) / shares;
+    SELECT share * (n / shares) + least(share, n % shares), (share + 1) * (n / shares) + least(share + 1, n % shares);
 END;
 
 -- q·k / sqrt(d) of one query (place, head) against the keys at places first .. place (the causal

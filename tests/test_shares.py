@@ -190,7 +190,7 @@ def test_projection_shares_are_the_projection_s_columns_and_go_with_the_model(da
     generate(database, conn, 3, n=2, model="hf-projection")
     splits = conn.execute("select head_lo, head_hi, count(*) from gptsql.projection_share where model_id = %s "
                           "group by 1, 2 order by 1", [model_id]).fetchall()
-    assert splits == [(0, 1, n_layer * n_embd), (1, 2, n_layer * n_embd), (2, 4, n_layer * n_embd)]
+    assert splits == [(0, 2, n_layer * n_embd), (2, 3, n_layer * n_embd), (3, 4, n_layer * n_embd)]
     rows = conn.execute("""select s.head_lo, s.head_hi, s.w, w.w, s.bias, w.bias from gptsql.projection_share s
                            join gptsql.linear w on w.model_id = s.model_id and w.name = 'attn_proj' and w.part = 0
                             and w.block = s.block and w.grp = s.grp and w.idx = s.idx
