@@ -200,7 +200,8 @@ END;
 -- A share's greedy answers for up to W hidden states, every row of its pages of the output layer read
 -- once for all of them: gptsql.vocab_best_W for W in 1, 4, 16, 64 (one text with W inner products
 -- a row, written out below). Per place (0 .. W - 1): the answer vocab_share gives at temperature 0
--- (its best logits, their peak, its softmax sum), for a batch's greedy runs.
+-- (its best logits, their peak, its softmax sum), for a batch's greedy runs. The best are a pass
+-- over the logits per place; the sums of every place are one pass.
 DO $generate$
 DECLARE
     template constant text := $template$
@@ -225,21 +226,24 @@ BEGIN ATOMIC
     ), logits AS MATERIALIZED (         -- a token's logit after each place: l[1] .. l[W]
             SELECT  output_rows.token, ARRAY[%2$s] AS l
             FROM    output_rows
+    ), best AS MATERIALIZED (           -- per place: its best logits and their peak
+            SELECT  p.place, ten.tokens, ten.logits, ten.top
+            FROM    generate_series(0, cardinality(x) - 1) AS p(place)
+            CROSS JOIN LATERAL (
+                    SELECT  array_agg(b.token ORDER BY b.logit DESC, b.token) AS tokens,
+                            array_agg(b.logit ORDER BY b.logit DESC, b.token) AS logits, max(b.logit) AS top
+                    FROM    (SELECT  logits.token, logits.l[p.place + 1] AS logit
+                             FROM    logits
+                             ORDER BY logits.l[p.place + 1] DESC, logits.token
+                             LIMIT   gptsql.recorded_candidates()) AS b
+            ) ten
+    ), total AS (                       -- every place's softmax sum below its peak, in one pass: z[1] .. z[W]
+            SELECT  ARRAY[%3$s] AS z
+            FROM    logits, (SELECT array_agg(best.top ORDER BY best.place) AS top FROM best) AS peak
     )
-    SELECT  p.place, ROW(best.tokens, best.logits, best.top, total.z, NULL, NULL, NULL, NULL, NULL, NULL)::gptsql.vocab_answer
-    FROM    generate_series(0, cardinality(x) - 1) AS p(place)
-    CROSS JOIN LATERAL (
-            SELECT  array_agg(b.token ORDER BY b.logit DESC, b.token) AS tokens,
-                    array_agg(b.logit ORDER BY b.logit DESC, b.token) AS logits, max(b.logit) AS top
-            FROM    (SELECT  logits.token, logits.l[p.place + 1] AS logit
-                     FROM    logits
-                     ORDER BY logits.l[p.place + 1] DESC, logits.token
-                     LIMIT   gptsql.recorded_candidates()) AS b
-    ) best
-    CROSS JOIN LATERAL (
-            SELECT  sum(gptsql.safe_exp(logits.l[p.place + 1] - best.top)) AS z
-            FROM    logits
-    ) total;
+    SELECT  best.place, ROW(best.tokens, best.logits, best.top, total.z[best.place + 1], NULL, NULL, NULL, NULL, NULL, NULL)::gptsql.vocab_answer
+    FROM    best, total
+    ORDER BY best.place;
 END;
 $template$;
     width int;
@@ -248,7 +252,9 @@ BEGIN
         EXECUTE format(template, width,
             (SELECT string_agg(format(
                 'coalesce(inner_product((SELECT x[%1$s]), output_rows.w), inner_product((SELECT xh[%1$s]), output_rows.h))', k),
-                E',\n                                   ') FROM generate_series(1, width) AS k));
+                E',\n                                   ') FROM generate_series(1, width) AS k),
+            (SELECT string_agg(format('sum(gptsql.safe_exp(logits.l[%1$s] - peak.top[%1$s]))', k), ', ')
+             FROM generate_series(1, width) AS k));
     END LOOP;
 END
 $generate$;
