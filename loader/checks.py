@@ -21,10 +21,12 @@ CONFIG_BYTES = 1 * MIB          # config.json (GPT-2's: 1 KB)
 VOCAB_BYTES = 64 * MIB          # vocab.json, merges.txt (GPT-2's: 1 MB and 0.5 MB)
 
 # What the engine can hold and run. A weight row (one output unit, n_embd values) is stored inline
-# in one 8 KB page, so n_embd is at most 2000 (GPT-2 XL: 1600).
+# in one 8 KB page, so n_embd is at most 2000 (GPT-2 XL: 1600). A SwiGLU gate row carries its up
+# row too: twice the values, so float32 Llama models are at most 1000 wide (float16: 2000).
 MAX_VOCAB = 1 << 20
 MAX_CONTEXT = 1 << 16
 MAX_WIDTH = 2000
+MAX_GATED_FLOAT32_WIDTH = MAX_WIDTH // 2
 MAX_LAYERS = 256
 EPSILON_RANGE = (1e-12, 1.0)
 # Weights are refused past float16's range: a float16 load could not hold them, and values that
@@ -118,6 +120,13 @@ def check_shape(where: str, n_vocab: int, n_ctx: int, n_embd: int, n_head: int, 
             raise UserError(f"{where}: {name} {value:,} is outside what gptsql runs ({low:,} to {high:,})")
     if n_embd % n_head:
         raise UserError(f"{where}: n_embd {n_embd} is not a multiple of n_head {n_head}")
+
+
+def check_dtype_fits(where: str, family: str, n_embd: int, dtype: str) -> None:
+    """A model whose weight rows fit a page in this dtype (see MAX_GATED_FLOAT32_WIDTH)."""
+    if family == "llama" and dtype == "float32" and n_embd > MAX_GATED_FLOAT32_WIDTH:
+        raise UserError(f"{where}: a Llama model {n_embd:,} wide holds float32 rows of its MLP past a page "
+                        f"(at most {MAX_GATED_FLOAT32_WIDTH:,} wide); load it with --dtype float16")
 
 
 def check_vocabulary(encoder, where: str, limit: int = MAX_VOCAB) -> None:

@@ -16,6 +16,7 @@ from psycopg import sql
 from pgvector.psycopg import register_vector
 
 from ..errors import UserError
+from . import checks
 from .sources import Checkpoint
 from .vocab import Vocabulary, unicode_class_ranges
 
@@ -32,9 +33,13 @@ def copy_rows(n_rows: int, fields: list[tuple[object, str]]) -> bytes:
     """`n_rows` rows of a binary COPY, made in one piece by numpy instead of one Python call per
     row and value. Each field is (value, big-endian dtype); a scalar or bytes value repeats on every
     row, a 1-d array gives one value per row, a 2-d array one pgvector vector (float4) or halfvec
-    (float2) per row, with its int16 dim and int16 unused in front."""
+    (float2) per row, with its int16 dim and int16 unused in front, None a NULL."""
     layout, values = [("count", ">i2")], {"count": len(fields)}
     for i, (value, dtype) in enumerate(fields):
+        if value is None:                              # NULL on every row: a length of -1, no bytes
+            layout.append((f"len{i}", ">i4"))
+            values[f"len{i}"] = -1
+            continue
         value = np.asarray(value)
         if value.ndim == 2:
             dim = value.shape[1]
@@ -51,19 +56,23 @@ def copy_rows(n_rows: int, fields: list[tuple[object, str]]) -> bytes:
 
 
 def linear_chunks(model_id: int, name: str, block: int, weight: np.ndarray, bias: np.ndarray | float, part: int,
-                  group_size: int, vector_dtype: str) -> Iterator[bytes]:
+                  group_size: int, vector_dtype: str, up: np.ndarray | None = None) -> Iterator[bytes]:
     """COPY rows of gptsql.linear for y = x @ weight + bias: one row per (input part, output unit),
     one chunk per part of `part` inputs. Output units come in groups of `group_size` (a head, or a
-    group of the MLP's hidden units)."""
+    group of the MLP's hidden units). `up` (SwiGLU's up projection, the shape of weight) rides in
+    the same rows as the gate's weights; without it, the up column is NULL."""
     n_in, n_out = weight.shape
     columns = np.ascontiguousarray(weight.T)          # columns[j] = weights of output unit j
+    up_columns = None if up is None else np.ascontiguousarray(up.T)
     units = np.arange(n_out)
     for i in range(n_in // part):
+        cut = slice(i * part, (i + 1) * part)
         yield copy_rows(n_out, [
             (model_id, ">i4"), (name.encode(), f"S{len(name)}"), (block, ">i4"), (i, ">i4"),
             (units // group_size, ">i4"), (units % group_size, ">i4"),
-            (columns[:, i * part:(i + 1) * part], vector_dtype),
+            (columns[:, cut], vector_dtype),
             (bias if i == 0 else 0.0, ">f4"),
+            (None if up_columns is None else up_columns[:, cut], vector_dtype),
         ])
 
 
@@ -73,24 +82,24 @@ def mlp_groups(n_inner: int) -> int:
     return next(g for g in (4, 3, 2, 1) if n_inner % g == 0)
 
 
-def block_layers(c, t, i: int) -> list[tuple[str, np.ndarray, np.ndarray | float, int, int]]:
+def block_layers(c, t, i: int) -> list[tuple[str, np.ndarray, np.ndarray | float, int, int, np.ndarray | None]]:
     """The linear layers of block i as gptsql.linear stores them: (name, weight as (in, out), bias,
-    input part width, output group size). GPT-2's Conv1D weights are (in, out) already; the Llama
-    family's Linear weights are (out, in), with no biases; its q, k and v are one c_attn."""
+    input part width, output group size, SwiGLU's up weight beside the gate's or None). GPT-2's
+    Conv1D weights are (in, out) already; the Llama family's Linear weights are (out, in), with no
+    biases; its q, k and v are one c_attn, its gate and up one c_fc."""
     n, d, hidden = c.n_embd, c.head_dim, c.n_inner // mlp_groups(c.n_inner)
     if c.family == "llama":
         at = f"layers.{i}"
         qkv = np.concatenate([t[f"{at}.self_attn.{x}_proj.weight"] for x in "qkv"]).T
-        return [("c_attn", qkv, 0.0, n, d),
-                ("attn_proj", t[f"{at}.self_attn.o_proj.weight"].T, 0.0, n, n),
-                ("c_fc", t[f"{at}.mlp.gate_proj.weight"].T, 0.0, n, hidden),
-                ("c_up", t[f"{at}.mlp.up_proj.weight"].T, 0.0, n, hidden),
-                ("mlp_proj", t[f"{at}.mlp.down_proj.weight"].T, 0.0, hidden, n)]
+        return [("c_attn", qkv, 0.0, n, d, None),
+                ("attn_proj", t[f"{at}.self_attn.o_proj.weight"].T, 0.0, n, n, None),
+                ("c_fc", t[f"{at}.mlp.gate_proj.weight"].T, 0.0, n, hidden, t[f"{at}.mlp.up_proj.weight"].T),
+                ("mlp_proj", t[f"{at}.mlp.down_proj.weight"].T, 0.0, hidden, n, None)]
     at = f"h.{i}"
-    return [("c_attn", t[f"{at}.attn.c_attn.weight"], t[f"{at}.attn.c_attn.bias"], n, d),
-            ("attn_proj", t[f"{at}.attn.c_proj.weight"], t[f"{at}.attn.c_proj.bias"], n, n),
-            ("c_fc", t[f"{at}.mlp.c_fc.weight"], t[f"{at}.mlp.c_fc.bias"], n, hidden),
-            ("mlp_proj", t[f"{at}.mlp.c_proj.weight"], t[f"{at}.mlp.c_proj.bias"], hidden, n)]
+    return [("c_attn", t[f"{at}.attn.c_attn.weight"], t[f"{at}.attn.c_attn.bias"], n, d, None),
+            ("attn_proj", t[f"{at}.attn.c_proj.weight"], t[f"{at}.attn.c_proj.bias"], n, n, None),
+            ("c_fc", t[f"{at}.mlp.c_fc.weight"], t[f"{at}.mlp.c_fc.bias"], n, hidden, None),
+            ("mlp_proj", t[f"{at}.mlp.c_proj.weight"], t[f"{at}.mlp.c_proj.bias"], hidden, n, None)]
 
 
 def block_norms(c, t, i: int) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -141,6 +150,7 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
     if dtype not in ("float32", "float16"):
         raise UserError(f"dtype {dtype!r} is not supported; use --dtype float16 or --dtype float32")
     check_name(name)
+    checks.check_dtype_fits(ck.source, ck.config.family, ck.config.n_embd, dtype)
     # The big matrices (wte and the linear layers) go to the halfvec column h for float16, to the
     # vector column w for float32; position embeddings and norms are small and stay float32.
     big_column, vector_dtype = ("h", ">f2") if dtype == "float16" else ("w", ">f4")
@@ -218,13 +228,13 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
                     for ln, gamma, beta in block_norms(c, t, i):
                         cp.write_row((model_id, ln, i, gamma, beta))
 
-            copy_sql = frozen_copy(f"linear_{model_id}",
-                                   ["model_id", "name", "block", "part", "grp", "idx", big_column, "bias"])
+            copy_sql = frozen_copy(f"linear_{model_id}", ["model_id", "name", "block", "part", "grp", "idx",
+                                                          big_column, "bias", f"up_{big_column}"])
             for i in range(c.n_layer):
                 with cur.copy(copy_sql) as cp:
                     cp.write(COPY_SIGNATURE)
-                    for lname, weight, bias, part, group in block_layers(c, t, i):
-                        for chunk in linear_chunks(model_id, lname, i, weight, bias, part, group, vector_dtype):
+                    for lname, weight, bias, part, group, up in block_layers(c, t, i):
+                        for chunk in linear_chunks(model_id, lname, i, weight, bias, part, group, vector_dtype, up):
                             cp.write(chunk)
                     cp.write(COPY_TRAILER)
                 tick(f"block {i + 1}/{c.n_layer}", rows_per_block)

@@ -20,12 +20,14 @@ def no_progress(stage: str, done: int, total: int) -> None:
     pass
 
 
-def linear_weight(conn: psycopg.Connection, model_id: int, lname: str, block: int) -> tuple[np.ndarray, np.ndarray]:
+def linear_weight(conn: psycopg.Connection, model_id: int, lname: str, block: int,
+                  up: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A layer's (in, out) weight and its bias, put back together from its rows (units in (grp,
-    idx) order, each unit's parts side by side)."""
+    idx) order, each unit's parts side by side); `up`: SwiGLU's up weight, beside c_fc's gate."""
+    weight = "coalesce(up_w, up_h::vector)" if up else "coalesce(w, h::vector)"
     rows = conn.execute(
-        """select part, coalesce(w, h::vector), bias from gptsql.linear where model_id = %s and name = %s and block = %s
-           order by grp, idx, part""", [model_id, lname, block]).fetchall()
+        f"""select part, {weight}, bias from gptsql.linear where model_id = %s and name = %s and block = %s
+            order by grp, idx, part""", [model_id, lname, block]).fetchall()
     parts = max(r[0] for r in rows) + 1
     units = len(rows) // parts
     columns = np.stack([np.concatenate([vec(rows[u * parts + p][1]) for p in range(parts)]) for u in range(units)])
@@ -70,9 +72,9 @@ def read_tensors(conn: psycopg.Connection, model_id: int, progress=no_progress) 
             q, k, v = np.split(qkv.T, [c.n_head * c.head_dim, (c.n_head + c.n_kv_head) * c.head_dim])
             t.update({f"{at}.self_attn.q_proj.weight": q, f"{at}.self_attn.k_proj.weight": k,
                       f"{at}.self_attn.v_proj.weight": v})
-            for lname, key in (("attn_proj", "self_attn.o_proj"), ("c_fc", "mlp.gate_proj"), ("c_up", "mlp.up_proj"),
-                               ("mlp_proj", "mlp.down_proj")):
-                t[f"{at}.{key}.weight"] = linear_weight(conn, model_id, lname, block)[0].T.copy()
+            for lname, key, up in (("attn_proj", "self_attn.o_proj", False), ("c_fc", "mlp.gate_proj", False),
+                                   ("c_fc", "mlp.up_proj", True), ("mlp_proj", "mlp.down_proj", False)):
+                t[f"{at}.{key}.weight"] = linear_weight(conn, model_id, lname, block, up)[0].T.copy()
         else:
             for lname, key in (("c_attn", "attn.c_attn"), ("attn_proj", "attn.c_proj"), ("c_fc", "mlp.c_fc"),
                                ("mlp_proj", "mlp.c_proj")):

@@ -108,14 +108,16 @@ def linear_bytes(rows: int, width: int, dtype: str) -> int:
 def estimate_model_bytes(config, dtype: str) -> int:
     """Bytes the weight partitions of a model of this shape take on disk (what every token reads):
     the token embeddings (and an untied output layer) and the linear layers, one row per output unit
-    and input slice: q, k, v, the projection and the MLP's up (and gate) read n_embd, its down
-    projection mlp_groups slices of its hidden units."""
+    and input slice: q, k, v, the projection and the MLP's up (SwiGLU: gate and up in one row) read
+    n_embd, its down projection mlp_groups slices of its hidden units."""
     from ..loader.load import mlp_groups
 
     c, groups = config, mlp_groups(config.n_inner)
-    wide = (c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_embd + (2 if c.family == "llama" else 1) * c.n_inner
+    gated = c.family == "llama"                  # a gate row carries its up row: twice as wide
+    wide = (c.n_head + 2 * c.n_kv_head) * c.head_dim + c.n_embd + (0 if gated else c.n_inner)
     return (wte_bytes(c.n_vocab, c.n_embd, dtype) * (1 if c.tied else 2)
             + linear_bytes(c.n_layer * wide, c.n_embd, dtype)
+            + (linear_bytes(c.n_layer * c.n_inner, 2 * c.n_embd, dtype) if gated else 0)
             + linear_bytes(c.n_layer * c.n_embd * groups, c.n_inner // groups, dtype))
 
 

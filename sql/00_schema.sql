@@ -181,11 +181,11 @@ CREATE TABLE IF NOT EXISTS gptsql.rope (
 );
 
 -- Linear layers y = x W + b, one row per output unit (a column of W): c_attn (q, k, v), attn_proj,
--- c_fc (the MLP's up projection, SwiGLU's gate in the Llama family), c_up (SwiGLU's up) and
--- mlp_proj (down). The MLP's hidden units are cut into mlp_groups groups: c_fc's and c_up's units
--- come back as one vector per group, and mlp_proj's rows read them as parts of the same width, so
--- every row stays inline. c_attn's units come back as one vector per head of q, then k, then v.
--- The Llama family has no biases (0).
+-- c_fc (the MLP's up projection; in the Llama family SwiGLU's gate, its row carrying the unit's up
+-- row beside it, so that one tuple gives both products) and mlp_proj (down). The MLP's hidden units
+-- are cut into mlp_groups groups: c_fc's units come back as one vector per group, and mlp_proj's
+-- rows read them as parts of the same width, so every row stays inline. c_attn's units come back as
+-- one vector per head of q, then k, then v. The Llama family has no biases (0).
 CREATE TABLE IF NOT EXISTS gptsql.linear (
     model_id int NOT NULL,           -- no foreign key: see new_partitions()
     name     text NOT NULL,
@@ -196,6 +196,8 @@ CREATE TABLE IF NOT EXISTS gptsql.linear (
     w        vector,                 -- float32 models
     h        halfvec,                -- float16 models
     bias     real NOT NULL,          -- counted once, on part 0
+    up_w     vector,                 -- SwiGLU's up row of a c_fc unit (float32 models)
+    up_h     halfvec,                -- the same, float16 models
     PRIMARY KEY (model_id, name, block, part, grp, idx)
 ) PARTITION BY LIST (model_id);
 
@@ -204,7 +206,8 @@ CREATE TABLE IF NOT EXISTS gptsql.linear (
 ALTER TABLE gptsql.wte    ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
 ALTER TABLE gptsql.lm_head ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
 ALTER TABLE gptsql.wpe    ALTER COLUMN w SET STORAGE PLAIN;
-ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN;
+ALTER TABLE gptsql.linear ALTER COLUMN w SET STORAGE PLAIN, ALTER COLUMN h SET STORAGE PLAIN,
+                          ALTER COLUMN up_w SET STORAGE PLAIN, ALTER COLUMN up_h SET STORAGE PLAIN;
 
 -- The attention projection's rows cut to the columns of the query heads of key/value heads
 -- [head_lo, head_hi): what a share of the attention multiplies (04_attention.sql) instead of every

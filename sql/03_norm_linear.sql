@@ -96,21 +96,35 @@ BEGIN ATOMIC
     SELECT ARRAY(SELECT generate_series(lo, hi - 1));
 END;
 
--- The activation a layer's units go through: 'gelu', 'silu', or none (NULL).
+-- The batches a layer's places are taken in: (first place, how many, the width W of the
+-- products_W that takes them). 64 at a time, the rest in the narrowest W that holds it.
+CREATE FUNCTION gptsql.place_batches(places int)
+RETURNS TABLE (first int, n int, width int)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT  b.first, least(places - b.first, 64),
+            (SELECT min(w) FROM unnest(ARRAY[1, 4, 16, 64]) AS w WHERE w >= least(places - b.first, 64))
+    FROM    generate_series(0, places - 1, 64) AS b(first);
+END;
+
+-- The activation a layer's units go through: 'gelu', 'silu', none (NULL), or 'one' (a constant
+-- 1: a SwiGLU unit's gate held open, so that its up projection shows alone).
 CREATE FUNCTION gptsql.activate(a float8, activation text)
 RETURNS float8
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
-    SELECT CASE activation WHEN 'gelu' THEN gptsql.gelu(a) WHEN 'silu' THEN gptsql.silu(a) ELSE a END;
+    SELECT CASE activation WHEN 'gelu' THEN gptsql.gelu(a) WHEN 'silu' THEN gptsql.silu(a) WHEN 'one' THEN 1 ELSE a END;
 END;
 
 -- Inner products of up to W places with a layer's weight rows, every row read once for all of them:
--- gptsql.products_W (the rows of a part of gptsql.linear) and gptsql.projection_products_W (a
--- share's rows of the attention projection, gptsql.projection_share), for W in 1, 4, 16, 64. A
--- row's W products are W columns of one tuple, so the executor builds one tuple per weight row, not
--- one per product (0.15-0.3 µs a product against ~1 µs with a tuple each); each place's vector is
--- taken from x once per call (an uncorrelated subquery), not once per row. The functions are one
--- text with W columns, written out below; their plans are kept like any SQL function's.
+-- gptsql.products_W (the rows of a part of gptsql.linear), gptsql.gated_products_W (c_fc's rows of
+-- a SwiGLU MLP: per unit activation(gate) × up, both rows in one tuple) and
+-- gptsql.projection_products_W (a share's rows of the attention projection,
+-- gptsql.projection_share), for W in 1, 4, 16, 64. A row's W products are W columns of one tuple,
+-- so the executor builds one tuple per weight row, not one per product (0.15-0.3 µs a product
+-- against ~1 µs with a tuple each); each place's vector is taken from x once per call (an
+-- uncorrelated subquery), not once per row. The functions are one text with W columns, written out
+-- below; their plans are kept like any SQL function's.
 --
 -- xh is x as halfvec, for float16 models (their weights are in h, w NULL; float32 models the other
 -- way round, and the NULL product costs nothing). Places past the end of x are NULL columns. Per
@@ -123,7 +137,7 @@ CREATE FUNCTION gptsql.%1$s_%2$s(%3$s, x vector[], xh halfvec[])
 RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    WITH weight_rows AS (               -- a row's inner product with each place: a_0 .. a_W-1
+    WITH weight_rows AS (               -- a row's inner products with each place: a_1 .. a_W (b_k: up's)
             SELECT  r.grp, r.idx, %5$s
             FROM    (%4$s) AS r
             ORDER BY r.grp, r.idx
@@ -139,97 +153,86 @@ BEGIN ATOMIC
     WHERE   p.place < cardinality(x);
 END;
 $template$;
-    width int;
-    family record;
+    product constant text :=
+        'coalesce(inner_product((SELECT x[%1$s]), r.%2$s), inner_product((SELECT xh[%1$s]), r.%3$s))';
+    linear_rows constant text :=
+        'SELECT  w.grp, w.idx, w.w, w.h, w.bias, w.up_w, w.up_h
+         FROM    gptsql.linear w
+         WHERE   w.model_id = model AND w.name = layer AND w.block = %1$s_%2$s.block
+           AND   w.part = %1$s_%2$s.part AND w.grp = ANY (grps)';
+    linear_args constant text := 'model int, block int, layer text, grps int[], part int, activation text';
+    width    int;
+    family   record;
+    dispatch text := '';
 BEGIN
     FOR family IN
-        VALUES ('products', 'model int, block int, layer text, grps int[], part int, activation text',
-                'SELECT  w.grp, w.idx, w.w, w.h, w.bias
-                 FROM    gptsql.linear w
-                 WHERE   w.model_id = model AND w.name = layer AND w.block = products_%1$s.block
-                   AND   w.part = products_%1$s.part AND w.grp = ANY (grps)', 'activation'),
+        VALUES ('products', linear_args, linear_rows, 'activation', false,
+                'model, block, layer, grps, part, activation'),
+               ('gated_products', linear_args, linear_rows, 'activation', true,
+                'model, block, layer, grps, part, activation'),
                ('projection_products', 'model int, block int, head_lo int, head_hi int',
                 'SELECT  s.grp, s.idx, s.w, s.h, CASE WHEN head_lo = 0 THEN s.bias ELSE 0 END AS bias
                  FROM    gptsql.projection_share s
-                 WHERE   s.model_id = model AND s.head_lo = projection_products_%1$s.head_lo
-                   AND   s.head_hi = projection_products_%1$s.head_hi AND s.block = projection_products_%1$s.block', 'NULL')
+                 WHERE   s.model_id = model AND s.head_lo = %1$s_%2$s.head_lo
+                   AND   s.head_hi = %1$s_%2$s.head_hi AND s.block = %1$s_%2$s.block', 'NULL', false,
+                'model, block, heads[1], heads[2]')
     LOOP
+        dispatch := dispatch || format(E'\n            WHEN %L THEN CASE batch.width', family.column1);
         FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
-            EXECUTE format(template, family.column1, width, family.column2, format(family.column3, width),
+            EXECUTE format(template, family.column1, width, family.column2, format(family.column3, family.column1, width),
+                (SELECT string_agg(format('%s + r.bias AS a_%s', format(product, k, 'w', 'h'), k)
+                                   || CASE WHEN family.column5 THEN format(', %s AS b_%s', format(product, k, 'up_w', 'up_h'), k) ELSE '' END,
+                                   E',\n                    ') FROM generate_series(1, width) AS k),
                 (SELECT string_agg(format(
-                    'coalesce(inner_product((SELECT x[%1$s]), r.w), inner_product((SELECT xh[%1$s]), r.h)) + r.bias AS a_%1$s', k),
+                    'array_agg((gptsql.activate(weight_rows.a_%1$s, %2$s)%3$s)::real ORDER BY weight_rows.idx) AS y_%1$s',
+                    k, family.column4, CASE WHEN family.column5 THEN format(' * weight_rows.b_%s', k) ELSE '' END),
                     E',\n                    ') FROM generate_series(1, width) AS k),
-                (SELECT string_agg(format(
-                    'array_agg(gptsql.activate(weight_rows.a_%1$s, %2$s)::real ORDER BY weight_rows.idx) AS y_%1$s',
-                    k, family.column4), E',\n                    ') FROM generate_series(1, width) AS k),
                 (SELECT string_agg(format('(%s, units.y_%s)', k - 1, k), ', ') FROM generate_series(1, width) AS k));
+            dispatch := dispatch || format(E'\n                WHEN %s THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y\n'
+                                           '                                          FROM   gptsql.%s_%s(%s, xs, xhs) AS p;',
+                                           width, family.column1, width, family.column6);
         END LOOP;
+        dispatch := dispatch || E'\n                END CASE;';
     END LOOP;
-END
-$generate$;
 
--- The batches a layer's places are taken in: (first place, how many, the width W of the
--- products_W that takes them). 64 at a time, the rest in the narrowest W that holds it.
-CREATE FUNCTION gptsql.place_batches(places int)
-RETURNS TABLE (first int, n int, width int)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-    SELECT  b.first, least(places - b.first, 64),
-            (SELECT min(w) FROM unnest(ARRAY[1, 4, 16, 64]) AS w WHERE w >= least(places - b.first, 64))
-    FROM    generate_series(0, places - 1, 64) AS b(first);
-END;
 
--- y = x W + b for the output groups `grps` of a layer of a block (an index condition: a share
--- reads only its own rows), `activation` ('gelu', 'silu') applied to single-part layers (c_fc): per
--- place and group, the group's units (a head of q, k or v, an n_embd slice of the MLP) as one vector.
--- x holds n_parts vectors per place (place-major), the parts part_lo, part_lo + 1, ... of an input
--- wider than n_embd (mlp_proj's rows are cut so); each part gives its own rows, to be added up.
--- With `heads` ({lo, hi}), the layer is the attention projection cut to the columns of key/value
--- heads [lo, hi) (gptsql.projection_share), its bias added by the share whose heads start at 0.
+    -- y = x W + b for the output groups `grps` of a layer of a block (an index condition: a share
+    -- reads only its own rows), `activation` ('gelu', 'silu') applied to single-part layers (c_fc): per
+    -- place and group, the group's units (a head of q, k or v, an n_embd slice of the MLP) as one
+    -- vector. x holds n_parts vectors per place (place-major), the parts part_lo, part_lo + 1, ... of
+    -- an input wider than n_embd (mlp_proj's rows are cut so); each part gives its own rows, to be
+    -- added up. With `up`, each unit of c_fc is activation(gate) × up (SwiGLU). With `heads` ({lo,
+    -- hi}), the layer is the attention projection cut to the columns of key/value heads [lo, hi)
+    -- (gptsql.projection_share), its bias added by the share whose heads start at 0. The places go
+    -- in batches (place_batches), each to the products_W of its width: one statement per family and
+    -- width, so that a plan holds only the function it runs (its start-up is per call).
+    EXECUTE format($matmul$
 CREATE FUNCTION gptsql.matmul(model int, block int, layer text, x vector[], grps int[],
                               part_lo int DEFAULT 0, n_parts int DEFAULT 1, activation text DEFAULT NULL,
-                              heads int[] DEFAULT NULL)
+                              heads int[] DEFAULT NULL, up boolean DEFAULT false)
 RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = force_generic_plan   -- plans made once (custom plans: at every call)
-AS $$
+AS $body$
 DECLARE
-    half  boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
-    batch record;
-    part  int;
-    xs    vector[];
-    xhs   halfvec[];
+    half   boolean := EXISTS (SELECT FROM gptsql.model m WHERE m.id = model AND m.dtype = 'float16');
+    family text := CASE WHEN heads IS NOT NULL THEN 'projection_products' WHEN up THEN 'gated_products' ELSE 'products' END;
+    batch  record;
+    part   int;
+    xs     vector[];
+    xhs    halfvec[];
 BEGIN
     FOR batch IN SELECT * FROM gptsql.place_batches(cardinality(x) / n_parts) LOOP
         FOR j IN 0 .. n_parts - 1 LOOP
             part := part_lo + j;
             xs := ARRAY(SELECT x[(batch.first + k) * n_parts + j + 1] FROM generate_series(0, batch.n - 1) AS k);
             xhs := CASE WHEN half THEN ARRAY(SELECT v::halfvec FROM unnest(xs) AS v) END;
-            -- One statement per width: a plan holds only the functions it runs (its start-up is per call).
-            IF heads IS NOT NULL THEN
-                CASE batch.width
-                WHEN 1 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                         FROM   gptsql.projection_products_1(model, block, heads[1], heads[2], xs, xhs) AS p;
-                WHEN 4 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                         FROM   gptsql.projection_products_4(model, block, heads[1], heads[2], xs, xhs) AS p;
-                WHEN 16 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                          FROM   gptsql.projection_products_16(model, block, heads[1], heads[2], xs, xhs) AS p;
-                ELSE RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                  FROM   gptsql.projection_products_64(model, block, heads[1], heads[2], xs, xhs) AS p;
-                END CASE;
-            ELSE
-                CASE batch.width
-                WHEN 1 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                         FROM   gptsql.products_1(model, block, layer, grps, part, activation, xs, xhs) AS p;
-                WHEN 4 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                         FROM   gptsql.products_4(model, block, layer, grps, part, activation, xs, xhs) AS p;
-                WHEN 16 THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                          FROM   gptsql.products_16(model, block, layer, grps, part, activation, xs, xhs) AS p;
-                ELSE RETURN QUERY SELECT batch.first + p.place, p.grp, p.y
-                                  FROM   gptsql.products_64(model, block, layer, grps, part, activation, xs, xhs) AS p;
-                END CASE;
-            END IF;
+            CASE family%s
+            END CASE;
         END LOOP;
     END LOOP;
 END
-$$;
+$body$;
+$matmul$, dispatch);
+END
+$generate$;

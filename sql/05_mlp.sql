@@ -2,31 +2,22 @@
 --   GPT-2:        n_embd -> n_inner (GELU) -> n_embd
 --   Llama family: n_embd -> n_inner as silu(gate) * up (SwiGLU) -> n_embd
 --
--- The hidden units are stored as mlp_groups groups (c_fc's, the gate's; c_up's), and mlp_proj's rows
--- as the same number of parts, each reading one group. A share takes the groups [lo, hi) and the
+-- The hidden units are stored as mlp_groups groups of c_fc's rows (SwiGLU's gate rows, each with
+-- its up row), and mlp_proj's rows as the same number of parts, each reading one group. A share takes the groups [lo, hi) and the
 -- parts of mlp_proj's rows that read them: its partial n_embd vector per place. The shares' partials
 -- add up to the MLP's output (06_blocks.sql); mlp_proj's bias sits on its part 0 rows, counted once.
 
--- The hidden units of groups [lo, hi) for a batch of places (normalized inputs x), per place and group.
+-- The hidden units of groups [lo, hi) for a batch of places (normalized inputs x), per place and
+-- group: GELU(c_fc), or silu(gate) × up from c_fc's rows that carry both (SwiGLU).
 CREATE FUNCTION gptsql.mlp_hidden(model int, block int, x vector[], lo int, hi int)
 RETURNS TABLE (place int, grp int, y vector)
 LANGUAGE sql STABLE
 BEGIN ATOMIC
-    WITH config AS (
-            SELECT  CASE m.family WHEN 'llama' THEN 'silu' ELSE 'gelu' END AS activation, m.family = 'llama' AS gated
-            FROM    gptsql.model m
-            WHERE   m.id = model
-    ), gate AS (                        -- c_fc through the activation
-            SELECT  g.place, g.grp, g.y
-            FROM    config, gptsql.matmul(model, block, 'c_fc', x, gptsql.int_range(lo, hi), 0, 1, config.activation) AS g
-    ), up AS (                          -- SwiGLU's second projection (GPT-2 has none)
-            SELECT  u.place, u.grp, u.y
-            FROM    config, gptsql.matmul(model, block, 'c_up', x, gptsql.int_range(lo, hi)) AS u
-            WHERE   config.gated
-    )
-    SELECT  gate.place, gate.grp, CASE WHEN up.y IS NULL THEN gate.y ELSE gate.y * up.y END
-    FROM    gate
-    LEFT JOIN up ON up.place = gate.place AND up.grp = gate.grp;
+    SELECT  h.place, h.grp, h.y
+    FROM    gptsql.model m,
+            gptsql.matmul(model, block, 'c_fc', x, gptsql.int_range(lo, hi), 0, 1,
+                          CASE m.family WHEN 'llama' THEN 'silu' ELSE 'gelu' END, NULL, m.family = 'llama') AS h
+    WHERE   m.id = model;
 END;
 
 CREATE FUNCTION gptsql.mlp_share(model int, block int, x vector[], share int, shares int)

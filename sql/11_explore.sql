@@ -373,7 +373,7 @@ BEGIN ATOMIC
 END;
 
 -- The MLP at a place: its input (ln_2's output), its hidden units before and after the activation
--- (GPT-2: c_fc, then GELU; Llama: the gate c_fc and up c_up, then silu(gate) × up), the strongest
+-- (GPT-2: c_fc, then GELU; Llama: c_fc's gate and up, then silu(gate) × up), the strongest
 -- units, its output (the engine's gptsql.mlp_share: mlp_proj of the units), the recorded difference
 -- it made to the stream, and the stream after it.
 CREATE FUNCTION gptsql.explore_mlp(run bigint, place int, block int, strongest int DEFAULT 10)
@@ -395,11 +395,11 @@ BEGIN ATOMIC
             FROM    config, input,
                     gptsql.matmul(config.model, config.at_block, 'c_fc', ARRAY[input.x],
                                   ARRAY(SELECT generate_series(0, config.mlp_groups - 1))) AS y
-    ), up AS (                          -- Llama: SwiGLU's up projection
+    ), up AS (                          -- Llama: SwiGLU's up projection (c_fc's rows, the gate held open)
             SELECT  gptsql.concat(y.y ORDER BY y.grp)::real[]::float8[] AS units
             FROM    config, input,
-                    gptsql.matmul(config.model, config.at_block, 'c_up', ARRAY[input.x],
-                                  ARRAY(SELECT generate_series(0, config.mlp_groups - 1))) AS y
+                    gptsql.matmul(config.model, config.at_block, 'c_fc', ARRAY[input.x],
+                                  ARRAY(SELECT generate_series(0, config.mlp_groups - 1)), activation => 'one', up => true) AS y
             WHERE   config.family = 'llama'
     ), activated AS (                   -- GELU (GPT-2), silu(gate) × up (Llama), unit by unit
             SELECT  ARRAY(SELECT CASE WHEN config.family = 'llama'
@@ -426,7 +426,7 @@ BEGIN ATOMIC
                             ELSE 'hidden units: c_fc, before the activation' END, place, NULL, NULL, gate.units
             FROM    config, gate
             UNION ALL
-            SELECT  3, 'up: c_up', place, NULL, NULL, up.units
+            SELECT  3, 'up: c_fc''s up rows', place, NULL, NULL, up.units
             FROM    up
             WHERE   up.units IS NOT NULL
             UNION ALL

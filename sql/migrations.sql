@@ -5,7 +5,8 @@
 
 DO $$
 DECLARE
-    fk record;
+    fk    record;
+    llama record;
 BEGIN
     IF to_regclass('gptsql.model') IS NULL THEN
         RETURN;                         -- a new database: 00_schema.sql makes everything
@@ -39,13 +40,24 @@ BEGIN
     WHERE  n_kv_head IS NULL OR n_inner IS NULL;
     ALTER TABLE gptsql.model ALTER COLUMN n_kv_head SET NOT NULL, ALTER COLUMN n_inner SET NOT NULL;
     ALTER TABLE gptsql.norm ALTER COLUMN beta DROP NOT NULL;                  -- RMS norms have none
-    ALTER TABLE gptsql.linear DROP CONSTRAINT IF EXISTS linear_name_check;   -- c_up came
+    ALTER TABLE gptsql.linear DROP CONSTRAINT IF EXISTS linear_name_check;
     IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'run_kind_check'
                    AND pg_get_constraintdef(oid) LIKE '%score%') THEN         -- chat and score runs came
         ALTER TABLE gptsql.run DROP CONSTRAINT IF EXISTS run_kind_check;
         ALTER TABLE gptsql.run ADD CONSTRAINT run_kind_check
             CHECK (kind IN ('generate', 'predict', 'chat', 'score'));
     END IF;
+    -- SwiGLU's up rows (c_up) moved beside their gate rows (c_fc): one tuple gives both products.
+    ALTER TABLE gptsql.linear ADD COLUMN IF NOT EXISTS up_w vector, ADD COLUMN IF NOT EXISTS up_h halfvec;
+    ALTER TABLE gptsql.linear ALTER COLUMN up_w SET STORAGE PLAIN, ALTER COLUMN up_h SET STORAGE PLAIN;
+    FOR llama IN SELECT m.id FROM gptsql.model m
+                 WHERE  m.family = 'llama' AND EXISTS (SELECT FROM gptsql.linear l WHERE l.model_id = m.id AND l.name = 'c_up') LOOP
+        UPDATE gptsql.linear f SET up_w = u.w, up_h = u.h
+        FROM   gptsql.linear u
+        WHERE  f.model_id = llama.id AND f.name = 'c_fc' AND u.model_id = llama.id AND u.name = 'c_up'
+        AND    u.block = f.block AND u.part = f.part AND u.grp = f.grp AND u.idx = f.idx;
+        DELETE FROM gptsql.linear WHERE model_id = llama.id AND name = 'c_up';
+    END LOOP;
     IF to_regclass('gptsql.kv_cache') IS NOT NULL THEN
         ALTER TABLE gptsql.kv_cache ADD COLUMN IF NOT EXISTS q vector;
     END IF;

@@ -114,3 +114,42 @@ def test_a_database_made_before_integer_seeds_keeps_its_runs(server, tiny_checkp
     assert seeds == {run_id: 5, half: 2}
     assert conn.execute(generate, [5]).fetchone()[0] == before
     conn.execute("select gptsql.drop_model('seeds')")
+
+
+def test_a_llama_stored_before_gate_and_up_shared_a_row_still_runs(server, hf_llama):
+    """A Llama loaded when SwiGLU's up rows were rows of their own (c_up) is moved in place by the
+    next command: each up row joins its gate row in c_fc, c_up is gone, and the logits are still
+    transformers'."""
+    import torch
+
+    from gptsql.loader.load import load
+    from gptsql.loader.sources import resolve
+    from gptsql.server.db import DROP_ENGINE
+
+    conn = server.connect()
+    model_id = load(conn, resolve(str(hf_llama[0]), name="before-up-rows"), "before-up-rows")
+    conn.execute("""insert into gptsql.linear (model_id, name, block, part, grp, idx, w, h, bias)
+                    select model_id, 'c_up', block, part, grp, idx, up_w, up_h, 0 from gptsql.linear
+                    where model_id = %s and name = 'c_fc'""", [model_id])
+    conn.execute("update gptsql.linear set up_w = null, up_h = null where model_id = %s", [model_id])
+    conn.execute(DROP_ENGINE)
+    conn.execute("alter table gptsql.linear drop column up_w, drop column up_h")
+    conn.execute("update gptsql.meta set value = 'before gate and up shared a row' where key = 'engine_version'")
+    conn.close()
+
+    conn = server.connect()   # the engine installs again, and migrates
+    rows = dict(conn.execute("select name, count(*) filter (where up_w is not null) from gptsql.linear "
+                             "where model_id = %s group by name", [model_id]).fetchall())
+    assert "c_up" not in rows and rows["c_fc"] == hf_llama[1].config.num_hidden_layers * hf_llama[1].config.intermediate_size
+    tokens = [5, 17, 300, 2, 41, 9]
+    register_vector(conn)
+    run = conn.execute("select run_id from gptsql.start_run('before-up-rows', 'x', 0, record => false)").fetchone()[0]
+    hidden = conn.execute("select gptsql.forward(%s, %s, %s, %s, %s, 1)",
+                          [model_id, [run] * len(tokens), list(range(len(tokens))), tokens, [False] * len(tokens)]).fetchone()[0]
+    got = np.stack([np.array(conn.execute("select array_agg(logit order by token) from gptsql.logits(%s, %s)",
+                                          [model_id, h]).fetchone()[0]) for h in hidden])
+    with torch.no_grad():
+        want = hf_llama[1](torch.tensor([tokens])).logits[0].double().numpy()
+    assert np.abs(got - want).max() <= 1e-3
+    conn.execute("select gptsql.finish_run(%s)", [run])
+    conn.execute("select gptsql.drop_model('before-up-rows')")

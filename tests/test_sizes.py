@@ -104,6 +104,22 @@ def test_the_estimate_packs_rows_as_postgresql_does_at_every_width(db, dtype):
                 assert abs(expected / actual - 1) < 0.1, (table, width, dtype, expected, actual)
 
 
+def test_the_estimate_packs_gate_rows_that_carry_their_up_row(db):
+    """A SwiGLU gate row holds its up row too: at SmolLM2's widths (576: 135M; 960: 360M) two float32
+    vectors no longer share a page with another row, as the estimate of a row twice as wide says."""
+    rows, fake_id = 120, 999_918
+    with db.transaction(force_rollback=True):
+        db.execute("select gptsql.new_partitions(%s)", [fake_id])
+        for width in (576, 960):
+            db.execute(f"truncate gptsql.linear_{fake_id}")
+            vector = f"(select array_agg(random()::real) from generate_series(1, {width}) where i > 0)::vector"
+            db.execute(f"insert into gptsql.linear_{fake_id} (model_id, name, block, part, grp, idx, w, bias, up_w) "
+                       f"select {fake_id}, 'c_fc', 0, 0, i / 64, i % 64, {vector}, 0, {vector} from generate_series(1, {rows}) i")
+            actual = db.execute(f"select pg_total_relation_size('gptsql.linear_{fake_id}')").fetchone()[0]
+            expected = memory.linear_bytes(rows, 2 * width, "float32")
+            assert abs(expected / actual - 1) < 0.1, (width, expected, actual)
+
+
 # The shapes OpenAI published (config.json of openai-community/gpt2, -medium, -large, -xl on the hub):
 # n_layer, n_embd, n_head; every one has 1024 places and GPT-2's 50257 tokens.
 PUBLISHED_SHAPES = {"gpt2": (12, 768, 12), "gpt2-medium": (24, 1024, 16), "gpt2-large": (36, 1280, 20),

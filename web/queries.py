@@ -125,10 +125,11 @@ WITH model AS (
                 count(DISTINCT linear.block) AS blocks, min(model.id) AS model_id
         FROM    model JOIN gptsql.linear ON linear.model_id = model.id
         GROUP BY linear.name
-), widths AS (
+), widths AS (                  -- (SwiGLU's gate rows carry an up row as wide)
         SELECT  l.part, l.rows, l.blocks, l.rows * one.width + l.biases AS parameters
         FROM    linears l
-        CROSS JOIN LATERAL (SELECT coalesce(vector_dims(x.w), vector_dims(x.h)) AS width
+        CROSS JOIN LATERAL (SELECT coalesce(vector_dims(x.w), vector_dims(x.h))
+                                   + coalesce(vector_dims(x.up_w), vector_dims(x.up_h), 0) AS width
                             FROM gptsql.linear x WHERE x.model_id = l.model_id AND x.name = l.part LIMIT 1) one
 ), every_part AS (
         SELECT  part, rows, blocks, parameters FROM embeddings

@@ -1034,7 +1034,7 @@ const FLOW = [
     { part: "attn_proj", title: () => "Projection attn_proj", shape: (m) => `${m.n_embd} → ${m.n_embd}`, fn: "gptsql.attention_share", file: "04_attention.sql" },
     { part: "add", title: () => "+ residual", shape: () => "h + attention(ln_1(h))", fn: "gptsql.block", file: "06_blocks.sql" },
     { part: "ln_2", title: (m) => `${m.family === "llama" ? "RMS norm" : "Layer norm"} ln_2`, shape: (m) => `γ${m.family === "llama" ? "" : ", β"}: ${m.n_embd} each`, fn: "gptsql.layer_norm", file: "03_norm_linear.sql" },
-    { part: "c_fc", title: (m) => (m.family === "llama" ? "MLP gate c_fc and up c_up, silu(gate) × up" : "MLP up c_fc + GELU"), shape: (m) => `${m.n_embd} → ${m.n_inner}`, fn: "gptsql.mlp_share", file: "05_mlp.sql" },
+    { part: "c_fc", title: (m) => (m.family === "llama" ? "MLP gate and up (c_fc), silu(gate) × up" : "MLP up c_fc + GELU"), shape: (m) => `${m.n_embd} → ${m.n_inner}`, fn: "gptsql.mlp_share", file: "05_mlp.sql" },
     { part: "mlp_proj", title: () => "MLP down mlp_proj", shape: (m) => `${m.n_inner} → ${m.n_embd}`, fn: "gptsql.mlp_share", file: "05_mlp.sql" },
     { part: "add", title: () => "+ residual", shape: () => "a + mlp(ln_2(a))", fn: "gptsql.block", file: "06_blocks.sql" },
   ] },
