@@ -416,6 +416,23 @@ def test_non_finite_weight_is_refused_when_read(tiny_parts, tmp_path):
                    "tensor layers.1.mlp.gate_proj.weight holds NaN or infinite values")
 
 
+def test_a_float32_llama_wider_than_its_gate_rows_fit_is_refused_before_anything_is_written(db, hf_llama):
+    """A SwiGLU gate row carries its up row: 2 x 1024 float32 values are past a page, so such a
+    Llama loads as float16 only, and the refusal says so before a row is written."""
+    from gptsql.loader import checks
+    from gptsql.loader.load import load
+    from gptsql.loader.sources import resolve
+
+    ck = resolve(str(hf_llama[0]), name="too-wide")
+    ck.config.n_embd = 1024
+    with pytest.raises(UserError, match=r"1,024 wide .* load it with --dtype float16$"):
+        load(db, ck, "too-wide")
+    assert db.execute("select count(*) from gptsql.model where name = 'too-wide'").fetchone()[0] == 0
+    checks.check_dtype_fits("x", "llama", 1024, "float16")
+    checks.check_dtype_fits("x", "llama", 1000, "float32")
+    checks.check_dtype_fits("x", "gpt2", 1600, "float32")
+
+
 def test_damaged_files_are_one_line(tiny_gguf, tmp_path):
     from gptsql.loader.sources import resolve
 
