@@ -166,35 +166,36 @@ $template$;
     dispatch text := '';
 BEGIN
     FOR family IN
-        VALUES ('products', linear_args, linear_rows, 'activation', false,
-                'model, block, layer, grps, part, activation'),
-               ('gated_products', linear_args, linear_rows, 'activation', true,
-                'model, block, layer, grps, part, activation'),
-               ('projection_products', 'model int, block int, head_lo int, head_hi int',
-                'SELECT  s.grp, s.idx, s.w, s.h, CASE WHEN head_lo = 0 THEN s.bias ELSE 0 END AS bias
-                 FROM    gptsql.projection_share s
-                 WHERE   s.model_id = model AND s.head_lo = %1$s_%2$s.head_lo
-                   AND   s.head_hi = %1$s_%2$s.head_hi AND s.block = %1$s_%2$s.block', 'NULL', false,
-                'model, block, heads[1], heads[2]')
+        SELECT  *
+        FROM    (VALUES ('products', linear_args, linear_rows, 'activation', false,
+                         'model, block, layer, grps, part, activation'),
+                        ('gated_products', linear_args, linear_rows, 'activation', true,
+                         'model, block, layer, grps, part, activation'),
+                        ('projection_products', 'model int, block int, head_lo int, head_hi int',
+                         'SELECT  s.grp, s.idx, s.w, s.h, CASE WHEN head_lo = 0 THEN s.bias ELSE 0 END AS bias
+                          FROM    gptsql.projection_share s
+                          WHERE   s.model_id = model AND s.head_lo = %1$s_%2$s.head_lo
+                            AND   s.head_hi = %1$s_%2$s.head_hi AND s.block = %1$s_%2$s.block', 'NULL', false,
+                         'model, block, heads[1], heads[2]'))
+                AS f(name, args, rows_query, activation, gated, call_args)
     LOOP
-        dispatch := dispatch || format(E'\n            WHEN %L THEN CASE batch.width', family.column1);
+        dispatch := dispatch || format(E'\n            WHEN %L THEN CASE batch.width', family.name);
         FOREACH width IN ARRAY ARRAY[1, 4, 16, 64] LOOP
-            EXECUTE format(template, family.column1, width, family.column2, format(family.column3, family.column1, width),
+            EXECUTE format(template, family.name, width, family.args, format(family.rows_query, family.name, width),
                 (SELECT string_agg(format('%s + r.bias AS a_%s', format(product, k, 'w', 'h'), k)
-                                   || CASE WHEN family.column5 THEN format(', %s AS b_%s', format(product, k, 'up_w', 'up_h'), k) ELSE '' END,
+                                   || CASE WHEN family.gated THEN format(', %s AS b_%s', format(product, k, 'up_w', 'up_h'), k) ELSE '' END,
                                    E',\n                    ') FROM generate_series(1, width) AS k),
                 (SELECT string_agg(format(
                     'array_agg((gptsql.activate(weight_rows.a_%1$s, %2$s)%3$s)::real ORDER BY weight_rows.idx) AS y_%1$s',
-                    k, family.column4, CASE WHEN family.column5 THEN format(' * weight_rows.b_%s', k) ELSE '' END),
+                    k, family.activation, CASE WHEN family.gated THEN format(' * weight_rows.b_%s', k) ELSE '' END),
                     E',\n                    ') FROM generate_series(1, width) AS k),
                 (SELECT string_agg(format('(%s, units.y_%s)', k - 1, k), ', ') FROM generate_series(1, width) AS k));
             dispatch := dispatch || format(E'\n                WHEN %s THEN RETURN QUERY SELECT batch.first + p.place, p.grp, p.y\n'
                                            '                                          FROM   gptsql.%s_%s(%s, xs, xhs) AS p;',
-                                           width, family.column1, width, family.column6);
+                                           width, family.name, width, family.call_args);
         END LOOP;
         dispatch := dispatch || E'\n                END CASE;';
     END LOOP;
-
 
     -- y = x W + b for the output groups `grps` of a layer of a block (an index condition: a share
     -- reads only its own rows), `activation` ('gelu', 'silu') applied to single-part layers (c_fc): per
