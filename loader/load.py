@@ -230,14 +230,15 @@ def load(conn: psycopg.Connection, ck: Checkpoint, name: str, dtype: str = "floa
 
             copy_sql = frozen_copy(f"linear_{model_id}", ["model_id", "name", "block", "part", "grp", "idx",
                                                           big_column, "bias", f"up_{big_column}"])
-            for i in range(c.n_layer):
-                with cur.copy(copy_sql) as cp:
-                    cp.write(COPY_SIGNATURE)
+            # One COPY for every block: each COPY leaves the pages it extended the table by ahead unused.
+            with cur.copy(copy_sql) as cp:
+                cp.write(COPY_SIGNATURE)
+                for i in range(c.n_layer):
                     for lname, weight, bias, part, group, up in block_layers(c, t, i):
                         for chunk in linear_chunks(model_id, lname, i, weight, bias, part, group, vector_dtype, up):
                             cp.write(chunk)
-                    cp.write(COPY_TRAILER)
-                tick(f"block {i + 1}/{c.n_layer}", rows_per_block)
+                    tick(f"block {i + 1}/{c.n_layer}", rows_per_block)
+                cp.write(COPY_TRAILER)
         conn.execute("select gptsql.attach_partitions(%s)", [model_id])
         probe(conn, model_id, name)
         progress("analyze", total_rows, total_rows)

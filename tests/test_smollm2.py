@@ -272,6 +272,17 @@ def engine_model(db, run_cli, gguf_path):
     db.execute("select gptsql.drop_model(%s)", [ENGINE_MODEL])
 
 
+def test_the_load_estimate_holds_smollm2(db, engine_model, checkpoint):
+    """What the load sized shared_buffers by before writing (memory.estimate_model_bytes) is not
+    less than what the model then takes on disk, within 1%: else the first command after the load
+    finds the server too small and restarts it."""
+    from gptsql.server import memory
+
+    estimate = memory.estimate_model_bytes(checkpoint.config, "float32")
+    actual = memory.model_bytes(db)[engine_model]
+    assert actual <= estimate * 1.01, (actual, estimate)
+
+
 def engine_prompts(hf_tokenizer) -> dict[str, list[int]]:
     text = " ".join((CORPUS / "english.txt").read_text(encoding="utf-8").split())
     long = encode(hf_tokenizer, text, False)
