@@ -3,9 +3,10 @@
 --   Llama family: n_embd -> n_inner as silu(gate) * up (SwiGLU) -> n_embd
 --
 -- The hidden units are stored as mlp_groups groups of c_fc's rows (SwiGLU's gate rows, each with
--- its up row), and mlp_proj's rows as the same number of parts, each reading one group. A share takes the groups [lo, hi) and the
--- parts of mlp_proj's rows that read them: its partial n_embd vector per place. The shares' partials
--- add up to the MLP's output (06_blocks.sql); mlp_proj's bias sits on its part 0 rows, counted once.
+-- its up row), and mlp_proj's rows as the same number of parts, each reading one group. A share
+-- takes the groups [lo, hi) and the parts of mlp_proj's rows that read them: its partial n_embd
+-- vector per place. The shares' partials add up to the MLP's output (06_blocks.sql); mlp_proj's
+-- bias sits on its part 0 rows, counted once.
 
 -- The hidden units of groups [lo, hi) for a batch of places (normalized inputs x), per place and
 -- group: GELU(c_fc), or silu(gate) × up from c_fc's rows that carry both (SwiGLU).
